@@ -1,0 +1,146 @@
+#include "architecture.h"
+
+#include <cctype>
+#include <sstream>
+
+#include "errors.h"
+#include "tensor.h"
+
+namespace nudge {
+
+namespace {
+
+[[noreturn]] void bad(const std::string& text, const std::string& why) {
+  throw InputError("bad architecture '" + text + "': " + why);
+}
+
+// Parses a positive decimal integer that fills `s` entirely; -1 otherwise.
+int parse_positive(const std::string& s) {
+  if (s.empty() || s.size() > 6) return -1;
+  for (char c : s)
+    if (!std::isdigit(static_cast<unsigned char>(c))) return -1;
+  int v = std::stoi(s);
+  return v > 0 ? v : -1;
+}
+
+}  // namespace
+
+const char* Architecture::reference_string() {
+  return "1x28x28:conv24k3,relu,pool2,conv36k3,relu,pool2,conv64k3,relu,flatten,dense64,relu,dense10";
+}
+
+Architecture Architecture::parse(const std::string& text) {
+  Architecture a;
+  auto colon = text.find(':');
+  if (colon == std::string::npos) bad(text, "expected 'CxHxW:layer,layer,...'");
+  {
+    std::string dims = text.substr(0, colon);
+    int v[3];
+    std::istringstream ss(dims);
+    std::string part;
+    int i = 0;
+    while (std::getline(ss, part, 'x')) {
+      if (i == 3 || (v[i] = parse_positive(part)) < 0) bad(text, "input shape '" + dims + "' is not CxHxW");
+      ++i;
+    }
+    if (i != 3) bad(text, "input shape '" + dims + "' is not CxHxW");
+    a.input = {v[0], v[1], v[2]};
+  }
+  Shape3 cur = a.input;
+  bool flat = false;
+  int convs = 0, denses = 0;
+  std::istringstream ss(text.substr(colon + 1));
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    LayerSpec l{};
+    l.in = cur;
+    if (tok == "relu") {
+      l.kind = LayerKind::Relu;
+      l.out = cur;
+    } else if (tok == "flatten") {
+      if (flat) bad(text, "flatten twice");
+      l.kind = LayerKind::Flatten;
+      l.out = {cur.size(), 1, 1};
+      flat = true;
+    } else if (tok.rfind("pool", 0) == 0) {
+      if (flat) bad(text, "'" + tok + "' after flatten");
+      l.kind = LayerKind::MaxPool;
+      l.kernel = parse_positive(tok.substr(4));
+      if (l.kernel < 0) bad(text, "'" + tok + "' should be poolK, e.g. pool2");
+      l.out = {cur.c, cur.h / l.kernel, cur.w / l.kernel};
+      if (l.out.h == 0 || l.out.w == 0) bad(text, "'" + tok + "' on a " + std::to_string(cur.h) + "x" + std::to_string(cur.w) + " map leaves nothing");
+    } else if (tok.rfind("conv", 0) == 0) {
+      if (flat) bad(text, "'" + tok + "' after flatten");
+      auto k = tok.find('k');
+      if (k == std::string::npos) bad(text, "'" + tok + "' should be convFkK, e.g. conv24k3");
+      l.kind = LayerKind::Conv;
+      l.out_channels = parse_positive(tok.substr(4, k - 4));
+      l.kernel = parse_positive(tok.substr(k + 1));
+      if (l.out_channels < 0 || l.kernel < 0) bad(text, "'" + tok + "' should be convFkK, e.g. conv24k3");
+      if (l.kernel > cur.h || l.kernel > cur.w) bad(text, "'" + tok + "' kernel is larger than its " + std::to_string(cur.h) + "x" + std::to_string(cur.w) + " input");
+      l.out = {l.out_channels, cur.h - l.kernel + 1, cur.w - l.kernel + 1};
+      l.name = "conv" + std::to_string(++convs);
+    } else if (tok.rfind("dense", 0) == 0) {
+      if (!flat) bad(text, "'" + tok + "' needs a flatten before it");
+      l.kind = LayerKind::Dense;
+      l.out_channels = parse_positive(tok.substr(5));
+      if (l.out_channels < 0) bad(text, "'" + tok + "' should be denseN, e.g. dense64");
+      l.out = {l.out_channels, 1, 1};
+      l.name = "dense" + std::to_string(++denses);
+    } else {
+      bad(text, "unknown layer '" + tok + "' (known: convFkK, relu, poolK, flatten, denseN)");
+    }
+    cur = l.out;
+    a.layers.push_back(l);
+  }
+  if (a.layers.empty() || a.layers.back().kind != LayerKind::Dense)
+    bad(text, "the last layer must be dense (its outputs are the logits)");
+  if (a.num_classes() < 2) bad(text, "the last dense layer needs at least 2 outputs");
+  return a;
+}
+
+std::string Architecture::to_string() const {
+  std::ostringstream s;
+  s << input.c << 'x' << input.h << 'x' << input.w << ':';
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerSpec& l = layers[i];
+    if (i) s << ',';
+    switch (l.kind) {
+      case LayerKind::Conv: s << "conv" << l.out_channels << 'k' << l.kernel; break;
+      case LayerKind::Relu: s << "relu"; break;
+      case LayerKind::MaxPool: s << "pool" << l.kernel; break;
+      case LayerKind::Flatten: s << "flatten"; break;
+      case LayerKind::Dense: s << "dense" << l.out_channels; break;
+    }
+  }
+  return s.str();
+}
+
+std::vector<ParamSpec> Architecture::params() const {
+  std::vector<ParamSpec> p;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerSpec& l = layers[i];
+    if (l.kind == LayerKind::Conv) {
+      p.push_back({l.name + ".weight", {l.out_channels, l.in.c, l.kernel, l.kernel}, static_cast<int>(i), false});
+      p.push_back({l.name + ".bias", {l.out_channels}, static_cast<int>(i), true});
+    } else if (l.kind == LayerKind::Dense) {
+      p.push_back({l.name + ".weight", {l.out_channels, l.in.size()}, static_cast<int>(i), false});
+      p.push_back({l.name + ".bias", {l.out_channels}, static_cast<int>(i), true});
+    }
+  }
+  return p;
+}
+
+size_t Architecture::param_count() const {
+  size_t n = 0;
+  for (const ParamSpec& p : params()) n += Tensor::element_count(p.shape);
+  return n;
+}
+
+std::string shape_to_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace nudge

@@ -1,0 +1,51 @@
+// A sequential CNN described by a string, e.g. the reference architecture
+//   "1x28x28:conv24k3,relu,pool2,conv36k3,relu,pool2,conv64k3,relu,flatten,dense64,relu,dense10"
+// Convolutions are 'valid' (no padding), stride 1; max-pooling floors odd sizes (Keras' and PyTorch's default).
+// Layout NCHW, flatten in (C,H,W) order as PyTorch does. The last dense layer's outputs are the logits; softmax is
+// implied by the loss.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace nudge {
+
+enum class LayerKind { Conv, Relu, MaxPool, Flatten, Dense };
+
+struct Shape3 {
+  int c = 0, h = 0, w = 0;
+  int size() const { return c * h * w; }
+  bool operator==(const Shape3& o) const { return c == o.c && h == o.h && w == o.w; }
+};
+
+struct LayerSpec {
+  LayerKind kind;
+  int out_channels = 0;  // Conv: filters; Dense: units
+  int kernel = 0;        // Conv: kernel size; MaxPool: window (= stride)
+  std::string name;      // "conv1", "dense2" for layers with parameters, else ""
+  Shape3 in, out;        // filled by Architecture::parse
+};
+
+struct ParamSpec {
+  std::string name;            // "conv1.weight"
+  std::vector<int64_t> shape;  // PyTorch layout: conv [out,in,kh,kw], dense [out,in], bias [out]
+  int layer = 0;               // index into Architecture::layers
+  bool is_bias = false;
+};
+
+struct Architecture {
+  Shape3 input;
+  std::vector<LayerSpec> layers;
+
+  // Parses and shape-checks an architecture string; throws InputError naming the bad token.
+  static Architecture parse(const std::string& text);
+  static const char* reference_string();
+  static Architecture reference() { return parse(reference_string()); }
+
+  std::string to_string() const;
+  int num_classes() const { return layers.back().out.size(); }
+  std::vector<ParamSpec> params() const;
+  size_t param_count() const;
+  bool operator==(const Architecture& o) const { return to_string() == o.to_string(); }
+};
+
+}  // namespace nudge

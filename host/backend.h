@@ -1,0 +1,87 @@
+// The compute interface that the CPU backend implements and the CUDA backend implements too. Callers (train, eval,
+// predict, the optimize engine) talk only to this, with host pointers; a backend keeps its own copies of weights
+// and state wherever it computes.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model.h"
+#include "optimize_types.h"
+
+namespace nudge {
+
+struct AdamConfig {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-7f;
+};
+
+struct TrainStepResult {
+  double loss_sum = 0;  // summed cross-entropy over the batch
+  int correct = 0;      // argmax == label
+};
+
+// The per-entry inputs of one chunk of an optimize job. All pointers are host memory, read during begin_optimize.
+struct ChunkInput {
+  int n = 0;
+  const float* start = nullptr;         // [n, D] x0: the image each entry starts from and the centre of its eps-ball
+  const float* init = nullptr;          // [n, D] first iterate (random start inside the ball), or null for x0
+  const float* target_dist = nullptr;   // [n, K]
+  const int32_t* target_kind = nullptr; // [n] TargetKind
+  const int32_t* target_class = nullptr;// [n] one-hot target, or true label for untargeted
+  const float* eps = nullptr;           // [n] radius, read when config.norm != None
+};
+
+struct ChunkResult {
+  std::vector<float> best_images;     // [n, D] the first iterate that met the goal, else the lowest-loss one
+  std::vector<float> best_probs;      // [n, K] probabilities of that iterate
+  std::vector<float> best_loss;       // [n]
+  std::vector<int32_t> success_step;  // [n] index of the first iterate that met the goal (0 = the start), -1 never
+  std::vector<int32_t> updates;       // [n] updates applied to the entry (less than the budget if it stopped early)
+};
+
+// A chunk of entries being optimized; its state lives on the backend's device.
+class OptimizeChunk {
+ public:
+  virtual ~OptimizeChunk() = default;
+  // One step per call: evaluate each active entry's current iterate (goal, best-iterate bookkeeping, early stop),
+  // then, for entries still active, a gradient step and projection. Entries that stopped cost nothing further.
+  virtual void step() = 0;
+  virtual int active_count() const = 0;
+  // Evaluates the final iterate of every still-active entry (the budget's last update is otherwise never judged)
+  // and returns everything to the host. Call once, after the last step().
+  virtual ChunkResult finish() = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // "cpu (OpenBLAS, 2 threads)", "cuda (NVIDIA H100 ...)"
+  virtual bool is_gpu() const = 0;
+
+  virtual void load_model(const Model& model) = 0;  // also resets the training optimizer state
+  virtual void store_model(Model& model) = 0;       // parameters back into `model`
+
+  // probs [n, K]. x [n, D] with D = C*H*W of the model's input.
+  virtual void predict(const float* x, int n, float* probs) = 0;
+
+  // One Adam step on a batch with cross-entropy to the labels. Returns the batch's summed loss and correct count
+  // from the forward pass before the update.
+  virtual TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) = 0;
+
+  // Loss and its gradient with respect to the input, per image (probs [n,K], loss [n], grad [n,D]).
+  virtual void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
+                              const int32_t* target_class, LossKind loss, float kappa, float* probs, float* loss_out,
+                              float* grad) = 0;
+
+  virtual std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) = 0;
+
+  // The largest chunk this backend wants at once (memory and cache bound).
+  virtual int preferred_chunk() const = 0;
+};
+
+// device: "auto" | "cpu" | "cuda". "auto" takes the GPU when nudge was built with CUDA and a device is present,
+// else the CPU, and then writes one line to stderr saying why. "cuda" without a usable GPU throws InputError.
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+}  // namespace nudge

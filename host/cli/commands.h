@@ -1,0 +1,26 @@
+// Each subcommand registers its options on the shared CLI11 app and returns the function that runs it.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+
+namespace nudge::cli {
+
+using Runner = std::function<int()>;
+
+// Options every command shares.
+struct CommonOptions {
+  std::string model = "data/models/mnist_cnn.safetensors";
+  std::string data = "data/mnist";
+  std::string device = "auto";
+  uint64_t seed = 1;
+  std::string out;
+};
+
+void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const std::string& out_help);
+
+Runner add_train_command(CLI::App& app);
+Runner add_eval_command(CLI::App& app);
+Runner add_predict_command(CLI::App& app);
+
+}  // namespace nudge::cli

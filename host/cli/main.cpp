@@ -1,0 +1,49 @@
+// nudge's command line: turns exceptions into exit codes (2 for bad usage or input, 1 for internal failures).
+#include <cstdio>
+#include <iostream>
+#include <map>
+
+#include "commands.h"
+#include "errors.h"
+
+namespace nudge::cli {
+
+void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const std::string& out_help) {
+  if (with_model) cmd.add_option("--model", o.model, "model file (safetensors)")->capture_default_str();
+  cmd.add_option("--data", o.data, "folder with the four MNIST-format IDX files")->capture_default_str();
+  cmd.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
+  cmd.add_option("--seed", o.seed, "random seed")->capture_default_str();
+  if (!out_help.empty()) cmd.add_option("--out", o.out, out_help);
+}
+
+}  // namespace nudge::cli
+
+int main(int argc, char** argv) {
+  using namespace nudge::cli;
+  CLI::App app{"nudge: train small image CNNs and optimize their inputs in batches"};
+  app.require_subcommand(1);
+  std::map<std::string, Runner> runners;
+  runners["train"] = add_train_command(app);
+  runners["eval"] = add_eval_command(app);
+  runners["predict"] = add_predict_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "nudge: %s (see nudge --help)\n", e.what());
+    return 2;
+  }
+  try {
+    for (CLI::App* sub : app.get_subcommands()) return runners.at(sub->get_name())();
+  } catch (const nudge::InputError& e) {
+    std::fprintf(stderr, "nudge: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nudge: internal error: %s\n", e.what());
+    return 1;
+  }
+  return 1;
+}

@@ -1,0 +1,290 @@
+#include "cpu_backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cpu_network.h"
+#include "errors.h"
+#include "input_step.h"
+#include "losses.h"
+
+namespace nudge {
+
+namespace {
+
+// Images per thread per pass when the batch is large: 32 of the reference model's activations (~200 KB) stay in a
+// core's L2.
+constexpr int kMicroBatch = 32;
+
+class CpuBackend;
+
+class CpuOptimizeChunk : public OptimizeChunk {
+ public:
+  CpuOptimizeChunk(CpuBackend& backend, const ChunkInput& in, const StepConfig& cfg);
+  void step() override;
+  int active_count() const override { return static_cast<int>(active_.size()); }
+  ChunkResult finish() override;
+
+ private:
+  // Evaluates the current iterate of the listed entries, records goals and best iterates, and (when `update`)
+  // applies one optimizer step to those still active.
+  void evaluate_and_update(bool update);
+
+  CpuBackend& backend_;
+  StepConfig cfg_;
+  int n_, D_, K_;
+  std::vector<float> x_, x0_, m_, v_, target_, eps_;
+  std::vector<int32_t> kind_, cls_, steps_done_;
+  std::vector<uint8_t> goal_reached_;
+  std::vector<int> active_;
+  ChunkResult result_;
+};
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend() : threads_(std::max(1, omp_get_max_threads())) {
+    // Our parallelism is over images; a BLAS that also spawns threads inside each small GEMM only oversubscribes.
+    openblas_set_num_threads(1);
+  }
+
+  std::string name() const override {
+    return "cpu (OpenBLAS, " + std::to_string(threads_) + " thread" + (threads_ == 1 ? "" : "s") + ")";
+  }
+  bool is_gpu() const override { return false; }
+  int preferred_chunk() const override { return 8192; }
+
+  void load_model(const Model& model) override {
+    arch_ = model.arch;
+    specs_ = arch_.params();
+    offsets_.clear();
+    size_t total = 0;
+    for (const Tensor& t : model.params) {
+      offsets_.push_back(total);
+      total += t.size();
+    }
+    flat_.resize(total);
+    for (size_t i = 0; i < model.params.size(); ++i)
+      std::copy(model.params[i].data.begin(), model.params[i].data.end(), flat_.begin() + offsets_[i]);
+    adam_m_.assign(total, 0.0f);
+    adam_v_.assign(total, 0.0f);
+    adam_t_ = 0;
+    nets_.clear();
+    for (int t = 0; t < threads_; ++t) nets_.push_back(std::make_unique<CpuNetwork>(arch_));
+    thread_grads_.assign(threads_, std::vector<float>(total));
+  }
+
+  void store_model(Model& model) override {
+    model.arch = arch_;
+    model.params.clear();
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      Tensor t(specs_[i].shape);
+      std::copy(flat_.begin() + offsets_[i], flat_.begin() + offsets_[i] + t.size(), t.data.begin());
+      model.params.push_back(std::move(t));
+    }
+  }
+
+  std::vector<const float*> param_ptrs() const {
+    std::vector<const float*> p;
+    for (size_t off : offsets_) p.push_back(flat_.data() + off);
+    return p;
+  }
+
+  int input_size() const { return arch_.input.size(); }
+  int classes() const { return arch_.num_classes(); }
+  CpuNetwork& net(int thread) { return *nets_[thread]; }
+  int threads() const { return threads_; }
+
+  void predict(const float* x, int n, float* probs) override {
+    const auto params = param_ptrs();
+    const int D = input_size(), K = classes();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int b = 0; b < n; b += kMicroBatch) {
+      const int m = std::min(kMicroBatch, n - b);
+      CpuNetwork& nw = *nets_[omp_get_thread_num()];
+      nw.forward(params, x + static_cast<size_t>(b) * D, m);
+      for (int i = 0; i < m; ++i) softmax(nw.logits() + i * K, K, probs + static_cast<size_t>(b + i) * K);
+    }
+  }
+
+  TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) override {
+    const auto params = param_ptrs();
+    const int D = input_size(), K = classes();
+    const int T = std::min(threads_, n);
+    double loss_sum = 0;
+    int correct = 0;
+#pragma omp parallel num_threads(T) reduction(+ : loss_sum, correct)
+    {
+      const int t = omp_get_thread_num();
+      const int begin = static_cast<int>(static_cast<long>(n) * t / T), end = static_cast<int>(static_cast<long>(n) * (t + 1) / T);
+      const int m = end - begin;
+      std::vector<float>& g = thread_grads_[t];
+      if (m > 0) {
+        CpuNetwork& nw = *nets_[t];
+        nw.forward(params, x + static_cast<size_t>(begin) * D, m);
+        std::vector<float> dlogits(static_cast<size_t>(m) * K), probs(K), onehot(K);
+        for (int i = 0; i < m; ++i) {
+          const int y = labels[begin + i];
+          std::fill(onehot.begin(), onehot.end(), 0.0f);
+          onehot[y] = 1.0f;
+          const float* z = nw.logits() + i * K;
+          loss_sum += loss_forward_backward_one(z, K, onehot.data(), TargetKind::OneHot, y, LossKind::CrossEntropy,
+                                                0.0f, probs.data(), dlogits.data() + i * K);
+          correct += static_cast<int>(std::max_element(z, z + K) - z) == y;
+          // The mean over the whole batch, not this thread's slice.
+          for (int j = 0; j < K; ++j) dlogits[i * K + j] /= static_cast<float>(n);
+        }
+        std::vector<float*> grads;
+        for (size_t off : offsets_) grads.push_back(g.data() + off);
+        nw.backward(params, dlogits.data(), m, &grads, nullptr);
+      } else {
+        std::fill(g.begin(), g.end(), 0.0f);
+      }
+    }
+    ++adam_t_;
+    const float c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
+    const float c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
+    const size_t P = flat_.size();
+#pragma omp parallel for num_threads(threads_) schedule(static)
+    for (size_t i = 0; i < P; ++i) {
+      float g = 0;
+      for (int t = 0; t < T; ++t) g += thread_grads_[t][i];
+      adam_m_[i] = adam.beta1 * adam_m_[i] + (1 - adam.beta1) * g;
+      adam_v_[i] = adam.beta2 * adam_v_[i] + (1 - adam.beta2) * g * g;
+      flat_[i] -= adam.lr * (adam_m_[i] / c1) / (std::sqrt(adam_v_[i] / c2) + adam.eps);
+    }
+    return {loss_sum, correct};
+  }
+
+  void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
+                      const int32_t* target_class, LossKind loss, float kappa, float* probs, float* loss_out,
+                      float* grad) override {
+    const auto params = param_ptrs();
+    const int D = input_size(), K = classes();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int b = 0; b < n; b += kMicroBatch) {
+      const int m = std::min(kMicroBatch, n - b);
+      CpuNetwork& nw = *nets_[omp_get_thread_num()];
+      nw.forward(params, x + static_cast<size_t>(b) * D, m);
+      std::vector<float> dlogits(static_cast<size_t>(m) * K);
+      for (int i = 0; i < m; ++i) {
+        const int e = b + i;
+        loss_out[e] = loss_forward_backward_one(nw.logits() + i * K, K, target_dist + static_cast<size_t>(e) * K,
+                                                static_cast<TargetKind>(target_kind[e]), target_class[e], loss, kappa,
+                                                probs + static_cast<size_t>(e) * K, dlogits.data() + i * K);
+      }
+      nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
+    }
+  }
+
+  std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
+    return std::make_unique<CpuOptimizeChunk>(*this, in, cfg);
+  }
+
+  static void softmax(const float* z, int K, float* p) {
+    const float m = *std::max_element(z, z + K);
+    double s = 0;
+    for (int j = 0; j < K; ++j) s += std::exp(static_cast<double>(z[j] - m));
+    for (int j = 0; j < K; ++j) p[j] = static_cast<float>(std::exp(static_cast<double>(z[j] - m)) / s);
+  }
+
+ private:
+  int threads_;
+  Architecture arch_;
+  std::vector<ParamSpec> specs_;
+  std::vector<size_t> offsets_;
+  std::vector<float> flat_, adam_m_, adam_v_;
+  long adam_t_ = 0;
+  std::vector<std::unique_ptr<CpuNetwork>> nets_;
+  std::vector<std::vector<float>> thread_grads_;
+};
+
+CpuOptimizeChunk::CpuOptimizeChunk(CpuBackend& backend, const ChunkInput& in, const StepConfig& cfg)
+    : backend_(backend), cfg_(cfg), n_(in.n), D_(backend.input_size()), K_(backend.classes()) {
+  const size_t nd = static_cast<size_t>(n_) * D_;
+  x0_.assign(in.start, in.start + nd);
+  x_ = in.init ? std::vector<float>(in.init, in.init + nd) : x0_;
+  m_.assign(cfg.optimizer == InputOptimizer::Adam ? nd : 0, 0.0f);
+  v_.assign(m_.size(), 0.0f);
+  target_.assign(in.target_dist, in.target_dist + static_cast<size_t>(n_) * K_);
+  kind_.assign(in.target_kind, in.target_kind + n_);
+  cls_.assign(in.target_class, in.target_class + n_);
+  eps_ = in.eps ? std::vector<float>(in.eps, in.eps + n_) : std::vector<float>(n_, 0.0f);
+  steps_done_.assign(n_, 0);
+  goal_reached_.assign(n_, 0);
+  active_.resize(n_);
+  for (int i = 0; i < n_; ++i) active_[i] = i;
+  result_.best_images = x_;
+  result_.best_probs.assign(static_cast<size_t>(n_) * K_, 0.0f);
+  result_.best_loss.assign(n_, INFINITY);
+  result_.success_step.assign(n_, -1);
+}
+
+void CpuOptimizeChunk::evaluate_and_update(bool update) {
+  const auto params = backend_.param_ptrs();
+  const int count = static_cast<int>(active_.size());
+  std::vector<uint8_t> keep(count, 1);
+#pragma omp parallel num_threads(backend_.threads())
+  {
+    CpuNetwork& nw = backend_.net(omp_get_thread_num());
+    std::vector<float> xb(static_cast<size_t>(kMicroBatch) * D_), gb(xb.size()), dlogits(kMicroBatch * K_), probs(K_);
+#pragma omp for schedule(dynamic, 1)
+    for (int b = 0; b < count; b += kMicroBatch) {
+      const int m = std::min(kMicroBatch, count - b);
+      for (int i = 0; i < m; ++i)
+        std::copy_n(x_.data() + static_cast<size_t>(active_[b + i]) * D_, D_, xb.data() + static_cast<size_t>(i) * D_);
+      nw.forward(params, xb.data(), m);
+      for (int i = 0; i < m; ++i) {
+        const int e = active_[b + i];
+        const float* t = target_.data() + static_cast<size_t>(e) * K_;
+        const float loss = loss_forward_backward_one(nw.logits() + i * K_, K_, t, static_cast<TargetKind>(kind_[e]),
+                                                     cls_[e], cfg_.loss, cfg_.cw_kappa, probs.data(),
+                                                     dlogits.data() + i * K_);
+        const bool met = goal_met(probs.data(), K_, t, static_cast<TargetKind>(kind_[e]), cls_[e], cfg_);
+        // The first iterate that meets the goal is kept for good; until then, the lowest-loss one.
+        if (!goal_reached_[e] && (met || loss < result_.best_loss[e])) {
+          result_.best_loss[e] = loss;
+          std::copy_n(x_.data() + static_cast<size_t>(e) * D_, D_, result_.best_images.data() + static_cast<size_t>(e) * D_);
+          std::copy_n(probs.data(), K_, result_.best_probs.data() + static_cast<size_t>(e) * K_);
+          if (met) {
+            goal_reached_[e] = 1;
+            result_.success_step[e] = steps_done_[e];
+          }
+        }
+        if (met && cfg_.early_stop) keep[b + i] = 0;
+      }
+      if (!update) continue;
+      nw.backward(params, dlogits.data(), m, nullptr, gb.data());
+      for (int i = 0; i < m; ++i) {
+        const int e = active_[b + i];
+        if (!keep[b + i]) continue;
+        const size_t o = static_cast<size_t>(e) * D_;
+        ++steps_done_[e];
+        input_update_one(x_.data() + o, gb.data() + static_cast<size_t>(i) * D_, m_.empty() ? nullptr : m_.data() + o,
+                         v_.empty() ? nullptr : v_.data() + o, steps_done_[e], x0_.data() + o, D_, eps_[e], cfg_);
+      }
+    }
+  }
+  std::vector<int> still;
+  for (int i = 0; i < count; ++i)
+    if (keep[i]) still.push_back(active_[i]);
+  active_.swap(still);
+}
+
+void CpuOptimizeChunk::step() { evaluate_and_update(true); }
+
+ChunkResult CpuOptimizeChunk::finish() {
+  evaluate_and_update(false);
+  active_.clear();
+  result_.updates = steps_done_;
+  return std::move(result_);
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace nudge

@@ -1,0 +1,144 @@
+// Serial per-call kernels: the CPU backend parallelises one level up (each thread runs the whole network on its own
+// slice of the batch), which keeps every image's activations in that core's cache and needs no barrier per layer.
+#include "cpu_layers.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace nudge::cpu {
+
+namespace {
+
+// col [(c*k + ki)*k + kj, oh*Wo + ow] = x[c, oh+ki, ow+kj]: one image's patches as a (C*k*k) x (Ho*Wo) matrix.
+void im2col(const float* x, Shape3 in, int k, float* col) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+  for (int c = 0; c < in.c; ++c)
+    for (int ki = 0; ki < k; ++ki)
+      for (int kj = 0; kj < k; ++kj) {
+        float* dst = col + ((c * k + ki) * k + kj) * Ho * Wo;
+        const float* src = x + (c * in.h + ki) * in.w + kj;
+        for (int oh = 0; oh < Ho; ++oh) std::memcpy(dst + oh * Wo, src + oh * in.w, sizeof(float) * Wo);
+      }
+}
+
+// The adjoint of im2col: dx[c, oh+ki, ow+kj] += col[...]. dx must be zeroed by the caller.
+void col2im(const float* col, Shape3 in, int k, float* dx) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+  for (int c = 0; c < in.c; ++c)
+    for (int ki = 0; ki < k; ++ki)
+      for (int kj = 0; kj < k; ++kj) {
+        const float* src = col + ((c * k + ki) * k + kj) * Ho * Wo;
+        float* dst = dx + (c * in.h + ki) * in.w + kj;
+        for (int oh = 0; oh < Ho; ++oh)
+          for (int ow = 0; ow < Wo; ++ow) dst[oh * in.w + ow] += src[oh * Wo + ow];
+      }
+}
+
+thread_local std::vector<float> tl_col;
+
+float* col_buffer(size_t n) {
+  if (tl_col.size() < n) tl_col.resize(n);
+  return tl_col.data();
+}
+
+}  // namespace
+
+void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, int k, float* y) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
+  float* col = col_buffer(static_cast<size_t>(R) * P);
+  for (int n = 0; n < N; ++n) {
+    float* yn = y + static_cast<size_t>(n) * K * P;
+    for (int o = 0; o < K; ++o) std::fill(yn + o * P, yn + (o + 1) * P, b[o]);
+    im2col(x + static_cast<size_t>(n) * in.size(), in, k, col);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, P, R, 1.0f, w, R, col, P, 1.0f, yn, P);
+  }
+}
+
+void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, int k, float* dx) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
+  float* col = col_buffer(static_cast<size_t>(R) * P);
+  for (int n = 0; n < N; ++n) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, P, K, 1.0f, w, R, dy + static_cast<size_t>(n) * K * P, P,
+                0.0f, col, P);
+    float* dxn = dx + static_cast<size_t>(n) * in.size();
+    std::fill(dxn, dxn + in.size(), 0.0f);
+    col2im(col, in, k, dxn);
+  }
+}
+
+void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, int K, int k, float* dw, float* db) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
+  float* col = col_buffer(static_cast<size_t>(R) * P);
+  std::fill(dw, dw + static_cast<size_t>(K) * R, 0.0f);
+  std::fill(db, db + K, 0.0f);
+  for (int n = 0; n < N; ++n) {
+    const float* dyn = dy + static_cast<size_t>(n) * K * P;
+    im2col(x + static_cast<size_t>(n) * in.size(), in, k, col);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, R, P, 1.0f, dyn, P, col, P, 1.0f, dw, R);
+    for (int o = 0; o < K; ++o) {
+      float s = 0;
+      for (int p = 0; p < P; ++p) s += dyn[o * P + p];
+      db[o] += s;
+    }
+  }
+}
+
+void relu_forward(const float* x, size_t n, float* y) {
+  for (size_t i = 0; i < n; ++i) y[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+
+void relu_backward(const float* y, const float* dy, size_t n, float* dx) {
+  for (size_t i = 0; i < n; ++i) dx[i] = y[i] > 0 ? dy[i] : 0.0f;
+}
+
+void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t* argmax) {
+  const int Ho = in.h / p, Wo = in.w / p;
+  for (int nc = 0; nc < N * in.c; ++nc) {
+    const float* xp = x + static_cast<size_t>(nc) * in.h * in.w;
+    float* yp = y + static_cast<size_t>(nc) * Ho * Wo;
+    int32_t* ap = argmax + static_cast<size_t>(nc) * Ho * Wo;
+    for (int oh = 0; oh < Ho; ++oh)
+      for (int ow = 0; ow < Wo; ++ow) {
+        int best = oh * p * in.w + ow * p;
+        for (int i = 0; i < p; ++i)
+          for (int j = 0; j < p; ++j) {
+            const int idx = (oh * p + i) * in.w + ow * p + j;
+            if (xp[idx] > xp[best]) best = idx;
+          }
+        yp[oh * Wo + ow] = xp[best];
+        ap[oh * Wo + ow] = best;
+      }
+  }
+}
+
+void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shape3 in, int p, float* dx) {
+  const int Ho = in.h / p, Wo = in.w / p;
+  std::fill(dx, dx + static_cast<size_t>(N) * in.size(), 0.0f);
+  for (int nc = 0; nc < N * in.c; ++nc) {
+    float* dxp = dx + static_cast<size_t>(nc) * in.h * in.w;
+    const float* dyp = dy + static_cast<size_t>(nc) * Ho * Wo;
+    const int32_t* ap = argmax + static_cast<size_t>(nc) * Ho * Wo;
+    for (int o = 0; o < Ho * Wo; ++o) dxp[ap[o]] += dyp[o];
+  }
+}
+
+void dense_forward(const float* x, int N, int in, const float* w, const float* b, int out, float* y) {
+  for (int n = 0; n < N; ++n) std::copy(b, b + out, y + static_cast<size_t>(n) * out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 1.0f, y, out);
+}
+
+void dense_backward_data(const float* dy, int N, int in, const float* w, int out, float* dx) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+}
+
+void dense_backward_params(const float* x, const float* dy, int N, int in, int out, float* dw, float* db) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 0.0f, dw, in);
+  std::fill(db, db + out, 0.0f);
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < out; ++o) db[o] += dy[static_cast<size_t>(n) * out + o];
+}
+
+}  // namespace nudge::cpu

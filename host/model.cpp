@@ -1,0 +1,81 @@
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "atomic_file.h"
+#include "counter_rng.h"
+#include "errors.h"
+#include "safetensors.h"
+
+namespace nudge {
+
+namespace {
+constexpr const char* kArchKey = "nudge.architecture";
+}
+
+Model Model::glorot(const Architecture& arch, uint64_t seed) {
+  Model m;
+  m.arch = arch;
+  const auto specs = arch.params();
+  for (size_t p = 0; p < specs.size(); ++p) {
+    Tensor t(specs[p].shape);
+    if (!specs[p].is_bias) {
+      // Keras' glorot_uniform: fan_in = in*kh*kw, fan_out = out*kh*kw.
+      const int64_t receptive = specs[p].shape.size() == 4 ? specs[p].shape[2] * specs[p].shape[3] : 1;
+      const double fan_in = static_cast<double>(specs[p].shape[1] * receptive);
+      const double fan_out = static_cast<double>(specs[p].shape[0] * receptive);
+      const float limit = static_cast<float>(std::sqrt(6.0 / (fan_in + fan_out)));
+      for (size_t i = 0; i < t.size(); ++i)
+        t.data[i] = limit * (2.0f * counter_uniform(seed, kStreamInit, p, static_cast<uint32_t>(i)) - 1.0f);
+    }
+    m.params.push_back(std::move(t));
+  }
+  return m;
+}
+
+Model Model::load(const std::string& path) {
+  SafetensorsFile f = read_safetensors(path);
+  Model m;
+  auto it = f.metadata.find(kArchKey);
+  try {
+    m.arch = it == f.metadata.end() ? Architecture::reference() : Architecture::parse(it->second);
+  } catch (const InputError& e) {
+    throw InputError(path + ": " + e.what());
+  }
+  for (const ParamSpec& spec : m.arch.params()) {
+    auto t = std::find_if(f.tensors.begin(), f.tensors.end(), [&](const auto& nt) { return nt.first == spec.name; });
+    if (t == f.tensors.end())
+      throw InputError(path + ": tensor " + spec.name + " is missing (architecture " + m.arch.to_string() + ")");
+    if (t->second.shape != spec.shape)
+      throw InputError(path + ": tensor " + spec.name + " has shape " + shape_to_string(t->second.shape) +
+                       ", the architecture needs " + shape_to_string(spec.shape));
+    for (float v : t->second.data)
+      if (!std::isfinite(v)) throw InputError(path + ": tensor " + spec.name + " holds a NaN or infinity");
+    m.params.push_back(std::move(t->second));
+  }
+  if (f.tensors.size() != m.params.size()) {
+    for (const auto& nt : f.tensors) {
+      bool known = false;
+      for (const ParamSpec& spec : m.arch.params()) known |= spec.name == nt.first;
+      if (!known) throw InputError(path + ": unexpected tensor " + nt.first + " for architecture " + m.arch.to_string());
+    }
+  }
+  return m;
+}
+
+std::string Model::serialize(const std::map<std::string, std::string>& extra_metadata) const {
+  SafetensorsFile f;
+  f.metadata = extra_metadata;
+  f.metadata[kArchKey] = arch.to_string();
+  f.metadata["format"] = "pt";
+  const auto specs = arch.params();
+  for (size_t i = 0; i < specs.size(); ++i) f.tensors.emplace_back(specs[i].name, params[i]);
+  return serialize_safetensors(f);
+}
+
+void Model::save(const std::string& path, const std::map<std::string, std::string>& extra_metadata) const {
+  write_file_atomically(path, serialize(extra_metadata));
+}
+
+}  // namespace nudge

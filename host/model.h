@@ -1,0 +1,29 @@
+// A model = an architecture plus its parameters, in Architecture::params() order and PyTorch layouts.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "architecture.h"
+#include "tensor.h"
+
+namespace nudge {
+
+struct Model {
+  Architecture arch;
+  std::vector<Tensor> params;  // one per Architecture::params() entry, same order and shape
+
+  // Glorot-uniform weights (limit sqrt(6/(fan_in+fan_out)), as Keras), zero biases; reproducible from `seed`.
+  static Model glorot(const Architecture& arch, uint64_t seed);
+
+  // Reads a safetensors file. The architecture comes from the metadata key "nudge.architecture"; a file without it
+  // (a PyTorch export) is taken as the reference architecture. Throws InputError naming the file and the problem.
+  static Model load(const std::string& path);
+  // Writes atomically (temp file + rename), F32 little-endian, with the architecture in the metadata.
+  void save(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
+  // The bytes save() writes.
+  std::string serialize(const std::map<std::string, std::string>& extra_metadata = {}) const;
+};
+
+}  // namespace nudge
