@@ -243,6 +243,7 @@ Caption parse_caption(const std::string& caption, size_t max_chars) {
 int draw_text_rgb(std::vector<unsigned char>& rgb, int canvas_w, int canvas_h, int x, int y, const std::string& text,
                   const unsigned char color[3], int t) {
   for (char ch : text) {
+    if ((static_cast<unsigned char>(ch) & 0xc0) == 0x80) continue;  // UTF-8 continuation: one box per character
     const char* bits = glyph_bits(ch);
     const int rows = static_cast<int>(const_strlen(bits)) / kGlyphW;
     for (int r = 0; r < rows && r < kGlyphRows; ++r)
@@ -324,7 +325,7 @@ void write_image_grid(const std::string& path, const std::vector<const float*>& 
                         std::to_string(rows) + " rows");
   size_t label_chars = 0;
   for (const std::string& label : row_labels) label_chars = std::max(label_chars, label.size());
-  const int64_t label_w = label_chars ? kGridGap + int64_t(label_chars) * kAdvance * t : 0;
+  const int64_t label_w = label_chars ? 2 * kGridGap + int64_t(label_chars) * kAdvance * t : 0;
   const int64_t tile_w = int64_t{width} * scale, tile_h = int64_t{height} * scale;
   const int64_t sheet_w = label_w + cols * tile_w + (cols + 1) * kGridGap;
   const int64_t sheet_h = rows * tile_h + (rows + 1) * kGridGap;

@@ -30,7 +30,7 @@ void write_contact_sheet(const std::string& path, const std::vector<SheetCell>& 
 
 // A plain grid of width x height images (null entries stay empty), e.g. class visualisations: 10 rows x K columns,
 // row_labels[r] drawn left of row r. With L the longest label in characters (0 without labels), t as above:
-//   label_w = L > 0 ? 2 + L * 6 t : 0
+//   label_w = L > 0 ? 4 + L * 6 t : 0
 //   sheet   = (label_w + cols * width * s + (cols + 1) * 2) x (rows * height * s + (rows + 1) * 2)
 // with cols = min(columns, images.size()) and rows = ceil(images.size() / cols). More labels than rows: InternalError.
 void write_image_grid(const std::string& path, const std::vector<const float*>& images, int width, int height,

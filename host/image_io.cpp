@@ -47,7 +47,7 @@ struct PngReadState {
   char error[256] = {};
   bool too_large = false;
   png_uint_32 width = 0, height = 0;
-  int channels = 0;  // after the transformations: 1 (gray) or 2 (gray + alpha)
+  int channels = 0;  // after the transformations: 1 to 4 (G, GA, RGB, RGBA), 8 bits each
   std::vector<unsigned char> buffer;
   std::vector<png_bytep> rows;
 };
@@ -84,13 +84,12 @@ bool decode_png_rows(png_structp png, png_infop info, PngReadState& state) {
   if (color_type == PNG_COLOR_TYPE_GRAY && png_get_bit_depth(png, info) < 8) png_set_expand_gray_1_2_4_to_8(png);
   if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
   png_set_scale_16(png);
-  if (color_type & PNG_COLOR_MASK_COLOR) png_set_rgb_to_gray_fixed(png, 1, PNG_RGB_TO_GRAY_DEFAULT, PNG_RGB_TO_GRAY_DEFAULT);
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
   state.channels = png_get_channels(png, info);
-  if (png_get_bit_depth(png, info) != 8 || (state.channels != 1 && state.channels != 2) ||
+  if (png_get_bit_depth(png, info) != 8 || state.channels < 1 || state.channels > 4 ||
       png_get_rowbytes(png, info) != size_t{state.width} * state.channels)
-    png_error(png, "unexpected pixel layout after conversion to 8-bit gray");
+    png_error(png, "unexpected pixel layout after conversion to 8 bits");
   const size_t row_bytes = size_t{state.width} * state.channels;
   state.buffer.resize(row_bytes * state.height);
   state.rows.resize(state.height);
@@ -201,12 +200,15 @@ GrayImage parse_png(const std::string& bytes, const std::string& what) {
   image.height = static_cast<int>(state.height);
   const size_t n = size_t{state.width} * state.height;
   image.pixels.resize(n);
-  if (state.channels == 1) {
-    for (size_t i = 0; i < n; ++i) image.pixels[i] = state.buffer[i] / 255.0f;
-  } else {
+  const int c = state.channels;
+  const bool color = c >= 3, alpha = c == 2 || c == 4;
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char* p = &state.buffer[i * c];
+    // PIL's convert("L") formula, so that images prepared in Python read the same here.
+    const unsigned gray = color ? (p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16 : p[0];
+    const float value = gray / 255.0f;
     // Composited onto black: gray * alpha, both in [0,1].
-    for (size_t i = 0; i < n; ++i)
-      image.pixels[i] = (state.buffer[2 * i] / 255.0f) * (state.buffer[2 * i + 1] / 255.0f);
+    image.pixels[i] = alpha ? value * (p[c - 1] / 255.0f) : value;
   }
   return image;
 }
@@ -267,7 +269,7 @@ GrayImage parse_pgm(const std::string& bytes, const std::string& what) {
   image.width = static_cast<int>(width);
   image.height = static_cast<int>(height);
   const size_t n = static_cast<size_t>(width * height);
-  const float scale = 1.0f / static_cast<float>(maxval);
+  const auto max_f = static_cast<float>(maxval);
   auto check_sample = [&](int64_t v, size_t i) {
     if (v > maxval)
       scan.fail("pixel " + std::to_string(i) + " is " + std::to_string(v) + ", above maxval " + std::to_string(maxval));
@@ -288,7 +290,7 @@ GrayImage parse_pgm(const std::string& bytes, const std::string& what) {
     for (size_t i = 0; i < n; ++i) {
       const int64_t v = bytes_per_sample == 2 ? (int64_t{p[2 * i]} << 8) | p[2 * i + 1] : int64_t{p[i]};
       check_sample(v, i);
-      image.pixels[i] = static_cast<float>(v) * scale;
+      image.pixels[i] = static_cast<float>(v) / max_f;
     }
   } else {
     image.pixels.resize(n);
@@ -298,7 +300,7 @@ GrayImage parse_pgm(const std::string& bytes, const std::string& what) {
         scan.fail("pixel data truncated: found " + std::to_string(i) + " of " + std::to_string(n) + " values");
       const int64_t v = scan.number("pixel value");
       check_sample(v, i);
-      image.pixels[i] = static_cast<float>(v) * scale;
+      image.pixels[i] = static_cast<float>(v) / max_f;
     }
   }
   return image;

@@ -23,7 +23,8 @@ constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 
 // PNG of any colour type and bit depth, reduced to 8-bit gray and divided by 255:
 //   - 16-bit samples are scaled to 8 bits (rounded), palettes and 1/2/4-bit gray are expanded;
-//   - RGB becomes luminance 0.2126 R + 0.7152 G + 0.0722 B on the stored (gamma-encoded) values, so R=G=B is exact;
+//   - RGB becomes luma (0.299 R + 0.587 G + 0.114 B on the stored values, rounded to 8 bits exactly as PIL's
+//     convert("L") does, so R=G=B is exact and gAMA/sRGB chunks are ignored);
 //   - alpha (including tRNS transparency) is composited onto black: gray * alpha / 255.
 // Throws InputError "PATH: not a PNG file" on a wrong signature, "PATH: corrupt PNG: <libpng message>" otherwise.
 GrayImage read_png(const std::string& path);

@@ -101,9 +101,10 @@ TEST(Png, RgbBecomesLuminance) {
   EXPECT_EQ(img.pixels[0], 0.0f);
   EXPECT_EQ(img.pixels[1], 17 / 255.0f);
   EXPECT_EQ(img.pixels[2], 200 / 255.0f);
-  EXPECT_NEAR(img.pixels[3], 0.2126f, 1.5f / 255);
-  EXPECT_NEAR(img.pixels[4], 0.7152f, 1.5f / 255);
-  EXPECT_NEAR(img.pixels[5], 0.0722f, 1.5f / 255);
+  // PIL: Image.new("RGB", (1, 1), c).convert("L") gives 76, 150, 29 for pure red, green, blue.
+  EXPECT_EQ(img.pixels[3], 76 / 255.0f);
+  EXPECT_EQ(img.pixels[4], 150 / 255.0f);
+  EXPECT_EQ(img.pixels[5], 29 / 255.0f);
 }
 
 TEST(Png, AlphaIsCompositedOnBlackAndSixteenBitIsScaled) {
@@ -140,6 +141,39 @@ TEST(Png, AlphaIsCompositedOnBlackAndSixteenBitIsScaled) {
   }
 }
 
+TEST(Png, PaletteAndRgbaAreConverted) {
+  TempDir dir;
+  {
+    png_image image;
+    std::memset(&image, 0, sizeof image);
+    image.version = PNG_IMAGE_VERSION;
+    image.width = 3;
+    image.height = 1;
+    image.format = PNG_FORMAT_RGB_COLORMAP;
+    image.colormap_entries = 2;
+    const uint8_t colormap[] = {255, 0, 0, 10, 10, 10};
+    const uint8_t index[] = {0, 1, 1};
+    ASSERT_TRUE(png_image_write_to_file(&image, dir.file("p.png").c_str(), 0, index, 0, colormap)) << image.message;
+    const GrayImage img = read_png(dir.file("p.png"));
+    const std::vector<float> want = {76 / 255.0f, 10 / 255.0f, 10 / 255.0f};
+    EXPECT_EQ(img.pixels, want);
+  }
+  {
+    png_image image;
+    std::memset(&image, 0, sizeof image);
+    image.version = PNG_IMAGE_VERSION;
+    image.width = 2;
+    image.height = 1;
+    image.format = PNG_FORMAT_RGBA;
+    const uint8_t rgba[] = {0, 255, 0, 255, 90, 90, 90, 51};
+    ASSERT_TRUE(png_image_write_to_file(&image, dir.file("rgba.png").c_str(), 0, rgba, 0, nullptr)) << image.message;
+    const GrayImage img = read_png(dir.file("rgba.png"));
+    ASSERT_EQ(img.pixels.size(), 2u);
+    EXPECT_EQ(img.pixels[0], 150 / 255.0f);
+    EXPECT_FLOAT_EQ(img.pixels[1], (90 / 255.0f) * (51 / 255.0f));
+  }
+}
+
 TEST(Png, CorruptFilesAreInputErrors) {
   TempDir dir;
   write_png_gray(dir.file("ok.png"), 16, 16, random_bytes(256, 2));
@@ -159,7 +193,10 @@ TEST(Png, CorruptFilesAreInputErrors) {
     return d + std::string("\x08\x00\x00\x00\x00", 5);  // 8-bit gray, deflate, no filter, no interlace
   };
   expect_throw_containing<InputError>(
-      [&] { parse_png(sig + png_chunk("IHDR", ihdr(20000, 20000)) + png_chunk("IEND", ""), "big.png"); },
+      [&] {
+        parse_png(sig + png_chunk("IHDR", ihdr(20000, 20000)) + png_chunk("IDAT", "") + png_chunk("IEND", ""),
+                  "big.png");
+      },
       "big.png: image is 20000x20000, larger than nudge accepts");
   expect_throw_containing<InputError>(
       [&] { parse_png(sig + png_chunk("IHDR", ihdr(0, 5)), "zero.png"); }, "zero.png: corrupt PNG");
@@ -180,7 +217,8 @@ TEST(Png, WriterChecksBufferSize) {
 // ---- PGM ----------------------------------------------------------------------------------------------------------
 
 TEST(Pgm, BinaryWithComments) {
-  const std::string bytes = std::string("P5\n# made by hand\n3 # width\n2\n255\n") + std::string("\x00\x10\x80\xff\x01\x02", 6);
+  const std::string bytes =
+      std::string("P5\n# made by hand\n3 # width\n2\n255\n") + std::string("\x00\x10\x80\xff\x01\x02", 6);
   const GrayImage img = parse_pgm(bytes, "a.pgm");
   ASSERT_EQ(img.width, 3);
   ASSERT_EQ(img.height, 2);
@@ -398,15 +436,15 @@ TEST(ImageGrid, DimensionsFollowTheDocumentedLayout) {
   std::vector<std::string> labels;
   for (int r = 0; r < 10; ++r) labels.push_back(std::to_string(r));
 
-  // scale 2, t = 1, labels of 1 char: label_w = 2 + 6 = 8; 4 columns, 10 rows of 56 px tiles.
+  // scale 2, t = 1, labels of 1 char: label_w = 4 + 6 = 10; 4 columns, 10 rows of 56 px tiles.
   write_image_grid(dir.file("g.png"), images, 28, 28, 4, 2, labels);
   const GrayImage img = read_png(dir.file("g.png"));
-  EXPECT_EQ(img.width, 8 + 4 * 56 + 5 * 2);
+  EXPECT_EQ(img.width, 10 + 4 * 56 + 5 * 2);
   EXPECT_EQ(img.height, 10 * 56 + 11 * 2);
   // Top-left pixel of image 0 lands at (label_w + 2, 2), and is 2x2 nearest-neighbour.
   const float want = std::lround(store[0][0] * 255.0f) / 255.0f;
-  EXPECT_EQ(img.pixels[2 * img.width + 10], want);
-  EXPECT_EQ(img.pixels[3 * img.width + 11], want);
+  EXPECT_EQ(img.pixels[2 * img.width + 12], want);
+  EXPECT_EQ(img.pixels[3 * img.width + 13], want);
 
   write_image_grid(dir.file("plain.png"), images, 28, 28, 40, 1);
   const GrayImage plain = read_png(dir.file("plain.png"));

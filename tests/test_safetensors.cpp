@@ -175,6 +175,19 @@ TEST(Safetensors, ParsesHandBuiltPyTorchFile) {
   EXPECT_EQ(f.tensors[1].second.data, (std::vector<float>{-0.5f, 0.25f}));
 }
 
+// An empty tensor may share its offset with the tensor after it, whichever the header lists first.
+TEST(Safetensors, EmptyTensorSharingAnOffsetParses) {
+  const std::string header = R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                             R"("z":{"dtype":"F32","shape":[0,5],"data_offsets":[0,0]}})";
+  SafetensorsFile f = parse_safetensors(with_header(header, floats_to_bytes({7})), "memory");
+  ASSERT_EQ(f.tensors.size(), 2u);
+  EXPECT_EQ(f.tensors[0].first, "z");
+  EXPECT_EQ(f.tensors[0].second.shape, (std::vector<int64_t>{0, 5}));
+  EXPECT_TRUE(f.tensors[0].second.data.empty());
+  EXPECT_EQ(f.tensors[1].first, "a");
+  EXPECT_EQ(f.tensors[1].second.data, (std::vector<float>{7}));
+}
+
 struct BadCase {
   std::string label;
   std::function<std::string()> bytes;

@@ -22,5 +22,6 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const 
 Runner add_train_command(CLI::App& app);
 Runner add_eval_command(CLI::App& app);
 Runner add_predict_command(CLI::App& app);
+Runner add_optimize_command(CLI::App& app);
 
 }  // namespace nudge::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   runners["train"] = add_train_command(app);
   runners["eval"] = add_eval_command(app);
   runners["predict"] = add_predict_command(app);
+  runners["optimize"] = add_optimize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,92 @@
+// Device and pinned host buffers (RAII, move-only) and the out-of-memory signal of the CUDA backend.
+//
+// Out of memory: every device allocation of the backend goes through device_alloc(), which turns
+// cudaErrorMemoryAllocation into DeviceOutOfMemory. It derives from std::bad_alloc so that code holding only the
+// Backend interface can catch it without CUDA headers. All memory an optimize chunk needs is allocated in
+// Backend::begin_optimize, never in step() or finish(), so the engine's reaction is simple: catch std::bad_alloc
+// around begin_optimize, halve the chunk's entries and try again, and give up (rethrow) once a chunk of one row still
+// does not fit. preferred_chunk() already sizes chunks from free memory, so this is a fallback for a card shared with
+// other processes.
+#pragma once
+#include <cstddef>
+#include <new>
+#include <string>
+#include <utility>
+
+namespace nudge::cuda {
+
+class DeviceOutOfMemory : public std::bad_alloc {
+ public:
+  explicit DeviceOutOfMemory(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
+// `what` names the buffer in the out-of-memory message ("optimize chunk: iterates").
+void* device_alloc(size_t bytes, const char* what);
+void device_free(void* p) noexcept;
+void* pinned_alloc(size_t bytes, const char* what);
+void pinned_free(void* p) noexcept;
+// "1.5 GiB"
+std::string format_bytes(size_t bytes);
+
+// A typed device allocation; contents uninitialized.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(size_t count, const char* what)
+      : ptr_(count ? static_cast<T*>(device_alloc(count * sizeof(T), what)) : nullptr), count_(count) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      device_free(ptr_);
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { device_free(ptr_); }
+
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+  size_t bytes() const { return count_ * sizeof(T); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t count_ = 0;
+};
+
+// Page-locked host memory, for asynchronous copies back from the device.
+template <class T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(size_t count, const char* what)
+      : ptr_(count ? static_cast<T*>(pinned_alloc(count * sizeof(T), what)) : nullptr), count_(count) {}
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    if (this != &o) {
+      pinned_free(ptr_);
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() { pinned_free(ptr_); }
+
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t count_ = 0;
+};
+
+}  // namespace nudge::cuda

@@ -1,0 +1,52 @@
+// The batched input-optimization engine: expands a job into rows and entries, runs them chunk by chunk on any
+// Backend, keeps per row the best entry, and streams the rows to a sink. The engine holds at most one chunk in
+// memory, so a job can have millions of rows.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "model.h"
+#include "optimize_job.h"
+#include "start_images.h"
+
+namespace nudge {
+
+struct RowResult {
+  long row = 0;           // position in the output
+  long source = 0;        // start image number within the job
+  std::string source_name;
+  long dataset_index = -1;
+  int label = -1;         // true label of the start image, -1 unknown
+  int start_class = -1;   // the model's class for the start image
+  RowTarget target;
+  bool success = false;
+  int success_step = -1;  // updates before the goal was first met
+  int updates = 0;        // updates applied to the winning entry
+  float loss = 0;
+  float eps = 0;          // radius of the winning entry (0 without a ball)
+  int restart = 0;
+  float linf = 0, l2 = 0; // distance of the reported image to its start
+  std::vector<float> probs;
+  const float* start = nullptr;  // valid during RowSink::row only
+  const float* image = nullptr;
+};
+
+class RowSink {
+ public:
+  virtual ~RowSink() = default;
+  virtual void row(const RowResult& r) = 0;
+};
+
+struct EngineStats {
+  long rows = 0, entries = 0, chunks = 0;
+  long image_steps = 0;   // updates applied, summed over entries (one forward, backward and update each)
+  double seconds = 0;     // wall time of the optimization, start-image generation included
+  int entries_per_row = 1;
+};
+
+// Runs the job; `progress` draws a bar on stderr. Throws InputError for a job that fails validation.
+EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob& job, const StartImages& starts,
+                         RowSink& sink, bool progress);
+
+}  // namespace nudge

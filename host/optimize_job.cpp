@@ -1,0 +1,131 @@
+#include "optimize_job.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+#include "errors.h"
+
+namespace nudge {
+
+namespace {
+
+bool labels_known(InitKind k) { return k == InitKind::Test || k == InitKind::Train; }
+
+long parse_long(const std::string& s, const std::string& flag) {
+  char* end = nullptr;
+  errno = 0;
+  const long v = s.empty() ? 0 : std::strtol(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || errno == ERANGE || v < 0 || v > 2147483647L)
+    throw InputError(flag + ": '" + s + "' is not a non-negative integer");
+  return v;
+}
+
+}  // namespace
+
+std::vector<float> parse_float_list(const std::string& text, const std::string& flag) {
+  std::vector<float> out;
+  std::stringstream ss(text);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    char* end = nullptr;
+    const double v = part.empty() ? NAN : std::strtod(part.c_str(), &end);
+    if (part.empty() || *end != '\0' || !std::isfinite(v)) throw InputError(flag + ": '" + part + "' is not a number");
+    out.push_back(static_cast<float>(v));
+  }
+  if (out.empty()) throw InputError(flag + ": expected a comma-separated list of numbers");
+  return out;
+}
+
+std::vector<int> parse_index_list(const std::string& text, const std::string& flag) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string part;
+  while (std::getline(ss, part, ',')) out.push_back(static_cast<int>(parse_long(part, flag)));
+  if (out.empty()) throw InputError(flag + ": expected a comma-separated list of indices");
+  return out;
+}
+
+std::vector<int> parse_range(const std::string& text, const std::string& flag) {
+  const auto colon = text.find(':');
+  if (colon == std::string::npos) throw InputError(flag + ": '" + text + "' should be START:END, e.g. 0:1000");
+  const long a = parse_long(text.substr(0, colon), flag), b = parse_long(text.substr(colon + 1), flag);
+  if (b <= a) throw InputError(flag + ": '" + text + "' is empty (END must be greater than START)");
+  std::vector<int> out;
+  for (long i = a; i < b; ++i) out.push_back(static_cast<int>(i));
+  return out;
+}
+
+void validate_job(const OptimizeJob& job, int classes) {
+  const bool soft = !job.target_dist.empty();
+  if (soft && !job.target.empty()) throw InputError("give either --target or --target-dist, not both");
+  if (!soft && job.target.empty()) throw InputError("no target: give --target CLASS|all|other|next|untargeted or --target-dist");
+  if (soft) {
+    if (static_cast<int>(job.target_dist.size()) != classes)
+      throw InputError("target distribution has " + std::to_string(job.target_dist.size()) + " entries; the model has " +
+                       std::to_string(classes) + " classes");
+    double sum = 0;
+    for (size_t i = 0; i < job.target_dist.size(); ++i) {
+      if (job.target_dist[i] < 0)
+        throw InputError("target distribution entry " + std::to_string(i) + " is negative (" +
+                         std::to_string(job.target_dist[i]) + ")");
+      sum += job.target_dist[i];
+    }
+    if (std::fabs(sum - 1.0) > 1e-6)
+      throw InputError("target distribution sums to " + std::to_string(sum) + "; it must sum to 1 (within 1e-6)");
+    if (job.step.loss == LossKind::CarliniWagner)
+      throw InputError("--loss cw needs a one-hot or untargeted target, not a distribution");
+  } else {
+    const std::string& t = job.target;
+    if (t == "next" || t == "other" || t == "untargeted") {
+      if (!labels_known(job.init))
+        throw InputError("--target " + t + " needs true labels: start from dataset images (--init test or train)");
+    } else if (t != "all") {
+      char* end = nullptr;
+      const long c = std::strtol(t.c_str(), &end, 10);
+      if (t.empty() || *end != '\0')
+        throw InputError("--target '" + t + "': expected a class number, all, other, next or untargeted");
+      if (c < 0 || c >= classes)
+        throw InputError("--target " + t + ": the model has " + std::to_string(classes) + " classes (0-" +
+                         std::to_string(classes - 1) + ")");
+    }
+  }
+  for (float e : job.eps)
+    if (!(e >= 0)) throw InputError("--eps must be >= 0 (got " + std::to_string(e) + ")");
+  if (!job.eps.empty() && job.step.norm == Norm::None) throw InputError("--eps needs --norm linf or l2");
+  if (job.random_start && job.eps.empty()) throw InputError("--random-start needs --eps");
+  if (job.steps < 0) throw InputError("--steps must be >= 0");
+  if (job.restarts < 1) throw InputError("--restarts must be >= 1");
+  if (!(job.step.lr > 0)) throw InputError("--lr must be > 0");
+  if (job.step.stop_prob > 1) throw InputError("--stop-at must be a probability <= 1");
+  if (!(job.step.stop_kl >= 0)) throw InputError("--stop-kl must be >= 0");
+  if ((job.init == InitKind::Noise || job.init == InitKind::Gauss || job.init == InitKind::Gray) && job.count < 1)
+    throw InputError("--count must be >= 1");
+}
+
+std::vector<RowTarget> targets_for(const OptimizeJob& job, long source, int label, int classes) {
+  if (!job.target_dist.empty()) return {{TargetKind::Soft, -1}};
+  const std::string& t = job.target;
+  if (t == "all") return {{TargetKind::OneHot, static_cast<int>(source % classes)}};
+  if (t == "next") return {{TargetKind::OneHot, (label + 1) % classes}};
+  if (t == "untargeted") return {{TargetKind::Untargeted, label}};
+  if (t == "other") {
+    std::vector<RowTarget> out;
+    for (int c = 0; c < classes; ++c)
+      if (c != label) out.push_back({TargetKind::OneHot, c});
+    return out;
+  }
+  return {{TargetKind::OneHot, std::atoi(t.c_str())}};
+}
+
+std::string target_name(const RowTarget& t) {
+  switch (t.kind) {
+    case TargetKind::OneHot: return std::to_string(t.cls);
+    case TargetKind::Untargeted: return "untargeted";
+    case TargetKind::Soft: return "dist";
+  }
+  return "?";
+}
+
+}  // namespace nudge

@@ -1,0 +1,137 @@
+#include "optimize_report.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "contact_sheet.h"
+#include "errors.h"
+
+namespace nudge {
+
+namespace {
+constexpr size_t kGridCells = 100;
+}
+
+void ensure_output_dir(const std::string& dir) {
+  if (dir.empty()) throw InputError("--out: an output folder is required");
+  std::string partial;
+  for (size_t i = 0; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      partial = dir.substr(0, i);
+      if (!partial.empty() && ::mkdir(partial.c_str(), 0777) != 0 && errno != EEXIST)
+        throw InputError("cannot create output folder " + partial + ": " + std::strerror(errno));
+    }
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw InputError("output path " + dir + " is not a folder");
+  if (::access(dir.c_str(), W_OK) != 0) throw InputError("output folder " + dir + " is not writable");
+}
+
+OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps)
+    : dir_(out_dir), classes_(classes), height_(height), width_(width), steps_(steps),
+      success_at_step_(static_cast<size_t>(steps) + 1, 0) {
+  ensure_output_dir(dir_);
+  csv_ = std::make_unique<AtomicFile>(dir_ + "/results.csv");
+  npy_ = std::make_unique<NpyStreamWriter>(dir_ + "/images.npy", std::vector<int64_t>{rows, height, width});
+  std::string header = "index,source,label,target,success,steps_to_success,updates,start_class,final_class";
+  for (int k = 0; k < classes_; ++k) header += ",p" + std::to_string(k);
+  header += ",loss,eps,linf,l2\n";
+  csv_->write(header);
+}
+
+void OptimizeReport::row(const RowResult& r) {
+  const int final_class = static_cast<int>(std::max_element(r.probs.begin(), r.probs.end()) - r.probs.begin());
+  char buf[64];
+  std::string line = std::to_string(r.row) + "," + r.source_name + "," + (r.label >= 0 ? std::to_string(r.label) : "") +
+                     "," + target_name(r.target) + "," + (r.success ? "1" : "0") + "," +
+                     (r.success ? std::to_string(r.success_step) : "") + "," + std::to_string(r.updates) + "," +
+                     std::to_string(r.start_class) + "," + std::to_string(final_class);
+  for (float p : r.probs) {
+    std::snprintf(buf, sizeof buf, ",%.6g", p);
+    line += buf;
+  }
+  std::snprintf(buf, sizeof buf, ",%.6g,%.6g,%.6g,%.6g\n", r.loss, r.eps, r.linf, r.l2);
+  line += buf;
+  csv_->write(line);
+  npy_->append(r.image, static_cast<size_t>(height_) * width_);
+
+  ++rows_;
+  if (r.success) {
+    ++successes_;
+    ++success_at_step_[std::min(r.success_step, steps_)];
+    success_steps_.push_back(r.success_step);
+  }
+  if (r.label >= 0) {
+    ++labelled_;
+    if (r.start_class == r.label) {
+      ++correct_before_;
+      correct_before_successes_ += r.success;
+    }
+  }
+  if (grid_.size() < kGridCells) {
+    const int D = height_ * width_;
+    std::string caption = std::string(r.success ? "+" : "-") + (r.label >= 0 ? std::to_string(r.label) : "") + ">" +
+                          (r.target.kind == TargetKind::Untargeted ? "not" + std::to_string(r.label)
+                                                                   : target_name(r.target));
+    std::snprintf(buf, sizeof buf, " %d:%.0f%%", final_class, 100 * r.probs[final_class]);
+    grid_.push_back({std::vector<float>(r.start, r.start + D), std::vector<float>(r.image, r.image + D), caption + buf});
+  }
+}
+
+nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const EngineStats& stats,
+                                      const std::string& device) {
+  std::vector<SheetCell> cells;
+  for (const GridItem& g : grid_) cells.push_back({g.start.data(), g.image.data(), width_, height_, g.caption});
+  if (!cells.empty()) write_contact_sheet(dir_ + "/grid.png", cells, 10, 2);
+
+  nlohmann::json s;
+  s["job"] = job_spec;
+  s["device"] = device;
+  s["rows"] = rows_;
+  s["entries"] = stats.entries;
+  s["entries_per_row"] = stats.entries_per_row;
+  s["chunks"] = stats.chunks;
+  s["success_rate"] = rows_ ? static_cast<double>(successes_) / rows_ : 0.0;
+  s["successes"] = successes_;
+  s["success_denominator"] = "all " + std::to_string(rows_) + " rows (start image x target)";
+  if (labelled_ > 0) {
+    s["correct_before"] = correct_before_;
+    s["success_rate_correct_before"] =
+        correct_before_ ? static_cast<double>(correct_before_successes_) / correct_before_ : 0.0;
+    s["success_denominator_correct_before"] =
+        std::to_string(correct_before_) + " rows whose start image the model classified correctly";
+  }
+  // Cumulative: the fraction of rows that had met their goal after at most s updates.
+  std::vector<double> by_step;
+  long cum = 0;
+  for (long c : success_at_step_) {
+    cum += c;
+    by_step.push_back(rows_ ? static_cast<double>(cum) / rows_ : 0.0);
+  }
+  s["success_rate_by_step"] = by_step;
+  if (!success_steps_.empty()) {
+    std::vector<int> v = success_steps_;
+    std::sort(v.begin(), v.end());
+    double mean = 0;
+    for (int x : v) mean += x;
+    s["mean_steps_to_success"] = mean / v.size();
+    s["median_steps_to_success"] = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  } else {
+    s["mean_steps_to_success"] = nullptr;
+    s["median_steps_to_success"] = nullptr;
+  }
+  s["image_steps"] = stats.image_steps;
+  s["wall_seconds"] = stats.seconds;
+  s["image_steps_per_s"] = stats.seconds > 0 ? stats.image_steps / stats.seconds : 0.0;
+
+  csv_->commit();
+  npy_->commit();
+  write_file_atomically(dir_ + "/summary.json", s.dump(2) + "\n");
+  return s;
+}
+
+}  // namespace nudge

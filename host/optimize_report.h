@@ -1,0 +1,45 @@
+// The files an optimize job leaves in its output folder, each written to a temporary name and renamed when whole:
+//   results.csv   one row per (start image, target): the reported iterate's probabilities p0..p9, success, distances
+//   images.npy    float32 [rows, H, W], the reported iterates, NumPy's format
+//   grid.png      contact sheet of up to 100 rows: start image, result, target, class and probability
+//   summary.json  the job, success rates with their denominators, steps, speed, device (written last)
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "atomic_file.h"
+#include "image_io.h"
+#include "optimize_engine.h"
+
+namespace nudge {
+
+class OptimizeReport : public RowSink {
+ public:
+  // Creates the folder if needed and opens the streamed files; InputError if it cannot be written.
+  OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps);
+  void row(const RowResult& r) override;
+  // Writes grid.png and summary.json and renames everything into place. Returns the summary.
+  nlohmann::json finish(const nlohmann::json& job_spec, const EngineStats& stats, const std::string& device);
+
+ private:
+  std::string dir_;
+  int classes_, height_, width_, steps_;
+  std::unique_ptr<AtomicFile> csv_;
+  std::unique_ptr<NpyStreamWriter> npy_;
+  long rows_ = 0, successes_ = 0, labelled_ = 0, correct_before_ = 0, correct_before_successes_ = 0;
+  std::vector<long> success_at_step_;  // rows first succeeding after exactly s updates
+  std::vector<int> success_steps_;
+  struct GridItem {
+    std::vector<float> start, image;
+    std::string caption;
+  };
+  std::vector<GridItem> grid_;
+};
+
+// Creates `dir` (and parents) if missing; InputError naming it if that fails or it is not writable.
+void ensure_output_dir(const std::string& dir);
+
+}  // namespace nudge

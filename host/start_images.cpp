@@ -1,0 +1,115 @@
+#include "start_images.h"
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "counter_rng.h"
+#include "errors.h"
+#include "image_io.h"
+
+namespace nudge {
+
+void noise_image(uint64_t seed, long index, int D, float* out) {
+  for (int p = 0; p < D; p += 4) {
+    const Philox4 r = counter_random(seed, kStreamNoise, static_cast<uint64_t>(index), static_cast<uint32_t>(p >> 2));
+    for (int j = 0; j < 4 && p + j < D; ++j) out[p + j] = uniform_from_bits(r.v[j]);
+  }
+}
+
+void gauss_image(uint64_t seed, long index, int D, float sigma, float* out) {
+  for (int p = 0; p < D; p += 2) {
+    const Philox4 r = counter_random(seed, kStreamGauss, static_cast<uint64_t>(index), static_cast<uint32_t>(p >> 1));
+    // 1 - u keeps the logarithm's argument in (0,1].
+    const double u1 = 1.0 - uniform_from_bits(r.v[0]), u2 = uniform_from_bits(r.v[1]);
+    const double rad = std::sqrt(-2.0 * std::log(u1));
+    const double z[2] = {rad * std::cos(2 * M_PI * u2), rad * std::sin(2 * M_PI * u2)};
+    for (int j = 0; j < 2 && p + j < D; ++j)
+      out[p + j] = static_cast<float>(std::min(1.0, std::max(0.0, 0.5 + sigma * z[j])));
+  }
+}
+
+StartImages::StartImages(const OptimizeJob& job, const Dataset* data, int width, int height)
+    : job_(job), data_(data), width_(width), height_(height) {
+  switch (job.init) {
+    case InitKind::Noise:
+    case InitKind::Gauss:
+    case InitKind::Gray: count_ = job.count; break;
+    case InitKind::Test:
+    case InitKind::Train: {
+      if (!data) throw InternalError("dataset start images without a dataset");
+      if (data->rows != height || data->cols != width)
+        throw InputError("the dataset's images are " + std::to_string(data->cols) + "x" + std::to_string(data->rows) +
+                         "; the model takes " + std::to_string(width) + "x" + std::to_string(height));
+      if (job_.indices.empty()) {
+        const long n = std::min<long>(job.count, data->count);
+        for (long i = 0; i < n; ++i) job_.indices.push_back(static_cast<int>(i));
+      }
+      for (int i : job_.indices)
+        if (i < 0 || i >= data->count)
+          throw InputError("image index " + std::to_string(i) + " is outside the split's " + std::to_string(data->count) + " images");
+      count_ = static_cast<long>(job_.indices.size());
+      break;
+    }
+    case InitKind::Images: {
+      DIR* dir = ::opendir(job.image_dir.c_str());
+      if (!dir) throw InputError("--init " + job.image_dir + ": not a folder of images (and not noise, gauss, gray, test or train)");
+      while (dirent* e = ::readdir(dir)) {
+        const std::string n = e->d_name;
+        auto ends = [&](const char* s) {
+          const std::string x = s;
+          return n.size() > x.size() && std::equal(x.rbegin(), x.rend(), n.rbegin(), [](char a, char b) { return std::tolower(a) == b; });
+        };
+        if (ends(".png") || ends(".pgm")) files_.push_back(job.image_dir + "/" + n);
+      }
+      ::closedir(dir);
+      std::sort(files_.begin(), files_.end());
+      if (files_.empty()) throw InputError("--init " + job.image_dir + ": no .png or .pgm files in the folder");
+      for (const std::string& f : files_) {
+        GrayImage img = read_image(f);
+        if (img.width != width || img.height != height)
+          throw InputError(f + " is " + std::to_string(img.width) + "x" + std::to_string(img.height) +
+                           "; the model takes " + std::to_string(width) + "x" + std::to_string(height));
+        file_pixels_.push_back(std::move(img.pixels));
+      }
+      count_ = static_cast<long>(files_.size());
+      break;
+    }
+  }
+}
+
+int StartImages::label(long i) const {
+  const long d = dataset_index(i);
+  return d >= 0 ? data_->labels[d] : -1;
+}
+
+long StartImages::dataset_index(long i) const {
+  return job_.init == InitKind::Test || job_.init == InitKind::Train ? job_.indices[i] : -1;
+}
+
+std::string StartImages::name(long i) const {
+  switch (job_.init) {
+    case InitKind::Noise: return "noise:" + std::to_string(i);
+    case InitKind::Gauss: return "gauss:" + std::to_string(i);
+    case InitKind::Gray: return "gray:" + std::to_string(i);
+    case InitKind::Test: return "test:" + std::to_string(job_.indices[i]);
+    case InitKind::Train: return "train:" + std::to_string(job_.indices[i]);
+    case InitKind::Images: return files_[i];
+  }
+  return "?";
+}
+
+void StartImages::fill(long i, float* out) const {
+  const int D = width_ * height_;
+  switch (job_.init) {
+    case InitKind::Noise: noise_image(job_.seed, i, D, out); break;
+    case InitKind::Gauss: gauss_image(job_.seed, i, D, job_.gauss_sigma, out); break;
+    case InitKind::Gray: std::fill(out, out + D, job_.gray_value); break;
+    case InitKind::Test:
+    case InitKind::Train: data_->image_as_float(job_.indices[i], out); break;
+    case InitKind::Images: std::copy(file_pixels_[i].begin(), file_pixels_[i].end(), out); break;
+  }
+}
+
+}  // namespace nudge
