@@ -12,25 +12,26 @@ namespace nudge::cpu {
 
 namespace {
 
-// col [(c*k + ki)*k + kj, oh*Wo + ow] = x[c, oh+ki, ow+kj]: one image's patches as a (C*k*k) x (Ho*Wo) matrix.
-void im2col(const float* x, Shape3 in, int k, float* col) {
+// col [(c*k + ki)*k + kj, oh*Wo + ow] = x[c, oh+ki, ow+kj]: one image's patches as a (C*k*k) x (Ho*Wo) block of a
+// matrix whose rows are `ld` floats apart.
+void im2col_strided(const float* x, Shape3 in, int k, float* col, int ld) {
   const int Ho = in.h - k + 1, Wo = in.w - k + 1;
   for (int c = 0; c < in.c; ++c)
     for (int ki = 0; ki < k; ++ki)
       for (int kj = 0; kj < k; ++kj) {
-        float* dst = col + ((c * k + ki) * k + kj) * Ho * Wo;
+        float* dst = col + static_cast<size_t>((c * k + ki) * k + kj) * ld;
         const float* src = x + (c * in.h + ki) * in.w + kj;
         for (int oh = 0; oh < Ho; ++oh) std::memcpy(dst + oh * Wo, src + oh * in.w, sizeof(float) * Wo);
       }
 }
 
-// The adjoint of im2col: dx[c, oh+ki, ow+kj] += col[...]. dx must be zeroed by the caller.
-void col2im(const float* col, Shape3 in, int k, float* dx) {
+// The adjoint of im2col_strided: dx[c, oh+ki, ow+kj] += col[...]. dx must be zeroed by the caller.
+void col2im_strided(const float* col, int ld, Shape3 in, int k, float* dx) {
   const int Ho = in.h - k + 1, Wo = in.w - k + 1;
   for (int c = 0; c < in.c; ++c)
     for (int ki = 0; ki < k; ++ki)
       for (int kj = 0; kj < k; ++kj) {
-        const float* src = col + ((c * k + ki) * k + kj) * Ho * Wo;
+        const float* src = col + static_cast<size_t>((c * k + ki) * k + kj) * ld;
         float* dst = dx + (c * in.h + ki) * in.w + kj;
         for (int oh = 0; oh < Ho; ++oh)
           for (int ow = 0; ow < Wo; ++ow) dst[oh * in.w + ow] += src[oh * Wo + ow];
@@ -44,43 +45,76 @@ float* col_buffer(size_t n) {
   return tl_col.data();
 }
 
+// Images are processed in groups so that each GEMM has at least ~256 columns: a 3x3 map (conv3 of the reference
+// model) alone would make 9-column GEMMs that run far below the BLAS kernel's speed.
+int group_size(int N, int P) { return std::max(1, std::min(N, (256 + P - 1) / P)); }
+
+thread_local std::vector<float> tl_grouped;
+
+float* grouped_buffer(size_t n) {
+  if (tl_grouped.size() < n) tl_grouped.resize(n);
+  return tl_grouped.data();
+}
+
 }  // namespace
 
 void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, int k, float* y) {
   const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
-  float* col = col_buffer(static_cast<size_t>(R) * P);
-  for (int n = 0; n < N; ++n) {
-    float* yn = y + static_cast<size_t>(n) * K * P;
-    for (int o = 0; o < K; ++o) std::fill(yn + o * P, yn + (o + 1) * P, b[o]);
-    im2col(x + static_cast<size_t>(n) * in.size(), in, k, col);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, P, R, 1.0f, w, R, col, P, 1.0f, yn, P);
+  const int G = group_size(N, P);
+  float* col = col_buffer(static_cast<size_t>(R) * P * G);
+  float* out = grouped_buffer(static_cast<size_t>(K) * P * G);
+  for (int n0 = 0; n0 < N; n0 += G) {
+    const int g = std::min(G, N - n0), cols = g * P;
+    // col is [R, g*P]: image j's patches occupy columns j*P .. j*P+P-1.
+    for (int j = 0; j < g; ++j) im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, k, col + j * P, cols);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, cols, R, 1.0f, w, R, col, cols, 0.0f, out, cols);
+    for (int j = 0; j < g; ++j) {
+      float* yn = y + static_cast<size_t>(n0 + j) * K * P;
+      for (int o = 0; o < K; ++o) {
+        const float* src = out + static_cast<size_t>(o) * cols + j * P;
+        for (int p = 0; p < P; ++p) yn[o * P + p] = src[p] + b[o];
+      }
+    }
   }
 }
 
 void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, int k, float* dx) {
   const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
-  float* col = col_buffer(static_cast<size_t>(R) * P);
-  for (int n = 0; n < N; ++n) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, P, K, 1.0f, w, R, dy + static_cast<size_t>(n) * K * P, P,
-                0.0f, col, P);
-    float* dxn = dx + static_cast<size_t>(n) * in.size();
-    std::fill(dxn, dxn + in.size(), 0.0f);
-    col2im(col, in, k, dxn);
+  const int G = group_size(N, P);
+  float* col = col_buffer(static_cast<size_t>(R) * P * G);
+  float* dyg = grouped_buffer(static_cast<size_t>(K) * P * G);
+  for (int n0 = 0; n0 < N; n0 += G) {
+    const int g = std::min(G, N - n0), cols = g * P;
+    for (int j = 0; j < g; ++j)
+      for (int o = 0; o < K; ++o)
+        std::memcpy(dyg + static_cast<size_t>(o) * cols + j * P, dy + (static_cast<size_t>(n0 + j) * K + o) * P, sizeof(float) * P);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, cols, K, 1.0f, w, R, dyg, cols, 0.0f, col, cols);
+    for (int j = 0; j < g; ++j) {
+      float* dxn = dx + static_cast<size_t>(n0 + j) * in.size();
+      std::fill(dxn, dxn + in.size(), 0.0f);
+      col2im_strided(col + j * P, cols, in, k, dxn);
+    }
   }
 }
 
 void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, int K, int k, float* dw, float* db) {
   const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
-  float* col = col_buffer(static_cast<size_t>(R) * P);
+  const int G = group_size(N, P);
+  float* col = col_buffer(static_cast<size_t>(R) * P * G);
+  float* dyg = grouped_buffer(static_cast<size_t>(K) * P * G);
   std::fill(dw, dw + static_cast<size_t>(K) * R, 0.0f);
   std::fill(db, db + K, 0.0f);
-  for (int n = 0; n < N; ++n) {
-    const float* dyn = dy + static_cast<size_t>(n) * K * P;
-    im2col(x + static_cast<size_t>(n) * in.size(), in, k, col);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, R, P, 1.0f, dyn, P, col, P, 1.0f, dw, R);
+  for (int n0 = 0; n0 < N; n0 += G) {
+    const int g = std::min(G, N - n0), cols = g * P;
+    for (int j = 0; j < g; ++j) {
+      im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, k, col + j * P, cols);
+      for (int o = 0; o < K; ++o)
+        std::memcpy(dyg + static_cast<size_t>(o) * cols + j * P, dy + (static_cast<size_t>(n0 + j) * K + o) * P, sizeof(float) * P);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, R, cols, 1.0f, dyg, cols, col, cols, 1.0f, dw, R);
     for (int o = 0; o < K; ++o) {
       float s = 0;
-      for (int p = 0; p < P; ++p) s += dyn[o * P + p];
+      for (int p = 0; p < cols; ++p) s += dyg[static_cast<size_t>(o) * cols + p];
       db[o] += s;
     }
   }
