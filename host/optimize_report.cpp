@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 
 #include "contact_sheet.h"
@@ -14,6 +15,8 @@ namespace nudge {
 
 namespace {
 constexpr size_t kGridCells = 100;
+// The band a soft target is judged by in summaries: every class's probability within 0.01 of its target.
+constexpr double kBand = 0.01;
 }
 
 void ensure_output_dir(const std::string& dir) {
@@ -31,15 +34,18 @@ void ensure_output_dir(const std::string& dir) {
   if (::access(dir.c_str(), W_OK) != 0) throw InputError("output folder " + dir + " is not writable");
 }
 
-OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps)
-    : dir_(out_dir), classes_(classes), height_(height), width_(width), steps_(steps),
+OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
+                               std::vector<float> target_dist)
+    : dir_(out_dir), classes_(classes), height_(height), width_(width), steps_(steps), target_dist_(std::move(target_dist)),
       success_at_step_(static_cast<size_t>(steps) + 1, 0) {
   ensure_output_dir(dir_);
   csv_ = std::make_unique<AtomicFile>(dir_ + "/results.csv");
   npy_ = std::make_unique<NpyStreamWriter>(dir_ + "/images.npy", std::vector<int64_t>{rows, height, width});
   std::string header = "index,source,label,target,success,steps_to_success,updates,start_class,final_class";
   for (int k = 0; k < classes_; ++k) header += ",p" + std::to_string(k);
-  header += ",loss,eps,linf,l2\n";
+  header += ",loss,eps,linf,l2";
+  if (!target_dist_.empty()) header += ",max_dev";
+  header += "\n";
   csv_->write(header);
 }
 
@@ -54,8 +60,16 @@ void OptimizeReport::row(const RowResult& r) {
     std::snprintf(buf, sizeof buf, ",%.6g", p);
     line += buf;
   }
-  std::snprintf(buf, sizeof buf, ",%.6g,%.6g,%.6g,%.6g\n", r.loss, r.eps, r.linf, r.l2);
+  std::snprintf(buf, sizeof buf, ",%.6g,%.6g,%.6g,%.6g", r.loss, r.eps, r.linf, r.l2);
   line += buf;
+  if (!target_dist_.empty()) {
+    double dev = 0;
+    for (int k = 0; k < classes_; ++k) dev = std::max(dev, std::fabs(static_cast<double>(r.probs[k]) - target_dist_[k]));
+    within_band_ += dev <= kBand;
+    std::snprintf(buf, sizeof buf, ",%.6g", dev);
+    line += buf;
+  }
+  line += "\n";
   csv_->write(line);
   npy_->append(r.image, static_cast<size_t>(height_) * width_);
 
@@ -105,6 +119,7 @@ nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const Engi
     s["success_denominator_correct_before"] =
         std::to_string(correct_before_) + " rows whose start image the model classified correctly";
   }
+  if (!target_dist_.empty()) s["soft_within_0.01"] = rows_ ? static_cast<double>(within_band_) / rows_ : 0.0;
   // Cumulative: the fraction of rows that had met their goal after at most s updates.
   std::vector<double> by_step;
   long cum = 0;

@@ -19,7 +19,9 @@ namespace nudge {
 class OptimizeReport : public RowSink {
  public:
   // Creates the folder if needed and opens the streamed files; InputError if it cannot be written.
-  OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps);
+  // target_dist: the job's soft target (empty for one-hot jobs); rows then also report their distance to it.
+  OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
+                 std::vector<float> target_dist = {});
   void row(const RowResult& r) override;
   // Writes grid.png and summary.json and renames everything into place. Returns the summary.
   nlohmann::json finish(const nlohmann::json& job_spec, const EngineStats& stats, const std::string& device);
@@ -27,6 +29,8 @@ class OptimizeReport : public RowSink {
  private:
   std::string dir_;
   int classes_, height_, width_, steps_;
+  std::vector<float> target_dist_;
+  long within_band_ = 0;  // soft rows whose every probability is within kBand of the target
   std::unique_ptr<AtomicFile> csv_;
   std::unique_ptr<NpyStreamWriter> npy_;
   long rows_ = 0, successes_ = 0, labelled_ = 0, correct_before_ = 0, correct_before_successes_ = 0;

@@ -24,7 +24,7 @@ struct StepConfig {
   // Goals. OneHot: p[target] >= stop_prob, or argmax == target when stop_prob <= 0. Untargeted: argmax != label,
   // and also p[label] <= 1 - stop_prob when stop_prob > 0. Soft: KL(target || p) <= stop_kl.
   float stop_prob = 0.0f;
-  float stop_kl = 1e-4f;
+  float stop_kl = 1e-3f;
   Norm norm = Norm::None;
 };
 

@@ -117,7 +117,7 @@ Runner add_optimize_command(CLI::App& app) {
     const int per_source = static_cast<int>(targets_for(job, 0, 0, K).size());
     const long rows = starts.count() * per_source;
 
-    OptimizeReport report(o->out, rows, K, model.arch.input.h, model.arch.input.w, job.steps);
+    OptimizeReport report(o->out, rows, K, model.arch.input.h, model.arch.input.w, job.steps, job.target_dist);
     auto backend = make_backend(o->device);
     backend->load_model(model);
     const bool quiet = cmd->count("--quiet") > 0;
@@ -134,6 +134,8 @@ Runner add_optimize_command(CLI::App& app) {
                   s["correct_before"].get<long>());
     if (!s["median_steps_to_success"].is_null())
       std::printf("; median %g steps", s["median_steps_to_success"].get<double>());
+    if (s.contains("soft_within_0.01"))
+      std::printf("; %.2f%% within 0.01 of the target distribution", 100.0 * s["soft_within_0.01"].get<double>());
     std::printf("; %.0f image-steps/s, %.2fs; results in %s\n", s["image_steps_per_s"].get<double>(), stats.seconds,
                 o->out.c_str());
     return 0;
