@@ -21,7 +21,9 @@ void im2col_strided(const float* x, Shape3 in, int k, float* col, int ld) {
       for (int kj = 0; kj < k; ++kj) {
         float* dst = col + static_cast<size_t>((c * k + ki) * k + kj) * ld;
         const float* src = x + (c * in.h + ki) * in.w + kj;
-        for (int oh = 0; oh < Ho; ++oh) std::memcpy(dst + oh * Wo, src + oh * in.w, sizeof(float) * Wo);
+        // A plain loop, not memcpy: rows are 3 to 26 floats, where a library call costs more than the copy.
+        for (int oh = 0; oh < Ho; ++oh)
+          for (int ow = 0; ow < Wo; ++ow) dst[oh * Wo + ow] = src[oh * in.w + ow];
       }
 }
 
@@ -134,6 +136,20 @@ void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t*
     const float* xp = x + static_cast<size_t>(nc) * in.h * in.w;
     float* yp = y + static_cast<size_t>(nc) * Ho * Wo;
     int32_t* ap = argmax + static_cast<size_t>(nc) * Ho * Wo;
+    if (p == 2) {
+      // The common window, unrolled; comparisons in row-major order keep "first maximum wins".
+      for (int oh = 0; oh < Ho; ++oh)
+        for (int ow = 0; ow < Wo; ++ow) {
+          const int i0 = 2 * oh * in.w + 2 * ow, i1 = i0 + 1, i2 = i0 + in.w, i3 = i2 + 1;
+          int best = i0;
+          best = xp[i1] > xp[best] ? i1 : best;
+          best = xp[i2] > xp[best] ? i2 : best;
+          best = xp[i3] > xp[best] ? i3 : best;
+          yp[oh * Wo + ow] = xp[best];
+          ap[oh * Wo + ow] = best;
+        }
+      continue;
+    }
     for (int oh = 0; oh < Ho; ++oh)
       for (int ow = 0; ow < Wo; ++ow) {
         int best = oh * p * in.w + ow * p;
