@@ -73,7 +73,11 @@ class CpuBackend : public Backend {
     adam_v_.assign(total, 0.0f);
     adam_t_ = 0;
     nets_.clear();
-    for (int t = 0; t < threads_; ++t) nets_.push_back(std::make_unique<CpuNetwork>(arch_));
+    invariant_nets_.clear();
+    for (int t = 0; t < threads_; ++t) {
+      nets_.push_back(std::make_unique<CpuNetwork>(arch_));
+      invariant_nets_.push_back(std::make_unique<CpuNetwork>(arch_, true));
+    }
     thread_grads_.assign(threads_, std::vector<float>(total));
   }
 
@@ -95,7 +99,7 @@ class CpuBackend : public Backend {
 
   int input_size() const { return arch_.input.size(); }
   int classes() const { return arch_.num_classes(); }
-  CpuNetwork& net(int thread) { return *nets_[thread]; }
+  CpuNetwork& invariant_net(int thread) { return *invariant_nets_[thread]; }
   int threads() const { return threads_; }
 
   void predict(const float* x, int n, float* probs) override {
@@ -104,7 +108,7 @@ class CpuBackend : public Backend {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
     for (int b = 0; b < n; b += kMicroBatch) {
       const int m = std::min(kMicroBatch, n - b);
-      CpuNetwork& nw = *nets_[omp_get_thread_num()];
+      CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       for (int i = 0; i < m; ++i) softmax(nw.logits() + i * K, K, probs + static_cast<size_t>(b + i) * K);
     }
@@ -167,7 +171,7 @@ class CpuBackend : public Backend {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
     for (int b = 0; b < n; b += kMicroBatch) {
       const int m = std::min(kMicroBatch, n - b);
-      CpuNetwork& nw = *nets_[omp_get_thread_num()];
+      CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       std::vector<float> dlogits(static_cast<size_t>(m) * K);
       for (int i = 0; i < m; ++i) {
@@ -198,7 +202,9 @@ class CpuBackend : public Backend {
   std::vector<size_t> offsets_;
   std::vector<float> flat_, adam_m_, adam_v_;
   long adam_t_ = 0;
-  std::vector<std::unique_ptr<CpuNetwork>> nets_;
+  // Training groups images into large GEMMs (nets_); inference, input gradients and optimize give every image its
+  // own calls (invariant_nets_), so an image's result does not depend on chunking, early stop or batch size.
+  std::vector<std::unique_ptr<CpuNetwork>> nets_, invariant_nets_;
   std::vector<std::vector<float>> thread_grads_;
 };
 
@@ -229,7 +235,7 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
   std::vector<uint8_t> keep(count, 1);
 #pragma omp parallel num_threads(backend_.threads())
   {
-    CpuNetwork& nw = backend_.net(omp_get_thread_num());
+    CpuNetwork& nw = backend_.invariant_net(omp_get_thread_num());
     std::vector<float> xb(static_cast<size_t>(kMicroBatch) * D_), gb(xb.size()), dlogits(kMicroBatch * K_), probs(K_);
 #pragma omp for schedule(dynamic, 1)
     for (int b = 0; b < count; b += kMicroBatch) {

@@ -6,7 +6,7 @@
 
 namespace nudge {
 
-CpuNetwork::CpuNetwork(const Architecture& arch) : arch_(arch) {
+CpuNetwork::CpuNetwork(const Architecture& arch, bool batch_invariant) : arch_(arch), batch_invariant_(batch_invariant) {
   int p = 0;
   for (const LayerSpec& l : arch_.layers) {
     const bool has_params = l.kind == LayerKind::Conv || l.kind == LayerKind::Dense;
@@ -31,6 +31,15 @@ void CpuNetwork::reserve(int n) {
   capacity_ = n;
 }
 
+template <class F>
+void CpuNetwork::for_images(int n, size_t in_size, size_t out_size, F&& f) const {
+  if (!batch_invariant_) {
+    f(n, 0, 0);
+    return;
+  }
+  for (int i = 0; i < n; ++i) f(1, i * in_size, i * out_size);
+}
+
 const float* CpuNetwork::out(int layer) const {
   // Flatten changes no bytes in NCHW: its output is its input.
   while (layer >= 0 && arch_.layers[layer].kind == LayerKind::Flatten) --layer;
@@ -46,14 +55,19 @@ void CpuNetwork::forward(const std::vector<const float*>& params, const float* x
     float* y = act_[i].data();
     switch (l.kind) {
       case LayerKind::Conv:
-        cpu::conv2d_forward(in, n, l.in, params[param_index_[i]], params[param_index_[i] + 1], l.out_channels,
-                            l.kernel, y);
+        for_images(n, l.in.size(), l.out.size(), [&](int m, size_t io, size_t oo) {
+          cpu::conv2d_forward(in + io, m, l.in, params[param_index_[i]], params[param_index_[i] + 1], l.out_channels,
+                              l.kernel, y + oo);
+        });
         break;
       case LayerKind::Relu: cpu::relu_forward(in, static_cast<size_t>(n) * l.out.size(), y); break;
       case LayerKind::MaxPool: cpu::maxpool_forward(in, n, l.in, l.kernel, y, argmax_[i].data()); break;
       case LayerKind::Flatten: break;
       case LayerKind::Dense:
-        cpu::dense_forward(in, n, l.in.size(), params[param_index_[i]], params[param_index_[i] + 1], l.out_channels, y);
+        for_images(n, l.in.size(), l.out.size(), [&](int m, size_t io, size_t oo) {
+          cpu::dense_forward(in + io, m, l.in.size(), params[param_index_[i]], params[param_index_[i] + 1],
+                             l.out_channels, y + oo);
+        });
         break;
     }
   }
@@ -74,7 +88,10 @@ void CpuNetwork::backward(const std::vector<const float*>& params, const float* 
         if (param_grads)
           cpu::conv2d_backward_filter(in, dy, n, l.in, l.out_channels, l.kernel, (*param_grads)[param_index_[i]],
                                       (*param_grads)[param_index_[i] + 1]);
-        if (need_dx) cpu::conv2d_backward_data(dy, n, l.in, params[param_index_[i]], l.out_channels, l.kernel, d);
+        if (need_dx)
+          for_images(n, l.out.size(), l.in.size(), [&](int m, size_t oo, size_t io) {
+            cpu::conv2d_backward_data(dy + oo, m, l.in, params[param_index_[i]], l.out_channels, l.kernel, d + io);
+          });
         break;
       case LayerKind::Relu:
         if (need_dx) cpu::relu_backward(act_[i].data(), dy, static_cast<size_t>(n) * l.out.size(), d);
@@ -89,7 +106,10 @@ void CpuNetwork::backward(const std::vector<const float*>& params, const float* 
         if (param_grads)
           cpu::dense_backward_params(in, dy, n, l.in.size(), l.out_channels, (*param_grads)[param_index_[i]],
                                      (*param_grads)[param_index_[i] + 1]);
-        if (need_dx) cpu::dense_backward_data(dy, n, l.in.size(), params[param_index_[i]], l.out_channels, d);
+        if (need_dx)
+          for_images(n, l.out.size(), l.in.size(), [&](int m, size_t oo, size_t io) {
+            cpu::dense_backward_data(dy + oo, m, l.in.size(), params[param_index_[i]], l.out_channels, d + io);
+          });
         break;
     }
     if (!need_dx) break;

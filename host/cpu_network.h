@@ -11,7 +11,10 @@ namespace nudge {
 
 class CpuNetwork {
  public:
-  explicit CpuNetwork(const Architecture& arch);
+  // batch_invariant: every image goes through its own BLAS calls, so its results are bit-identical whatever else
+  // shares its batch (chunking and early stop change batch composition; a GEMM's rounding may depend on its shape).
+  // Training leaves it off and groups images into larger, faster GEMMs.
+  explicit CpuNetwork(const Architecture& arch, bool batch_invariant = false);
 
   // params: one pointer per Architecture::params() entry. Keeps the activations of the last forward.
   void forward(const std::vector<const float*>& params, const float* x, int n);
@@ -26,9 +29,13 @@ class CpuNetwork {
 
  private:
   const float* out(int layer) const;
+  // Calls f(count, in_offset, out_offset) once for the whole batch, or once per image when batch-invariant.
+  template <class F>
+  void for_images(int n, size_t in_size, size_t out_size, F&& f) const;
   void reserve(int n);
 
   Architecture arch_;
+  bool batch_invariant_;
   std::vector<int> param_index_;  // layer -> index of its weight in params (bias is +1), -1 if none
   int capacity_ = 0;
   const float* x_ = nullptr;

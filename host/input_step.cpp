@@ -20,8 +20,7 @@ void project_one(float* x, const float* x0, int D, float eps, Norm norm) {
   for (int i = 0; i < D; ++i) x[i] = std::min(std::max(x[i], 0.0f), 1.0f);
 }
 
-void input_update_one(float* x, const float* g, float* m, float* v, int t, const float* x0, int D, float eps,
-                      const StepConfig& cfg) {
+void optimizer_update_one(float* x, const float* g, float* m, float* v, int t, int D, const StepConfig& cfg) {
   switch (cfg.optimizer) {
     case InputOptimizer::Adam: {
       const float c1 = 1.0f - std::pow(cfg.beta1, static_cast<float>(t));
@@ -40,6 +39,11 @@ void input_update_one(float* x, const float* g, float* m, float* v, int t, const
       for (int i = 0; i < D; ++i) x[i] -= cfg.lr * static_cast<float>((g[i] > 0) - (g[i] < 0));
       break;
   }
+}
+
+void input_update_one(float* x, const float* g, float* m, float* v, int t, const float* x0, int D, float eps,
+                      const StepConfig& cfg) {
+  optimizer_update_one(x, g, m, v, t, D, cfg);
   project_one(x, x0, D, eps, cfg.norm);
 }
 

@@ -12,6 +12,9 @@ namespace nudge {
 void input_update_one(float* x, const float* g, float* m, float* v, int t, const float* x0, int D, float eps,
                       const StepConfig& cfg);
 
+// The optimizer's move alone, without projection (for free variables such as a sigmoid parametrisation).
+void optimizer_update_one(float* x, const float* g, float* m, float* v, int t, int D, const StepConfig& cfg);
+
 // Projection alone (used for random starts too).
 void project_one(float* x, const float* x0, int D, float eps, Norm norm);
 

@@ -9,7 +9,8 @@ namespace nudge {
 namespace {
 
 // log(sum_j exp(z_j)) over j != skip (skip = -1: all), and the softmax q over the same set into q (may be null).
-float log_sum_exp(const float* z, int K, int skip, float* q) {
+// Returned in double: with logits near 1e4 a float sum m + log(s) keeps only ~1e-3 of the loss's precision.
+double log_sum_exp(const float* z, int K, int skip, float* q) {
   float m = -std::numeric_limits<float>::infinity();
   for (int j = 0; j < K; ++j)
     if (j != skip) m = std::max(m, z[j]);
@@ -18,7 +19,7 @@ float log_sum_exp(const float* z, int K, int skip, float* q) {
     if (j != skip) s += std::exp(static_cast<double>(z[j] - m));
   if (q)
     for (int j = 0; j < K; ++j) q[j] = j == skip ? 0.0f : static_cast<float>(std::exp(static_cast<double>(z[j] - m)) / s);
-  return m + static_cast<float>(std::log(s));
+  return static_cast<double>(m) + std::log(s);
 }
 
 int argmax_except(const float* z, int K, int skip) {
@@ -32,7 +33,7 @@ int argmax_except(const float* z, int K, int skip) {
 
 float loss_forward_backward_one(const float* z, int K, const float* t, TargetKind kind, int cls, LossKind loss,
                                 float kappa, float* probs, float* dz) {
-  const float lse = log_sum_exp(z, K, -1, probs);
+  const double lse = log_sum_exp(z, K, -1, probs);
   if (loss == LossKind::CarliniWagner && kind != TargetKind::Soft) {
     // Targeted: push z_c above every other logit; untargeted: push the true class z_y below the best other one.
     const int other = argmax_except(z, K, cls);
@@ -52,16 +53,16 @@ float loss_forward_backward_one(const float* z, int K, const float* t, TargetKin
     // -log(1 - p_y) = lse(all) - lse(j != y); gradient p - q with q the softmax over j != y.
     float q[64];
     float* qq = K <= 64 ? q : nullptr;
-    const float lse_other = log_sum_exp(z, K, cls, qq);
+    const double lse_other = log_sum_exp(z, K, cls, qq);
     if (dz) {
       if (qq) {
         for (int j = 0; j < K; ++j) dz[j] = probs[j] - qq[j];
       } else {
         // More than 64 classes: recompute q element by element.
-        for (int j = 0; j < K; ++j) dz[j] = probs[j] - (j == cls ? 0.0f : std::exp(z[j] - lse_other));
+        for (int j = 0; j < K; ++j) dz[j] = probs[j] - (j == cls ? 0.0f : static_cast<float>(std::exp(z[j] - lse_other)));
       }
     }
-    return lse - lse_other;
+    return static_cast<float>(lse - lse_other);
   }
   // Cross-entropy and KL share the gradient (p * sum t) - t; KL subtracts the target's entropy from the loss.
   double ce = 0, tsum = 0, entropy = 0;

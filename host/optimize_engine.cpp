@@ -8,6 +8,7 @@
 #include "counter_rng.h"
 #include "input_step.h"
 #include "progress.h"
+#include "regularized_chunk.h"
 
 namespace nudge {
 
@@ -24,7 +25,7 @@ bool better(const ChunkResult& r, int a, int b) {
 }  // namespace
 
 EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob& job, const StartImages& starts,
-                         RowSink& sink, bool progress) {
+                         RowSink& sink, bool progress, const std::vector<Backend*>& ensemble) {
   const int K = model.arch.num_classes();
   const int D = model.arch.input.size();
   validate_job(job, K);
@@ -42,6 +43,12 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   stats.rows = rows;
   stats.entries = rows * per_row;
   stats.entries_per_row = per_row;
+  const bool regularized = job.reg.any() || !ensemble.empty();
+  std::vector<Backend*> models{&backend};
+  models.insert(models.end(), ensemble.begin(), ensemble.end());
+  stats.path = regularized ? "host-regularized (" + std::to_string(models.size()) + " model" +
+                                 (models.size() > 1 ? "s" : "") + ")"
+                           : "backend";
   ProgressBar bar("optimize", std::max(1L, stats.entries * std::max(job.steps, 1)));
 
   std::vector<float> x0, init, dist, eps, start_of_row, source_img(D), start_probs;
@@ -105,7 +112,9 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     in.target_kind = kind.data();
     in.target_class = cls.data();
     in.eps = eps.data();
-    auto chunk = backend.begin_optimize(in, job.step);
+    auto chunk = regularized ? make_regularized_chunk(models, model.arch.input.h, model.arch.input.w, K, in, job.step,
+                                                      job.reg, job.seed, static_cast<uint64_t>(first) * per_row)
+                             : backend.begin_optimize(in, job.step);
     for (int s = 0; s < job.steps && chunk->active_count() > 0; ++s) {
       chunk->step();
       if (progress) {

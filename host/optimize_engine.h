@@ -43,10 +43,13 @@ struct EngineStats {
   long image_steps = 0;   // updates applied, summed over entries (one forward, backward and update each)
   double seconds = 0;     // wall time of the optimization, start-image generation included
   int entries_per_row = 1;
+  std::string path;       // which chunk implementation ran: the backend's own, or the host-regularised one
 };
 
 // Runs the job; `progress` draws a bar on stderr. Throws InputError for a job that fails validation.
+// `ensemble`: further models (same input shape and classes) that every image must convince as well; with them, or
+// with any regulariser, the job runs on the host-regularised chunk (regularized_chunk.h).
 EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob& job, const StartImages& starts,
-                         RowSink& sink, bool progress);
+                         RowSink& sink, bool progress, const std::vector<Backend*>& ensemble = {});
 
 }  // namespace nudge

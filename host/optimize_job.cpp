@@ -100,6 +100,14 @@ void validate_job(const OptimizeJob& job, int classes) {
   if (!(job.step.lr > 0)) throw InputError("--lr must be > 0");
   if (job.step.stop_prob > 1) throw InputError("--stop-at must be a probability <= 1");
   if (!(job.step.stop_kl >= 0)) throw InputError("--stop-kl must be >= 0");
+  const RegularizerConfig& r = job.reg;
+  if (r.tv < 0 || r.l2 < 0) throw InputError("--tv and --l2 weights must be >= 0");
+  if (r.jitter < 0 || r.jitter > 8) throw InputError("--jitter must be between 0 and 8 pixels");
+  if (r.settle_steps < 0) throw InputError("--settle must be >= 0");
+  if (r.blur_every < 0) throw InputError("--blur-every must be >= 0");
+  if (r.blur_every > 0 && !(r.blur_sigma > 0 && r.blur_sigma <= 5)) throw InputError("--blur-sigma must be in (0, 5]");
+  if (!(r.blur_decay > 0 && r.blur_decay <= 1)) throw InputError("--blur-decay must be in (0, 1]");
+  if (r.sigmoid && !job.eps.empty()) throw InputError("--sigmoid cannot be combined with an --eps ball");
   if ((job.init == InitKind::Noise || job.init == InitKind::Gauss || job.init == InitKind::Gray) && job.count < 1)
     throw InputError("--count must be >= 1");
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "optimize_types.h"
+#include "regularizers.h"
 
 namespace nudge {
 
@@ -28,6 +29,7 @@ struct OptimizeJob {
   int restarts = 1;
   uint64_t seed = 1;
   int chunk = 0;                 // entries per chunk (0 = the backend's preference)
+  RegularizerConfig reg;         // image priors (class visualisation); none by default
 };
 
 // Parsers for CLI values; InputError on bad text.

@@ -17,6 +17,7 @@ namespace {
 constexpr size_t kGridCells = 100;
 // The band a soft target is judged by in summaries: every class's probability within 0.01 of its target.
 constexpr double kBand = 0.01;
+constexpr size_t kJudgeBatch = 256;
 }
 
 void ensure_output_dir(const std::string& dir) {
@@ -35,8 +36,9 @@ void ensure_output_dir(const std::string& dir) {
 }
 
 OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
-                               std::vector<float> target_dist)
+                               std::vector<float> target_dist, Backend* judge)
     : dir_(out_dir), classes_(classes), height_(height), width_(width), steps_(steps), target_dist_(std::move(target_dist)),
+      judge_(judge),
       success_at_step_(static_cast<size_t>(steps) + 1, 0) {
   ensure_output_dir(dir_);
   csv_ = std::make_unique<AtomicFile>(dir_ + "/results.csv");
@@ -45,6 +47,7 @@ OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classe
   for (int k = 0; k < classes_; ++k) header += ",p" + std::to_string(k);
   header += ",loss,eps,linf,l2";
   if (!target_dist_.empty()) header += ",max_dev";
+  if (judge_) header += ",judge_class,judge_p_target";
   header += "\n";
   csv_->write(header);
 }
@@ -69,9 +72,15 @@ void OptimizeReport::row(const RowResult& r) {
     std::snprintf(buf, sizeof buf, ",%.6g", dev);
     line += buf;
   }
-  line += "\n";
-  csv_->write(line);
+  if (judge_) {
+    // Judged in batches: one image at a time would cost more than the optimization itself.
+    pending_.push_back({line, std::vector<float>(r.image, r.image + static_cast<size_t>(height_) * width_), r.target});
+    if (pending_.size() >= kJudgeBatch) flush_judged();
+  } else {
+    csv_->write(line + "\n");
+  }
   npy_->append(r.image, static_cast<size_t>(height_) * width_);
+  if (keep_all_) all_images_.insert(all_images_.end(), r.image, r.image + static_cast<size_t>(height_) * width_);
 
   ++rows_;
   if (r.success) {
@@ -96,8 +105,32 @@ void OptimizeReport::row(const RowResult& r) {
   }
 }
 
+void OptimizeReport::flush_judged() {
+  if (pending_.empty()) return;
+  const size_t D = static_cast<size_t>(height_) * width_;
+  std::vector<float> x(pending_.size() * D), probs(pending_.size() * classes_);
+  for (size_t i = 0; i < pending_.size(); ++i) std::copy(pending_[i].image.begin(), pending_[i].image.end(), x.begin() + i * D);
+  judge_->predict(x.data(), static_cast<int>(pending_.size()), probs.data());
+  char buf[64];
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const float* jp = probs.data() + i * classes_;
+    const int jc = static_cast<int>(std::max_element(jp, jp + classes_) - jp);
+    const RowTarget& t = pending_[i].target;
+    if (t.kind == TargetKind::OneHot) {
+      ++judged_;
+      judge_agree_ += jp[t.cls] >= 0.5f;
+      std::snprintf(buf, sizeof buf, ",%d,%.6g\n", jc, jp[t.cls]);
+    } else {
+      std::snprintf(buf, sizeof buf, ",%d,\n", jc);
+    }
+    csv_->write(pending_[i].line + buf);
+  }
+  pending_.clear();
+}
+
 nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const EngineStats& stats,
                                       const std::string& device) {
+  flush_judged();
   std::vector<SheetCell> cells;
   for (const GridItem& g : grid_) cells.push_back({g.start.data(), g.image.data(), width_, height_, g.caption});
   if (!cells.empty()) write_contact_sheet(dir_ + "/grid.png", cells, 10, 2);
@@ -109,6 +142,7 @@ nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const Engi
   s["entries"] = stats.entries;
   s["entries_per_row"] = stats.entries_per_row;
   s["chunks"] = stats.chunks;
+  s["path"] = stats.path;
   s["success_rate"] = rows_ ? static_cast<double>(successes_) / rows_ : 0.0;
   s["successes"] = successes_;
   s["success_denominator"] = "all " + std::to_string(rows_) + " rows (start image x target)";
@@ -118,6 +152,11 @@ nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const Engi
         correct_before_ ? static_cast<double>(correct_before_successes_) / correct_before_ : 0.0;
     s["success_denominator_correct_before"] =
         std::to_string(correct_before_) + " rows whose start image the model classified correctly";
+  }
+  if (judge_) {
+    s["judge_rows"] = judged_;
+    s["judge_agreement"] = judged_ ? static_cast<double>(judge_agree_) / judged_ : 0.0;
+    s["judge_agreement_definition"] = "fraction of one-hot rows whose image the judge gives the target class p >= 0.5";
   }
   if (!target_dist_.empty()) s["soft_within_0.01"] = rows_ ? static_cast<double>(within_band_) / rows_ : 0.0;
   // Cumulative: the fraction of rows that had met their goal after at most s updates.

@@ -20,17 +20,24 @@ class OptimizeReport : public RowSink {
  public:
   // Creates the folder if needed and opens the streamed files; InputError if it cannot be written.
   // target_dist: the job's soft target (empty for one-hot jobs); rows then also report their distance to it.
+  // judge: an independent model, never used in the optimization, that scores each reported image afterwards
+  // (agreement = the judge gives the row's target class p >= 0.5).
   OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
-                 std::vector<float> target_dist = {});
+                 std::vector<float> target_dist = {}, Backend* judge = nullptr);
   void row(const RowResult& r) override;
   // Writes grid.png and summary.json and renames everything into place. Returns the summary.
   nlohmann::json finish(const nlohmann::json& job_spec, const EngineStats& stats, const std::string& device);
+  // Every reported image, kept only when asked (class-visualisation grids need them all).
+  void keep_all_images(bool keep) { keep_all_ = keep; }
+  const std::vector<float>& all_images() const { return all_images_; }
 
  private:
   std::string dir_;
   int classes_, height_, width_, steps_;
   std::vector<float> target_dist_;
   long within_band_ = 0;  // soft rows whose every probability is within kBand of the target
+  Backend* judge_ = nullptr;
+  long judged_ = 0, judge_agree_ = 0;
   std::unique_ptr<AtomicFile> csv_;
   std::unique_ptr<NpyStreamWriter> npy_;
   long rows_ = 0, successes_ = 0, labelled_ = 0, correct_before_ = 0, correct_before_successes_ = 0;
@@ -40,6 +47,15 @@ class OptimizeReport : public RowSink {
     std::vector<float> start, image;
     std::string caption;
   };
+  struct PendingRow {
+    std::string line;  // the CSV line so far, without the judge's columns
+    std::vector<float> image;
+    RowTarget target;
+  };
+  void flush_judged();
+  std::vector<PendingRow> pending_;
+  bool keep_all_ = false;
+  std::vector<float> all_images_;
   std::vector<GridItem> grid_;
 };
 

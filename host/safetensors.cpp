@@ -146,7 +146,8 @@ class HeaderReader {
     if (!value.is_object()) fail("__metadata__ is " + json_kind(value) + "; it must be an object of strings");
     for (const auto& [key, v] : value.items()) {
       if (!v.is_string())
-        fail("__metadata__ value for '" + printable(key) + "' is " + json_kind(v) + "; metadata values must be strings");
+        fail("__metadata__ value for '" + printable(key) + "' is " + json_kind(v) +
+             "; metadata values must be strings");
       metadata[key] = v.get<std::string>();
     }
     return metadata;
@@ -294,7 +295,8 @@ std::string serialize_safetensors(const SafetensorsFile& file) {
   uint64_t offset = 0;
   std::set<std::string> names;
   for (const auto& [name, t] : file.tensors) {
-    if (name == "__metadata__") throw InternalError("cannot save a tensor named __metadata__ (reserved by safetensors)");
+    if (name == "__metadata__")
+      throw InternalError("cannot save a tensor named __metadata__ (reserved by safetensors)");
     if (!names.insert(name).second) throw InternalError("cannot save two tensors named '" + name + "'");
     for (int64_t d : t.shape)
       if (d < 0) throw InternalError("tensor " + name + " has negative shape " + shape_to_string(t.shape));

@@ -300,7 +300,8 @@ TEST(Safetensors, LongUtf8NameIsCutOnCharacterBoundary) {
     parse_safetensors(with_header("{\"" + check_marks + "\":3}"), "utf8");
     ADD_FAILURE() << "no error";
   } catch (const InputError& e) {
-    EXPECT_EQ(std::string(e.what()), "utf8: tensor " + check_marks.substr(0, 26 * 3) + "... entry is a number, not an object");
+    EXPECT_EQ(std::string(e.what()),
+              "utf8: tensor " + check_marks.substr(0, 26 * 3) + "... entry is a number, not an object");
   }
 }
 

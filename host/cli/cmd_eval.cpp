@@ -2,6 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <limits>
 #include <memory>
 
 #include "backend.h"
@@ -20,7 +21,7 @@ Runner add_eval_command(CLI::App& app) {
   auto json = std::make_shared<bool>(false);
   add_common_options(*cmd, *o, true, "");
   cmd->add_option("--split", *split, "test | train")->capture_default_str()->check(CLI::IsMember({"test", "train"}));
-  cmd->add_option("--limit", *limit, "first N images only (0 = all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--limit", *limit, "first N images only (0 = all)")->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_flag("--json", *json, "print one JSON object");
   return [=]() {
     const Model model = Model::load(o->model);

@@ -5,9 +5,7 @@
 #include "backend.h"
 #include "commands.h"
 #include "errors.h"
-#include "model_loading.h"
-#include "optimize_engine.h"
-#include "optimize_report.h"
+#include "job_runner.h"
 
 namespace nudge::cli {
 
@@ -60,7 +58,13 @@ Runner add_optimize_command(CLI::App& app) {
   auto o = std::make_shared<CommonOptions>();
   o->out = "out/optimize";
   auto f = std::make_shared<OptimizeFlags>();
-  add_common_options(*cmd, *o, true, "output folder (results.csv, summary.json, images.npy, grid.png)");
+  add_common_options(*cmd, *o, false, "output folder (results.csv, summary.json, images.npy, grid.png)");
+  auto models = std::make_shared<std::vector<std::string>>();
+  auto judge = std::make_shared<std::string>();
+  cmd->add_option("--model", *models, "model file (safetensors); repeat for an ensemble every image must convince")
+      ->default_str(o->model);
+  cmd->add_option("--judge", *judge, "an independent model that scores the results afterwards (never optimized against)");
+  add_regularizer_flags(*cmd, f->job.reg);
   cmd->add_option("--init", f->init, "start images: noise | gauss | gray | test | train | a folder of PNG/PGM files")->capture_default_str();
   cmd->add_option("--count", f->job.count, "number of generated start images, or the first N dataset images")->capture_default_str();
   cmd->add_option("--indices", f->indices, "dataset start images, e.g. 61,307");
@@ -105,39 +109,16 @@ Runner add_optimize_command(CLI::App& app) {
       job.step.early_stop = true;
     }
 
-    const Model model = Model::load(o->model);
-    const int K = model.arch.num_classes();
-    validate_job(job, K);
-    std::unique_ptr<Dataset> data;
-    if (job.init == InitKind::Test || job.init == InitKind::Train) {
-      data = std::make_unique<Dataset>(load_dataset(o->data, job.init == InitKind::Test ? "test" : "train"));
-      check_model_fits(model, o->model, data->rows, data->cols, 10);
-    }
-    const StartImages starts(job, data.get(), model.arch.input.w, model.arch.input.h);
-    const int per_source = static_cast<int>(targets_for(job, 0, 0, K).size());
-    const long rows = starts.count() * per_source;
-
-    OptimizeReport report(o->out, rows, K, model.arch.input.h, model.arch.input.w, job.steps, job.target_dist);
-    auto backend = make_backend(o->device);
-    backend->load_model(model);
-    const bool quiet = cmd->count("--quiet") > 0;
-    if (!quiet)
-      std::fprintf(stderr, "nudge optimize: %ld rows x %zu entries, %s %s lr %g, %d steps, on %s\n", rows,
-                   (job.eps.empty() ? 1 : job.eps.size()) * job.restarts, to_string(job.step.optimizer),
-                   to_string(job.step.loss), job.step.lr, job.steps, backend->name().c_str());
-    const EngineStats stats = run_optimize(*backend, model, job, starts, report, !quiet);
-    const nlohmann::json s = report.finish(job_to_json(*f, job, o->model), stats, backend->name());
-    std::printf("%ld rows: success %.2f%% (%ld/%ld)", rows, 100.0 * s["success_rate"].get<double>(),
-                s["successes"].get<long>(), rows);
-    if (s.contains("success_rate_correct_before"))
-      std::printf(", %.2f%% of the %ld the model had right", 100.0 * s["success_rate_correct_before"].get<double>(),
-                  s["correct_before"].get<long>());
-    if (!s["median_steps_to_success"].is_null())
-      std::printf("; median %g steps", s["median_steps_to_success"].get<double>());
-    if (s.contains("soft_within_0.01"))
-      std::printf("; %.2f%% within 0.01 of the target distribution", 100.0 * s["soft_within_0.01"].get<double>());
-    std::printf("; %.0f image-steps/s, %.2fs; results in %s\n", s["image_steps_per_s"].get<double>(), stats.seconds,
-                o->out.c_str());
+    JobRun run;
+    run.job = job;
+    run.models = models->empty() ? std::vector<std::string>{o->model} : *models;
+    run.judge = *judge;
+    run.data = o->data;
+    run.device = o->device;
+    run.out = o->out;
+    run.spec = job_to_json(*f, job, run.models.front());
+    run.quiet = cmd->count("--quiet") > 0;
+    run_job(run, nullptr);
     return 0;
   };
 }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <memory>
 
 #include "backend.h"
@@ -21,7 +22,7 @@ Runner add_predict_command(CLI::App& app) {
   auto json = std::make_shared<bool>(false);
   add_common_options(*cmd, *o, true, "");
   cmd->add_option("images", *files, "PNG or PGM files (grayscale, the model's input size)");
-  cmd->add_option("--index", *indices, "index into the test split (repeatable)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--index", *indices, "index into the test split (repeatable)")->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_flag("--json", *json, "print one JSON object per image, one per line");
   return [=]() {
     if (files->empty() && indices->empty()) throw InputError("predict needs image files or --index N");

@@ -1,5 +1,7 @@
 // nudge train: fit a model on the training split, report its test accuracy, save it atomically.
 #include <cstdio>
+#include <cstdlib>
+#include <limits>
 #include <memory>
 
 #include "atomic_file.h"
@@ -20,10 +22,14 @@ Runner add_train_command(CLI::App& app) {
   auto arch = std::make_shared<std::string>(Architecture::reference_string());
   add_common_options(*cmd, *o, false, "where to write the trained model (safetensors)");
   cmd->add_option("--arch", *arch, "architecture string")->capture_default_str();
-  cmd->add_option("--epochs", t->epochs, "epochs")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", t->batch, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--lr", t->adam.lr, "Adam learning rate")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--limit", t->limit, "train on the first N images only (0 = all)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  // Int ranges, not CLI::PositiveNumber, whose message prints DBL_MAX in full ("0 not in range 0.000000 to 1797...").
+  const int kMaxInt = std::numeric_limits<int>::max();
+  cmd->add_option("--epochs", t->epochs, "epochs")->capture_default_str()->check(CLI::Range(1, kMaxInt));
+  cmd->add_option("--batch", t->batch, "batch size")->capture_default_str()->check(CLI::Range(1, kMaxInt));
+  cmd->add_option("--lr", t->adam.lr, "Adam learning rate")->capture_default_str()->check(CLI::Validator(
+      [](std::string& s) { return std::strtod(s.c_str(), nullptr) > 0 ? std::string() : "must be > 0 (got " + s + ")"; },
+      "POSITIVE"));
+  cmd->add_option("--limit", t->limit, "train on the first N images only (0 = all)")->capture_default_str()->check(CLI::Range(0, kMaxInt));
   return [=]() {
     const Architecture a = Architecture::parse(*arch);
     const Dataset train = load_dataset(o->data, "train");

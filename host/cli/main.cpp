@@ -34,6 +34,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
+    // CLI11 checks that a subcommand was given before it looks at stray words, so "nudge trian" would only be told
+    // that a subcommand is required.
+    if (argc > 1 && argv[1][0] != '-' && runners.count(argv[1]) == 0) {
+      std::fprintf(stderr, "nudge: unknown command '%s' (expected train, eval, predict or optimize; see nudge --help)\n",
+                   argv[1]);
+      return 2;
+    }
     std::fprintf(stderr, "nudge: %s (see nudge --help)\n", e.what());
     return 2;
   }

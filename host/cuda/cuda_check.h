@@ -55,3 +55,8 @@ void sync_if_debug(const char* op, cudaStream_t stream);
                                          __LINE__);                                                           \
     }                                                                                                         \
   } while (0)
+
+namespace nudge::cuda {
+// A launcher's precondition failed (a bug in the caller): InternalError "op: why".
+[[noreturn]] void throw_shape_error(const char* op, const std::string& why);
+}  // namespace nudge::cuda

@@ -1,0 +1,30 @@
+// Running an optimize job from the command line: loads the models (primary, ensemble, judge), the start images and
+// the backend, runs the engine into an OptimizeReport, prints a one-line summary. Shared by optimize and visualize.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "optimize_job.h"
+
+namespace nudge::cli {
+
+struct JobRun {
+  OptimizeJob job;
+  std::vector<std::string> models;  // the first is the primary model; the others form the ensemble
+  std::string judge;                // optional: scores the results, never used in the optimization
+  std::string data, device, out;
+  nlohmann::json spec;              // the job as the user stated it, for summary.json
+  bool quiet = false;
+};
+
+// Runs the job; returns the summary. When `images` is non-null it receives every reported image, row-major.
+nlohmann::json run_job(const JobRun& run, std::vector<float>* images);
+
+// The regulariser flags, shared by optimize and visualize.
+void add_regularizer_flags(CLI::App& cmd, RegularizerConfig& reg);
+nlohmann::json regularizers_to_json(const RegularizerConfig& reg);
+
+}  // namespace nudge::cli

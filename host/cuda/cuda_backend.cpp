@@ -1,0 +1,293 @@
+// The CUDA backend: the Backend interface over CudaNetwork, the kernels in kernels/ and CudaOptimizeChunk. Host
+// pointers in, host pointers out; parameters, Adam state and chunk state stay on the device.
+#include "cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "adam.cuh"
+#include "cuda/cuda_check.h"
+#include "cuda/cuda_context.h"
+#include "cuda/cuda_network.h"
+#include "cuda/cuda_optimize_chunk.h"
+#include "cuda/device_memory.h"
+#include "cuda/nvtx.h"
+#include "errors.h"
+#include "softmax_loss.cuh"
+
+namespace nudge {
+
+namespace cuda {
+
+namespace {
+
+// Images per pass for predict and input_gradient: enough to fill an H100 (a few thousand images already saturate
+// it for the reference model) while keeping this network's activations at ~1 GB, so it never crowds out a chunk.
+constexpr int kSliceImages = 4096;
+// Chunk sizes preferred_chunk() chooses between.
+constexpr int kMinChunk = 256, kMaxChunk = 131072;
+
+template <class T>
+void upload(T* dst, const T* src, size_t count, cudaStream_t s) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyHostToDevice, s));
+}
+
+template <class T>
+void download(T* dst, const T* src, size_t count, cudaStream_t s) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, s));
+}
+
+// Target classes index the logits on the device: check them on the host first.
+void check_classes(const int32_t* cls, const int32_t* kind, int n, int K, const char* what) {
+  for (int i = 0; i < n; ++i) {
+    const bool needs_class = !kind || static_cast<TargetKind>(kind[i]) != TargetKind::Soft;
+    if (needs_class && (cls[i] < 0 || cls[i] >= K))
+      throw InputError(std::string(what) + ": entry " + std::to_string(i) + " has class " + std::to_string(cls[i]) +
+                       "; the model has " + std::to_string(K) + " classes");
+    if (kind && (kind[i] < 0 || kind[i] > static_cast<int32_t>(TargetKind::Untargeted)))
+      throw InputError(std::string(what) + ": entry " + std::to_string(i) + " has an unknown target kind " +
+                       std::to_string(kind[i]));
+  }
+}
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend() : ctx_(0) {}
+  // Queued work may read the buffers about to be freed. (A chunk from begin_optimize must not outlive its backend.)
+  ~CudaBackend() override { cudaStreamSynchronize(ctx_.stream()); }
+
+  std::string name() const override { return "cuda (" + ctx_.description() + ")"; }
+  bool is_gpu() const override { return true; }
+
+  void load_model(const Model& model) override {
+    const std::vector<ParamSpec> specs = model.arch.params();
+    if (model.params.size() != specs.size())
+      throw InputError("model has " + std::to_string(model.params.size()) + " tensors; its architecture needs " +
+                       std::to_string(specs.size()));
+    std::vector<size_t> offsets;
+    size_t total = 0;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      if (model.params[i].shape != specs[i].shape)
+        throw InputError("tensor " + specs[i].name + " has shape " + shape_to_string(model.params[i].shape) +
+                         ", the architecture needs " + shape_to_string(specs[i].shape));
+      offsets.push_back(total);
+      total += model.params[i].size();
+    }
+    const bool same_arch = loaded_ && model.arch == arch_;
+    loaded_ = false;
+    ctx_.synchronize();  // queued work may still read the old parameters
+    if (params_.size() != total) {
+      params_ = DeviceBuffer<float>(total, "model parameters");
+      grads_ = DeviceBuffer<float>(total, "parameter gradients");
+      adam_m_ = DeviceBuffer<float>(total, "Adam m");
+      adam_v_ = DeviceBuffer<float>(total, "Adam v");
+    }
+    const cudaStream_t s = ctx_.stream();
+    for (size_t i = 0; i < specs.size(); ++i) upload(params_.get() + offsets[i], model.params[i].ptr(), model.params[i].size(), s);
+    CUDA_CHECK(cudaMemsetAsync(adam_m_.get(), 0, total * sizeof(float), s));
+    CUDA_CHECK(cudaMemsetAsync(adam_v_.get(), 0, total * sizeof(float), s));
+    adam_t_ = 0;
+    arch_ = model.arch;
+    specs_ = specs;
+    offsets_ = offsets;
+    if (!same_arch) {
+      net_ = std::make_unique<CudaNetwork>(ctx_, arch_);
+      batch_capacity_ = 0;
+    }
+    ctx_.synchronize();
+    loaded_ = true;
+  }
+
+  void store_model(Model& model) override {
+    require_model("store_model");
+    model.arch = arch_;
+    model.params.clear();
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      Tensor t(specs_[i].shape);
+      download(t.ptr(), params_.get() + offsets_[i], t.size(), ctx_.stream());
+      model.params.push_back(std::move(t));
+    }
+    ctx_.synchronize();
+  }
+
+  void predict(const float* x, int n, float* probs) override {
+    require_model("predict");
+    NvtxRange range("predict");
+    const int D = arch_.input.size(), K = arch_.num_classes();
+    const cudaStream_t s = ctx_.stream();
+    const auto params = param_ptrs();
+    for (int b = 0; b < n; b += kSliceImages) {
+      const int m = std::min(kSliceImages, n - b);
+      ensure_batch(m);
+      upload(x_.get(), x + static_cast<size_t>(b) * D, static_cast<size_t>(m) * D, s);
+      net_->forward(params, x_.get(), m);
+      softmax_cuda(net_->logits(), m, K, probs_.get(), s);
+      download(probs + static_cast<size_t>(b) * K, probs_.get(), static_cast<size_t>(m) * K, s);
+      ctx_.synchronize();
+    }
+  }
+
+  TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) override {
+    require_model("train_step");
+    if (n <= 0) throw InternalError("train_step: empty batch");
+    NvtxRange range("train_step");
+    const int D = arch_.input.size(), K = arch_.num_classes();
+    check_classes(labels, nullptr, n, K, "train_step labels");
+    const cudaStream_t s = ctx_.stream();
+    const auto params = param_ptrs();
+    ensure_batch(n);  // the whole batch at once: the gradient is over all of it
+    upload(x_.get(), x, static_cast<size_t>(n) * D, s);
+    upload(cls_.get(), labels, n, s);
+    net_->forward(params, x_.get(), n);
+
+    SoftmaxLossParams lp;
+    lp.logits = net_->logits();
+    lp.rows = n;
+    lp.K = K;
+    lp.target_class = cls_.get();  // no distributions: one-hot at the label
+    lp.loss = LossKind::CrossEntropy;
+    lp.dlogits_divisor = static_cast<float>(n);  // mean over the batch, divided as the CPU does
+    lp.probs = probs_.get();
+    lp.loss_out = loss_.get();
+    lp.dlogits = dlogits_.get();
+    lp.correct = correct_.get();
+    softmax_loss_cuda(lp, s);
+
+    std::vector<float*> grads;
+    for (size_t off : offsets_) grads.push_back(grads_.get() + off);
+    net_->backward(params, dlogits_.get(), n, &grads, nullptr);
+
+    ++adam_t_;
+    AdamStep step;
+    step.lr = adam.lr;
+    step.beta1 = adam.beta1;
+    step.beta2 = adam.beta2;
+    step.eps = adam.eps;
+    // The same float expressions as the CPU backend, so the bias corrections agree bit for bit.
+    step.c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
+    step.c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
+    adam_update_cuda(params_.get(), grads_.get(), adam_m_.get(), adam_v_.get(), params_.size(), step, s);
+
+    host_loss_.resize(n);
+    host_correct_.resize(n);
+    download(host_loss_.data(), loss_.get(), n, s);
+    download(host_correct_.data(), correct_.get(), n, s);
+    ctx_.synchronize();
+    TrainStepResult r;
+    for (int i = 0; i < n; ++i) {
+      r.loss_sum += host_loss_[i];
+      r.correct += host_correct_[i];
+    }
+    return r;
+  }
+
+  void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
+                      const int32_t* target_class, LossKind loss, float kappa, float* probs, float* loss_out,
+                      float* grad) override {
+    require_model("input_gradient");
+    NvtxRange range("input_gradient");
+    const int D = arch_.input.size(), K = arch_.num_classes();
+    check_classes(target_class, target_kind, n, K, "input_gradient");
+    const cudaStream_t s = ctx_.stream();
+    const auto params = param_ptrs();
+    for (int b = 0; b < n; b += kSliceImages) {
+      const int m = std::min(kSliceImages, n - b);
+      ensure_batch(m);
+      upload(x_.get(), x + static_cast<size_t>(b) * D, static_cast<size_t>(m) * D, s);
+      upload(target_.get(), target_dist + static_cast<size_t>(b) * K, static_cast<size_t>(m) * K, s);
+      upload(kind_.get(), target_kind + b, m, s);
+      upload(cls_.get(), target_class + b, m, s);
+      net_->forward(params, x_.get(), m);
+      SoftmaxLossParams lp;
+      lp.logits = net_->logits();
+      lp.rows = m;
+      lp.K = K;
+      lp.target_dist = target_.get();
+      lp.target_kind = kind_.get();
+      lp.target_class = cls_.get();
+      lp.loss = loss;
+      lp.kappa = kappa;
+      lp.probs = probs_.get();
+      lp.loss_out = loss_.get();
+      lp.dlogits = dlogits_.get();
+      softmax_loss_cuda(lp, s);
+      net_->backward(params, dlogits_.get(), m, nullptr, dx_.get());
+      download(probs + static_cast<size_t>(b) * K, probs_.get(), static_cast<size_t>(m) * K, s);
+      download(loss_out + b, loss_.get(), m, s);
+      download(grad + static_cast<size_t>(b) * D, dx_.get(), static_cast<size_t>(m) * D, s);
+      ctx_.synchronize();
+    }
+  }
+
+  std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
+    require_model("begin_optimize");
+    check_classes(in.target_class, in.target_kind, in.n, arch_.num_classes(), "optimize");
+    return std::make_unique<CudaOptimizeChunk>(ctx_, arch_, param_ptrs(), in, cfg);
+  }
+
+  int preferred_chunk() const override {
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const Architecture arch = loaded_ ? arch_ : Architecture::reference();
+    // Adam's moments are the most a chunk can need; keep the cuDNN workspace and 512 MiB of headroom free, and
+    // take 85% of the rest (fragmentation, the cuDNN/cuBLAS libraries' own allocations).
+    const size_t per_entry = CudaOptimizeChunk::bytes_per_entry(arch, true);
+    const size_t reserve = ctx_.workspace_limit() + (size_t{512} << 20);
+    const size_t usable = free_b > reserve ? static_cast<size_t>((free_b - reserve) * 0.85) : 0;
+    const size_t n = std::clamp<size_t>(usable / per_entry, kMinChunk, kMaxChunk);
+    return static_cast<int>(n / kMinChunk * kMinChunk);
+  }
+
+ private:
+  void require_model(const char* what) const {
+    if (!loaded_) throw InternalError(std::string("CudaBackend::") + what + " before load_model");
+  }
+
+  std::vector<const float*> param_ptrs() const {
+    std::vector<const float*> p;
+    for (size_t off : offsets_) p.push_back(params_.get() + off);
+    return p;
+  }
+
+  // Per-batch device buffers for up to n images, and the network's activations for them.
+  void ensure_batch(int n) {
+    if (n <= batch_capacity_) return;
+    ctx_.synchronize();
+    const size_t N = static_cast<size_t>(n), D = arch_.input.size(), K = arch_.num_classes();
+    x_ = DeviceBuffer<float>(N * D, "batch images");
+    dx_ = DeviceBuffer<float>(N * D, "batch input gradients");
+    target_ = DeviceBuffer<float>(N * K, "batch targets");
+    probs_ = DeviceBuffer<float>(N * K, "batch probabilities");
+    dlogits_ = DeviceBuffer<float>(N * K, "batch logit gradients");
+    loss_ = DeviceBuffer<float>(N, "batch losses");
+    kind_ = DeviceBuffer<int32_t>(N, "batch target kinds");
+    cls_ = DeviceBuffer<int32_t>(N, "batch classes");
+    correct_ = DeviceBuffer<int32_t>(N, "batch correct flags");
+    net_->reserve(n);
+    batch_capacity_ = n;
+  }
+
+  CudaContext ctx_;
+  bool loaded_ = false;
+  Architecture arch_;
+  std::vector<ParamSpec> specs_;
+  std::vector<size_t> offsets_;
+  DeviceBuffer<float> params_, grads_, adam_m_, adam_v_;
+  long adam_t_ = 0;
+  std::unique_ptr<CudaNetwork> net_;
+  int batch_capacity_ = 0;
+  DeviceBuffer<float> x_, dx_, target_, probs_, dlogits_, loss_;
+  DeviceBuffer<int32_t> kind_, cls_, correct_;
+  std::vector<float> host_loss_;
+  std::vector<int32_t> host_correct_;
+};
+
+}  // namespace
+
+}  // namespace cuda
+
+std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<cuda::CudaBackend>(); }
+
+}  // namespace nudge

@@ -1,0 +1,59 @@
+// Everything the CUDA backend holds per device: the stream all work goes to, the cuBLAS and cuDNN handles, the
+// cuDNN workspace, and the switches read from the environment. One per backend; nothing of it is global.
+//   NUDGE_CUDA_SYNC=1   synchronize after every op and name it in errors (cuda_check.h)
+//   NUDGE_ALLOW_TF32=1  let cuBLAS and cuDNN use TF32 tensor cores (default: full FP32, to match the CPU)
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "cuda/device_memory.h"
+
+namespace nudge::cuda {
+
+class CudnnState;
+
+class CudaContext {
+ public:
+  explicit CudaContext(int device = 0);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  CudnnState& cudnn() { return *cudnn_; }
+  bool allow_tf32() const { return allow_tf32_; }
+  int device() const { return device_; }
+
+  // Scratch memory for cuDNN, at least `bytes`; grows (after synchronizing, since queued work may still use the old
+  // buffer) and never shrinks. Valid until the next call.
+  void* workspace(size_t bytes);
+  // The most workspace a convolution algorithm may ask for: 1/16 of the device memory that was free at start-up,
+  // capped at 1 GiB. Algorithms needing more (im2col of a huge batch) are passed over.
+  size_t workspace_limit() const { return workspace_limit_; }
+
+  // With NUDGE_CUDA_SYNC=1: synchronize and report a failure as belonging to `op`.
+  void after_op(const char* op) const { sync_if_debug_(op); }
+  void synchronize() const;
+
+  // "NVIDIA H100 80GB HBM3 (cc 9.0, 79.1 GiB), cuDNN 9.19.0, cuBLAS 130000, FP32 (TF32 off)"
+  const std::string& description() const { return description_; }
+
+ private:
+  void sync_if_debug_(const char* op) const;
+
+  int device_;
+  bool allow_tf32_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<CudnnState> cudnn_;
+  DeviceBuffer<unsigned char> workspace_;
+  size_t workspace_limit_ = 0;
+  std::string description_;
+};
+
+}  // namespace nudge::cuda

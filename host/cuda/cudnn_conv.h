@@ -1,0 +1,61 @@
+// The backend's convolutions through cuDNN's legacy (v7-style) convolution API. cudnn_conv.cpp is the only file
+// that calls cuDNN, so that a move to the cuDNN graph API stays inside it; this header includes no cuDNN.
+//
+// Algorithms: chosen once per shape with cudnnGetConvolution*Algorithm_v7 (heuristics, no trial runs, so choosing
+// allocates nothing and costs microseconds) and cached in the context. The batch size enters the key rounded up to
+// a power of two: an optimize chunk's batch shrinks a little at most steps as entries stop, and the algorithm chosen
+// for the bucket runs any batch in it (the workspace is queried for the actual batch on every call; should an
+// algorithm refuse the actual shape, the exact shape gets its own choice). Preference: no TF32 unless
+// NUDGE_ALLOW_TF32=1 (FMA math), deterministic algorithms first, workspace within the context's limit.
+// Batches whose tensors would pass 2^31 elements are run in slices (cuDNN's legacy API indexes with int).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <string>
+
+#include "architecture.h"
+
+namespace nudge::cuda {
+
+class CudaContext;
+
+// The cuDNN handle and the cache of algorithm choices; owned by CudaContext.
+class CudnnState {
+ public:
+  CudnnState(cudaStream_t stream, bool allow_tf32);
+  ~CudnnState();
+  CudnnState(const CudnnState&) = delete;
+  CudnnState& operator=(const CudnnState&) = delete;
+
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// "9.19.0" for the loaded cuDNN library.
+std::string cudnn_version_string();
+
+// One valid (no padding), stride-1 cross-correlation x [n, in.c, in.h, in.w] * w [K, in.c, k, k] ->
+// y [n, K, in.h-k+1, in.w-k+1], without bias. Outputs are overwritten. All pointers are device memory on the
+// context's stream.
+class ConvOp {
+ public:
+  ConvOp(CudaContext& ctx, Shape3 in, int K, int k);
+  ~ConvOp();
+  ConvOp(const ConvOp&) = delete;
+  ConvOp& operator=(const ConvOp&) = delete;
+
+  void forward(const float* x, const float* w, float* y, int n);
+  void backward_data(const float* dy, const float* w, float* dx, int n);
+  // dw [K, in.c, k, k] = sum over the batch.
+  void backward_filter(const float* x, const float* dy, float* dw, int n);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace nudge::cuda

@@ -1,0 +1,44 @@
+// Image priors for class visualisation (Simonyan et al. 2013; Yosinski et al. 2015; Olah et al. 2017): penalties
+// whose gradients are added to the model's, and transformations applied between steps. One H x W image per call.
+#pragma once
+#include <cstdint>
+
+namespace nudge {
+
+struct RegularizerConfig {
+  float tv = 0;              // weight of total variation
+  bool tv_isotropic = false; // sum sqrt(dx^2 + dy^2) instead of sum |dx| + |dy|
+  float l2 = 0;              // weight of 0.5 * ||x - l2_center||^2
+  float l2_center = 0.5f;    // decay toward mid-gray (0.5) or black (0)
+  int blur_every = 0;        // Gaussian blur after every k-th update (0: never)
+  float blur_sigma = 1.0f;   // sigma of the first blur ...
+  float blur_decay = 1.0f;   // ... multiplied by this at each later blur
+  int jitter = 0;            // each step, the model sees the image shifted by up to +-jitter pixels
+  bool sigmoid = false;      // pixels = sigmoid(w), w optimized freely, instead of clamping to [0,1]
+  // Iterates before this many updates never count as meeting the goal: the priors need steps to shape an image, and
+  // the first iterate that crosses the confidence bar is otherwise kept (and, with early stop, frozen) half-formed.
+  int settle_steps = 0;
+
+  bool any() const { return tv > 0 || l2 > 0 || blur_every > 0 || jitter > 0 || sigmoid || settle_steps > 0; }
+};
+
+// Each returns the penalty's value times `weight` and adds weight * its gradient into `grad` (may be null).
+// Anisotropic TV: sum over neighbours of |x_a - x_b|, with sign(0) = 0.
+float tv_anisotropic(const float* x, int H, int W, float weight, float* grad);
+// Isotropic TV: sum over pixels of sqrt(dx^2 + dy^2 + 1e-8) with forward differences (last row/column: 0).
+float tv_isotropic(const float* x, int H, int W, float weight, float* grad);
+float l2_decay(const float* x, int D, float center, float weight, float* grad);
+
+// Separable Gaussian blur (radius ceil(3 sigma), edge pixels repeated); in and out must differ.
+void gaussian_blur(const float* in, int H, int W, float sigma, float* out);
+
+// out[i][j] = in[i - dy][j - dx], zero where that falls outside (MNIST's background is black).
+void shift_image(const float* in, int H, int W, int dy, int dx, float* out);
+// The adjoint of shift_image, for carrying a gradient back to the unshifted image.
+void unshift_gradient(const float* grad_shifted, int H, int W, int dy, int dx, float* grad);
+
+// The shift for (seed, entry, step): each of dy, dx uniform in [-s, s], from the counter generator, so an entry's
+// jitter does not depend on chunking or threads.
+void jitter_offsets(uint64_t seed, uint64_t entry, int step, int s, int* dy, int* dx);
+
+}  // namespace nudge

@@ -1,0 +1,50 @@
+/* Uniform noise start images: out[i, p] = counter_uniform(seed, kStreamNoise, first_index + i, p).
+ *
+ * The generator is host/counter_rng.h itself (Philox4x32-10, integer only, compiled here as __host__ __device__),
+ * and the float is formed from 24 bits exactly, so every value is bit-identical to the CPU's.
+ * Layout:    out row-major [n, D].
+ * Threads:   one thread per (image, block of 4 pixels): one Philox call yields the 4 values of pixels 4b..4b+3.
+ * Precond.:  n >= 0, D > 0.
+ * Checked by tests/test_cuda_parity.cpp: CudaKernels.NoiseBitIdentical.
+ *
+ * Cost: Philox-10 is ~10 x (2 mul.hi + 2 mul + 4 xor/add) ~ 120 integer ops per 4 pixels, 4 bytes written per
+ * pixel. 10k MNIST images = 7.8M pixels: ~0.25 G int ops and 31 MB, well under 0.1 ms on an H100.
+ */
+#include "noise.cuh"
+
+#include "counter_rng.h"
+#include "cuda/cuda_check.h"
+#include "cuda/launch.h"
+
+namespace nudge::cuda {
+
+namespace {
+
+__global__ void noise_images_kernel(float* __restrict__ out, int D, uint64_t seed, uint64_t first_index,
+                                    size_t total_blocks) {
+  const int blocks_per_image = (D + 3) / 4;
+  for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total_blocks;
+       k += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t i = k / blocks_per_image;
+    const uint32_t b = static_cast<uint32_t>(k % blocks_per_image);
+    const Philox4 r = counter_random(seed, kStreamNoise, first_index + i, b);
+    float* row = out + i * D;
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t pixel = 4 * b + q;
+      if (pixel < static_cast<uint32_t>(D)) row[pixel] = uniform_from_bits(r.v[q]);
+    }
+  }
+}
+
+}  // namespace
+
+void noise_images_cuda(float* out, int n, int D, uint64_t seed, uint64_t first_index, cudaStream_t stream) {
+  if (n < 0 || D <= 0) throw_shape_error("noise_images_cuda", "needs n >= 0 and D > 0");
+  const size_t total_blocks = static_cast<size_t>(n) * ((D + 3) / 4);
+  if (total_blocks == 0) return;
+  noise_images_kernel<<<elementwise_blocks(total_blocks), kElementwiseThreads, 0, stream>>>(out, D, seed, first_index,
+                                                                                           total_blocks);
+  check_launch("noise_images_cuda", stream);
+}
+
+}  // namespace nudge::cuda

@@ -1,0 +1,401 @@
+#include "reference_math.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <sstream>
+
+namespace nudge::ref {
+
+// ---- layers ---------------------------------------------------------------------------------------------------
+
+// The loops put the output column innermost so that they vectorize; the sums are still plain double sums.
+std::vector<double> conv2d_forward(const std::vector<double>& x, int N, Shape3 in, const std::vector<double>& w,
+                                   const std::vector<double>& b, int K, int k) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+  std::vector<double> y(static_cast<size_t>(N) * K * Ho * Wo);
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < K; ++o) {
+      double* yp = y.data() + (static_cast<size_t>(n) * K + o) * Ho * Wo;
+      std::fill(yp, yp + Ho * Wo, b[o]);
+      for (int c = 0; c < in.c; ++c)
+        for (int i = 0; i < k; ++i)
+          for (int j = 0; j < k; ++j) {
+            const double wv = w[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j];
+            const double* xp = x.data() + (static_cast<size_t>(n) * in.c + c) * in.h * in.w + i * in.w + j;
+            for (int oh = 0; oh < Ho; ++oh)
+              for (int ow = 0; ow < Wo; ++ow) yp[oh * Wo + ow] += wv * xp[oh * in.w + ow];
+          }
+    }
+  return y;
+}
+
+std::vector<double> conv2d_backward_data(const std::vector<double>& dy, int N, Shape3 in, const std::vector<double>& w,
+                                         int K, int k) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+  std::vector<double> dx(static_cast<size_t>(N) * in.size(), 0.0);
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < K; ++o) {
+      const double* dyp = dy.data() + (static_cast<size_t>(n) * K + o) * Ho * Wo;
+      for (int c = 0; c < in.c; ++c)
+        for (int i = 0; i < k; ++i)
+          for (int j = 0; j < k; ++j) {
+            const double wv = w[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j];
+            double* dxp = dx.data() + (static_cast<size_t>(n) * in.c + c) * in.h * in.w + i * in.w + j;
+            for (int oh = 0; oh < Ho; ++oh)
+              for (int ow = 0; ow < Wo; ++ow) dxp[oh * in.w + ow] += wv * dyp[oh * Wo + ow];
+          }
+    }
+  return dx;
+}
+
+void conv2d_backward_filter(const std::vector<double>& x, const std::vector<double>& dy, int N, Shape3 in, int K,
+                            int k, std::vector<double>& dw, std::vector<double>& db) {
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+  dw.assign(static_cast<size_t>(K) * in.c * k * k, 0.0);
+  db.assign(K, 0.0);
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < K; ++o) {
+      const double* dyp = dy.data() + (static_cast<size_t>(n) * K + o) * Ho * Wo;
+      for (int p = 0; p < Ho * Wo; ++p) db[o] += dyp[p];
+      for (int c = 0; c < in.c; ++c)
+        for (int i = 0; i < k; ++i)
+          for (int j = 0; j < k; ++j) {
+            const double* xp = x.data() + (static_cast<size_t>(n) * in.c + c) * in.h * in.w + i * in.w + j;
+            double s = 0;
+            for (int oh = 0; oh < Ho; ++oh)
+              for (int ow = 0; ow < Wo; ++ow) s += dyp[oh * Wo + ow] * xp[oh * in.w + ow];
+            dw[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j] += s;
+          }
+    }
+}
+
+std::vector<double> relu_forward(const std::vector<double>& x) {
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] > 0 ? x[i] : 0.0;
+  return y;
+}
+
+std::vector<double> relu_backward(const std::vector<double>& y, const std::vector<double>& dy) {
+  std::vector<double> dx(y.size());
+  for (size_t i = 0; i < y.size(); ++i) dx[i] = y[i] > 0 ? dy[i] : 0.0;
+  return dx;
+}
+
+void maxpool_forward(const std::vector<double>& x, int N, Shape3 in, int p, std::vector<double>& y,
+                     std::vector<int32_t>& argmax) {
+  const int Ho = in.h / p, Wo = in.w / p;
+  y.assign(static_cast<size_t>(N) * in.c * Ho * Wo, 0.0);
+  argmax.assign(y.size(), -1);
+  for (int nc = 0; nc < N * in.c; ++nc)
+    for (int oh = 0; oh < Ho; ++oh)
+      for (int ow = 0; ow < Wo; ++ow) {
+        int best = -1;
+        for (int i = 0; i < p; ++i)
+          for (int j = 0; j < p; ++j) {
+            const int idx = (oh * p + i) * in.w + ow * p + j;
+            if (best < 0 || x[static_cast<size_t>(nc) * in.h * in.w + idx] >
+                                x[static_cast<size_t>(nc) * in.h * in.w + best])
+              best = idx;
+          }
+        const size_t o = (static_cast<size_t>(nc) * Ho + oh) * Wo + ow;
+        y[o] = x[static_cast<size_t>(nc) * in.h * in.w + best];
+        argmax[o] = best;
+      }
+}
+
+std::vector<double> maxpool_backward(const std::vector<double>& dy, const std::vector<int32_t>& argmax, int N,
+                                     Shape3 in, int p) {
+  const int Ho = in.h / p, Wo = in.w / p;
+  std::vector<double> dx(static_cast<size_t>(N) * in.size(), 0.0);
+  for (int nc = 0; nc < N * in.c; ++nc)
+    for (int o = 0; o < Ho * Wo; ++o)
+      dx[static_cast<size_t>(nc) * in.h * in.w + argmax[static_cast<size_t>(nc) * Ho * Wo + o]] +=
+          dy[static_cast<size_t>(nc) * Ho * Wo + o];
+  return dx;
+}
+
+std::vector<double> dense_forward(const std::vector<double>& x, int N, int in, const std::vector<double>& w,
+                                  const std::vector<double>& b, int out) {
+  std::vector<double> y(static_cast<size_t>(N) * out);
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < out; ++o) {
+      double s = b[o];
+      for (int i = 0; i < in; ++i) s += w[static_cast<size_t>(o) * in + i] * x[static_cast<size_t>(n) * in + i];
+      y[static_cast<size_t>(n) * out + o] = s;
+    }
+  return y;
+}
+
+std::vector<double> dense_backward_data(const std::vector<double>& dy, int N, int in, const std::vector<double>& w,
+                                        int out) {
+  std::vector<double> dx(static_cast<size_t>(N) * in, 0.0);
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < in; ++i) {
+      double s = 0;
+      for (int o = 0; o < out; ++o) s += dy[static_cast<size_t>(n) * out + o] * w[static_cast<size_t>(o) * in + i];
+      dx[static_cast<size_t>(n) * in + i] = s;
+    }
+  return dx;
+}
+
+void dense_backward_params(const std::vector<double>& x, const std::vector<double>& dy, int N, int in, int out,
+                           std::vector<double>& dw, std::vector<double>& db) {
+  dw.assign(static_cast<size_t>(out) * in, 0.0);
+  db.assign(out, 0.0);
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < out; ++o) {
+      const double g = dy[static_cast<size_t>(n) * out + o];
+      db[o] += g;
+      for (int i = 0; i < in; ++i) dw[static_cast<size_t>(o) * in + i] += g * x[static_cast<size_t>(n) * in + i];
+    }
+}
+
+// ---- whole network --------------------------------------------------------------------------------------------
+
+std::vector<double> network_forward(const Architecture& arch, const std::vector<std::vector<double>>& params,
+                                    const std::vector<double>& x, int N, ForwardTrace* trace) {
+  if (trace) *trace = ForwardTrace{};
+  std::vector<double> a = x;
+  size_t p = 0;
+  for (const LayerSpec& l : arch.layers) {
+    switch (l.kind) {
+      case LayerKind::Conv:
+        a = conv2d_forward(a, N, l.in, params[p], params[p + 1], l.out_channels, l.kernel);
+        p += 2;
+        break;
+      case LayerKind::Relu:
+        if (trace)
+          for (double v : a) {
+            trace->relu_positive.push_back(v > 0);
+            trace->min_relu_margin = std::min(trace->min_relu_margin, std::fabs(v));
+          }
+        a = relu_forward(a);
+        break;
+      case LayerKind::MaxPool: {
+        std::vector<double> y;
+        std::vector<int32_t> am;
+        maxpool_forward(a, N, l.in, l.kernel, y, am);
+        if (trace) {
+          trace->pool_argmax.insert(trace->pool_argmax.end(), am.begin(), am.end());
+          // Runner-up of each window: the largest element other than the argmax.
+          const int Ho = l.out.h, Wo = l.out.w, q = l.kernel;
+          for (int nc = 0; nc < N * l.in.c; ++nc)
+            for (int oh = 0; oh < Ho; ++oh)
+              for (int ow = 0; ow < Wo; ++ow) {
+                const size_t o = (static_cast<size_t>(nc) * Ho + oh) * Wo + ow;
+                double second = -std::numeric_limits<double>::infinity();
+                for (int i = 0; i < q; ++i)
+                  for (int j = 0; j < q; ++j) {
+                    const int idx = (oh * q + i) * l.in.w + ow * q + j;
+                    if (idx != am[o]) second = std::max(second, a[static_cast<size_t>(nc) * l.in.h * l.in.w + idx]);
+                  }
+                // A window of ReLU zeros ties exactly but harmlessly: no gradient flows through any of them.
+                if (q > 1 && y[o] != 0.0) trace->min_pool_gap = std::min(trace->min_pool_gap, y[o] - second);
+              }
+        }
+        a = std::move(y);
+        break;
+      }
+      case LayerKind::Flatten: break;
+      case LayerKind::Dense:
+        a = dense_forward(a, N, l.in.size(), params[p], params[p + 1], l.out_channels);
+        p += 2;
+        break;
+    }
+  }
+  return a;
+}
+
+std::vector<std::vector<double>> params_to_double(const Model& model) {
+  std::vector<std::vector<double>> p;
+  for (const Tensor& t : model.params) p.emplace_back(t.data.begin(), t.data.end());
+  return p;
+}
+
+// ---- losses ---------------------------------------------------------------------------------------------------
+
+namespace {
+
+// log sum_{j != skip} exp(z_j).
+double log_sum_exp(const double* z, int K, int skip) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int j = 0; j < K; ++j)
+    if (j != skip) m = std::max(m, z[j]);
+  double s = 0;
+  for (int j = 0; j < K; ++j)
+    if (j != skip) s += std::exp(z[j] - m);
+  return m + std::log(s);
+}
+
+}  // namespace
+
+std::vector<double> softmax(const double* z, int K) {
+  const double lse = log_sum_exp(z, K, -1);
+  std::vector<double> p(K);
+  for (int j = 0; j < K; ++j) p[j] = std::exp(z[j] - lse);
+  return p;
+}
+
+double loss_one(const double* z, int K, const double* t, TargetKind kind, int cls, LossKind loss, double kappa,
+                int* branch) {
+  if (branch) *branch = 0;
+  if (loss == LossKind::CarliniWagner && kind != TargetKind::Soft) {
+    int other = -1;
+    for (int j = 0; j < K; ++j)
+      if (j != cls && (other < 0 || z[j] > z[other])) other = j;
+    const double margin = kind == TargetKind::OneHot ? z[other] - z[cls] : z[cls] - z[other];
+    const bool active = margin > -kappa;
+    if (branch) *branch = 2 * other + (active ? 1 : 0);
+    return active ? margin : -kappa;
+  }
+  const double lse = log_sum_exp(z, K, -1);
+  if (kind == TargetKind::Untargeted) return lse - log_sum_exp(z, K, cls);  // -log(1 - p_y)
+  double ce = 0, entropy = 0;
+  for (int j = 0; j < K; ++j)
+    if (t[j] > 0) {
+      ce -= t[j] * (z[j] - lse);
+      entropy -= t[j] * std::log(t[j]);
+    }
+  return loss == LossKind::KL ? ce - entropy : ce;
+}
+
+// ---- checks and fills -----------------------------------------------------------------------------------------
+
+namespace {
+
+template <typename T>
+CloseStats check_close(const T* got, const double* ref, size_t n, double rtol, double atol, const std::string& what) {
+  CloseStats s;
+  double worst_ratio = -1;
+  std::ostringstream pairs;
+  int shown = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double g = static_cast<double>(got[i]);
+    const double err = std::fabs(g - ref[i]);
+    const double bound = atol + rtol * std::fabs(ref[i]);
+    const bool ok = err <= bound;  // false for NaN
+    // A NaN counts as the worst possible element.
+    const double ratio = std::isnan(err) ? std::numeric_limits<double>::infinity() : err / bound;
+    if (!std::isnan(err)) {
+      s.max_abs = std::max(s.max_abs, err);
+      if (ref[i] != 0) s.max_rel = std::max(s.max_rel, err / std::fabs(ref[i]));
+    }
+    if (ratio > worst_ratio) {
+      worst_ratio = ratio;
+      s.worst = i;
+    }
+    if (!ok) {
+      ++s.mismatches;
+      if (shown < 8) {
+        pairs << "\n    [" << i << "] got " << g << " ref " << ref[i] << " |diff| " << err << " bound " << bound;
+        ++shown;
+      }
+    }
+  }
+  std::ostringstream head;
+  head.precision(3);
+  head << what << ": " << n << " elements, max abs err " << s.max_abs << ", max rel err " << s.max_rel
+       << ", worst index " << s.worst;
+  if (n) head << " (got " << static_cast<double>(got[s.worst]) << ", ref " << ref[s.worst] << ")";
+  head << "; bound atol " << atol << " + rtol " << rtol << " * |ref|";
+  if (s.mismatches) {
+    ADD_FAILURE() << head.str() << "\n  " << s.mismatches << " mismatches, first ones:" << pairs.str();
+  } else if (std::getenv("NUDGE_PRINT_ERRORS")) {
+    std::printf("[errors] %s\n", head.str().c_str());
+  }
+  return s;
+}
+
+constexpr uint32_t kGuardBits = 0x7FE5A5A5u;  // a quiet-NaN payload no arithmetic produces
+constexpr int32_t kGuardIndex = 0x5A5A5A5A;
+
+}  // namespace
+
+CloseStats expect_close(const float* got, const double* ref, size_t n, double rtol, double atol,
+                        const std::string& what) {
+  return check_close(got, ref, n, rtol, atol, what);
+}
+
+CloseStats expect_close(const double* got, const double* ref, size_t n, double rtol, double atol,
+                        const std::string& what) {
+  return check_close(got, ref, n, rtol, atol, what);
+}
+
+CloseStats expect_close(const std::vector<float>& got, const std::vector<double>& ref, double rtol, double atol,
+                        const std::string& what) {
+  if (got.size() != ref.size()) {
+    ADD_FAILURE() << what << ": got " << got.size() << " elements, the reference has " << ref.size();
+    return {};
+  }
+  return check_close(got.data(), ref.data(), got.size(), rtol, atol, what);
+}
+
+std::vector<float> random_uniform(size_t n, float lo, float hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+std::vector<double> to_double(const float* v, size_t n) { return std::vector<double>(v, v + n); }
+
+Model random_model(const Architecture& arch, uint32_t seed, float bias) {
+  Model m = Model::glorot(arch, seed);
+  const auto specs = arch.params();
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (specs[i].is_bias)
+      m.params[i].data = random_uniform(m.params[i].size(), -bias, bias, seed * 7919u + static_cast<uint32_t>(i));
+  return m;
+}
+
+std::vector<const float*> param_ptrs(const Model& model) {
+  std::vector<const float*> p;
+  for (const Tensor& t : model.params) p.push_back(t.ptr());
+  return p;
+}
+
+GuardedBuffer::GuardedBuffer(size_t n) : n_(n), buf_(n + kGuard) {
+  float guard;
+  std::memcpy(&guard, &kGuardBits, sizeof guard);
+  std::fill(buf_.begin() + n_, buf_.end(), guard);
+  poison();
+}
+
+void GuardedBuffer::poison() {
+  std::fill(buf_.begin(), buf_.begin() + n_, std::numeric_limits<float>::quiet_NaN());
+}
+
+void GuardedBuffer::expect_guard_intact(const std::string& what) const {
+  for (size_t i = n_; i < buf_.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &buf_[i], sizeof bits);
+    if (bits != kGuardBits) {
+      ADD_FAILURE() << what << ": stray write at element " << i << " of a " << n_ << "-element output ("
+                    << (i - n_) << " past the end; found " << buf_[i] << ")";
+      return;
+    }
+  }
+}
+
+GuardedIndexBuffer::GuardedIndexBuffer(size_t n) : n_(n), buf_(n + kGuard, kGuardIndex) {
+  std::fill(buf_.begin(), buf_.begin() + n_, -1);
+}
+
+void GuardedIndexBuffer::expect_guard_intact(const std::string& what) const {
+  for (size_t i = n_; i < buf_.size(); ++i)
+    if (buf_[i] != kGuardIndex) {
+      ADD_FAILURE() << what << ": stray write at element " << i << " of a " << n_ << "-element index output ("
+                    << (i - n_) << " past the end; found " << buf_[i] << ")";
+      return;
+    }
+}
+
+}  // namespace nudge::ref

@@ -1,0 +1,279 @@
+// Every CPU layer (host/cpu_layers.h), forward and backward, against its double-precision twin in
+// tests/support/reference_math on seeded random shapes: odd map sizes, pool windows that floor, batch 1 and 5,
+// 1..5 input channels. Outputs are poisoned with NaN (every element must be written) and followed by a guard
+// region (nothing may be written past the end). Then the whole CpuNetwork forward against the double network.
+//
+// Tolerances. The inputs are exact in double, so the reference is the exact answer and the measured error is the
+// FP32 kernel's own rounding. The bound is |got - ref| <= atol + rtol*|ref| with atol a fraction of the RMS size of
+// the reference output: elements near zero come from cancellation, where only an absolute bound makes sense.
+// Measured (NUDGE_PRINT_ERRORS=1), the worst max|got - ref| / RMS(ref) over the cases below:
+//   conv2d_forward 1.7e-6 (24x13x13 input, 216-term sums)   conv2d_backward_data 6.5e-7
+//   conv2d_backward_filter dw 1.7e-6, db 1.1e-6 (sums of up to 5*26*26 terms)
+//   dense_forward 1.1e-6, dense_backward_data 7.1e-7, dense_backward_params 2.1e-7, network logits 6.6e-7
+// so atol = 1e-5 * RMS leaves a margin of about 6x; rtol 1e-5 is ~100 float ulps. relu and max-pool only copy and
+// must be exact.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "architecture.h"
+#include "cpu_layers.h"
+#include "cpu_network.h"
+#include "model.h"
+#include "reference_math.h"
+
+namespace nudge {
+namespace {
+
+constexpr double kRtol = 1e-5;
+constexpr double kAtolPerRms = 1e-5;
+
+double rms(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return v.empty() ? 0.0 : std::sqrt(s / static_cast<double>(v.size()));
+}
+
+// The atol for an output: a fixed fraction of its typical size (and never zero, for all-zero outputs).
+double atol_for(const std::vector<double>& ref) { return kAtolPerRms * std::max(rms(ref), 1e-3); }
+
+std::string shape_name(int N, Shape3 in) {
+  return "N=" + std::to_string(N) + " in=" + std::to_string(in.c) + "x" + std::to_string(in.h) + "x" +
+         std::to_string(in.w);
+}
+
+// ---- convolution ----------------------------------------------------------------------------------------------
+
+struct ConvCase {
+  int N;
+  Shape3 in;
+  int K, k;
+};
+
+const ConvCase kConvCases[] = {
+    {1, {1, 7, 9}, 1, 3},   {5, {3, 7, 9}, 4, 3},     {2, {5, 6, 5}, 3, 2},   {1, {2, 5, 5}, 7, 5},
+    {3, {4, 8, 11}, 5, 1},  {5, {1, 28, 28}, 24, 3},  {2, {24, 13, 13}, 36, 3}, {5, {2, 9, 7}, 2, 4},
+};
+
+TEST(CpuLayers, ConvMatchesReference) {
+  uint32_t seed = 1000;
+  for (const ConvCase& c : kConvCases) {
+    const std::string name = shape_name(c.N, c.in) + " K=" + std::to_string(c.K) + " k=" + std::to_string(c.k);
+    SCOPED_TRACE(name);
+    const int Ho = c.in.h - c.k + 1, Wo = c.in.w - c.k + 1;
+    const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = static_cast<size_t>(c.N) * c.K * Ho * Wo;
+    const size_t nw = static_cast<size_t>(c.K) * c.in.c * c.k * c.k;
+    const auto x = ref::random_uniform(nx, -1, 1, ++seed);
+    const auto w = ref::random_uniform(nw, -0.5f, 0.5f, ++seed);
+    const auto b = ref::random_uniform(c.K, -0.5f, 0.5f, ++seed);
+    const auto dy = ref::random_uniform(ny, -1, 1, ++seed);
+    const auto xd = ref::to_double(x), wd = ref::to_double(w), bd = ref::to_double(b), dyd = ref::to_double(dy);
+
+    ref::GuardedBuffer y(ny);
+    cpu::conv2d_forward(x.data(), c.N, c.in, w.data(), b.data(), c.K, c.k, y.data());
+    const auto y_ref = ref::conv2d_forward(xd, c.N, c.in, wd, bd, c.K, c.k);
+    ref::expect_close(y.values(), y_ref, kRtol, atol_for(y_ref), "conv2d_forward " + name);
+    y.expect_guard_intact("conv2d_forward " + name);
+
+    ref::GuardedBuffer dx(nx);
+    cpu::conv2d_backward_data(dy.data(), c.N, c.in, w.data(), c.K, c.k, dx.data());
+    const auto dx_ref = ref::conv2d_backward_data(dyd, c.N, c.in, wd, c.K, c.k);
+    ref::expect_close(dx.values(), dx_ref, kRtol, atol_for(dx_ref), "conv2d_backward_data " + name);
+    dx.expect_guard_intact("conv2d_backward_data " + name);
+
+    ref::GuardedBuffer dw(nw), db(c.K);
+    cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.k, dw.data(), db.data());
+    std::vector<double> dw_ref, db_ref;
+    ref::conv2d_backward_filter(xd, dyd, c.N, c.in, c.K, c.k, dw_ref, db_ref);
+    ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "conv2d_backward_filter dw " + name);
+    ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "conv2d_backward_filter db " + name);
+    dw.expect_guard_intact("conv2d_backward_filter dw " + name);
+    db.expect_guard_intact("conv2d_backward_filter db " + name);
+  }
+}
+
+// The layers overwrite their outputs: a second call into the same (now filled) buffers gives the same answer, and
+// the filter gradient is not accumulated across calls.
+TEST(CpuLayers, ConvOverwritesRatherThanAccumulates) {
+  const ConvCase c{3, {2, 7, 9}, 3, 3};
+  const int Ho = c.in.h - c.k + 1, Wo = c.in.w - c.k + 1;
+  const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = static_cast<size_t>(c.N) * c.K * Ho * Wo;
+  const size_t nw = static_cast<size_t>(c.K) * c.in.c * c.k * c.k;
+  const auto x = ref::random_uniform(nx, -1, 1, 2001), w = ref::random_uniform(nw, -1, 1, 2002);
+  const auto b = ref::random_uniform(c.K, -1, 1, 2003), dy = ref::random_uniform(ny, -1, 1, 2004);
+  std::vector<float> y1(ny), y2(ny, 7.0f), dx1(nx), dx2(nx, 7.0f), dw1(nw), dw2(nw), db1(c.K), db2(c.K);
+  cpu::conv2d_forward(x.data(), c.N, c.in, w.data(), b.data(), c.K, c.k, y1.data());
+  cpu::conv2d_forward(x.data(), c.N, c.in, w.data(), b.data(), c.K, c.k, y2.data());
+  cpu::conv2d_backward_data(dy.data(), c.N, c.in, w.data(), c.K, c.k, dx1.data());
+  cpu::conv2d_backward_data(dy.data(), c.N, c.in, w.data(), c.K, c.k, dx2.data());
+  cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.k, dw1.data(), db1.data());
+  cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.k, dw2.data(), db2.data());
+  cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.k, dw2.data(), db2.data());
+  EXPECT_EQ(y1, y2);
+  EXPECT_EQ(dx1, dx2);
+  EXPECT_EQ(dw1, dw2);
+  EXPECT_EQ(db1, db2);
+}
+
+// ---- relu -----------------------------------------------------------------------------------------------------
+
+TEST(CpuLayers, ReluMatchesReference) {
+  uint32_t seed = 3000;
+  for (size_t n : {size_t{1}, size_t{7}, size_t{63}, size_t{5 * 3 * 7 * 9}}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    auto x = ref::random_uniform(n, -1, 1, ++seed);
+    // Exact zeros of both signs sit on the kink: relu gives 0 and passes no gradient there.
+    x[0] = 0.0f;
+    if (n > 1) x[1] = -0.0f;
+    const auto dy = ref::random_uniform(n, -1, 1, ++seed);
+    ref::GuardedBuffer y(n), dx(n);
+    cpu::relu_forward(x.data(), n, y.data());
+    const auto y_ref = ref::relu_forward(ref::to_double(x));
+    ref::expect_close(y.values(), y_ref, 0, 0, "relu_forward");
+    y.expect_guard_intact("relu_forward");
+    cpu::relu_backward(y.data(), dy.data(), n, dx.data());
+    const auto dx_ref = ref::relu_backward(y_ref, ref::to_double(dy));
+    ref::expect_close(dx.values(), dx_ref, 0, 0, "relu_backward");
+    dx.expect_guard_intact("relu_backward");
+  }
+}
+
+// ---- max-pool -------------------------------------------------------------------------------------------------
+
+struct PoolCase {
+  int N;
+  Shape3 in;
+  int p;
+};
+
+const PoolCase kPoolCases[] = {
+    {1, {1, 7, 9}, 2}, {5, {3, 7, 9}, 2}, {2, {2, 9, 7}, 3}, {1, {5, 5, 5}, 5},
+    {3, {4, 6, 6}, 1}, {2, {2, 8, 8}, 4}, {5, {1, 11, 11}, 2}, {1, {24, 26, 26}, 2},
+};
+
+void check_pool(const PoolCase& c, const std::vector<float>& x, uint32_t dy_seed, const std::string& what) {
+  const std::string name = what + " " + shape_name(c.N, c.in) + " p=" + std::to_string(c.p);
+  SCOPED_TRACE(name);
+  const int Ho = c.in.h / c.p, Wo = c.in.w / c.p;
+  const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = static_cast<size_t>(c.N) * c.in.c * Ho * Wo;
+  ref::GuardedBuffer y(ny);
+  ref::GuardedIndexBuffer am(ny);
+  cpu::maxpool_forward(x.data(), c.N, c.in, c.p, y.data(), am.data());
+  std::vector<double> y_ref;
+  std::vector<int32_t> am_ref;
+  ref::maxpool_forward(ref::to_double(x), c.N, c.in, c.p, y_ref, am_ref);
+  ref::expect_close(y.values(), y_ref, 0, 0, "maxpool_forward y " + name);
+  EXPECT_EQ(am.values(), am_ref) << "maxpool_forward argmax " << name << " (ties go to the first in row-major order)";
+  y.expect_guard_intact("maxpool_forward y " + name);
+  am.expect_guard_intact("maxpool_forward argmax " + name);
+
+  // Backward through the reference argmax, so a wrong argmax shows up above and not twice.
+  const auto dy = ref::random_uniform(ny, -1, 1, dy_seed);
+  ref::GuardedBuffer dx(nx);
+  cpu::maxpool_backward(dy.data(), am_ref.data(), c.N, c.in, c.p, dx.data());
+  const auto dx_ref = ref::maxpool_backward(ref::to_double(dy), am_ref, c.N, c.in, c.p);
+  ref::expect_close(dx.values(), dx_ref, 0, 0, "maxpool_backward " + name);
+  dx.expect_guard_intact("maxpool_backward " + name);
+}
+
+TEST(CpuLayers, MaxPoolMatchesReference) {
+  uint32_t seed = 4000;
+  for (const PoolCase& c : kPoolCases) {
+    const auto x = ref::random_uniform(static_cast<size_t>(c.N) * c.in.size(), -1, 1, ++seed);
+    check_pool(c, x, ++seed, "random");
+  }
+}
+
+// Inputs from {0, 1, 2} (and all-equal planes) make ties the rule: the first maximum in row-major order wins.
+TEST(CpuLayers, MaxPoolTiesGoToFirstInRowMajorOrder) {
+  uint32_t seed = 4500;
+  for (const PoolCase& c : kPoolCases) {
+    auto x = ref::random_uniform(static_cast<size_t>(c.N) * c.in.size(), 0, 3, ++seed);
+    for (float& v : x) v = std::floor(v);
+    check_pool(c, x, ++seed, "ties");
+    std::vector<float> flat(x.size(), -0.5f);
+    check_pool(c, flat, ++seed, "constant");
+  }
+  // A hand-made window: the maximum 2 appears at (0,1) and (1,0) of a 2x2 window; (0,1) comes first.
+  const float x[4] = {1, 2, 2, 0};
+  float y = 0;
+  int32_t am = -1;
+  cpu::maxpool_forward(x, 1, {1, 2, 2}, 2, &y, &am);
+  EXPECT_EQ(y, 2.0f);
+  EXPECT_EQ(am, 1);
+}
+
+// ---- dense ----------------------------------------------------------------------------------------------------
+
+struct DenseCase {
+  int N, in, out;
+};
+
+const DenseCase kDenseCases[] = {{1, 1, 2}, {5, 7, 3}, {5, 100, 13}, {2, 576, 64}, {3, 64, 10}, {1, 33, 1}};
+
+TEST(CpuLayers, DenseMatchesReference) {
+  uint32_t seed = 5000;
+  for (const DenseCase& c : kDenseCases) {
+    const std::string name =
+        "N=" + std::to_string(c.N) + " in=" + std::to_string(c.in) + " out=" + std::to_string(c.out);
+    SCOPED_TRACE(name);
+    const size_t nx = static_cast<size_t>(c.N) * c.in, ny = static_cast<size_t>(c.N) * c.out,
+                 nw = static_cast<size_t>(c.out) * c.in;
+    const auto x = ref::random_uniform(nx, -1, 1, ++seed), w = ref::random_uniform(nw, -0.5f, 0.5f, ++seed);
+    const auto b = ref::random_uniform(c.out, -0.5f, 0.5f, ++seed), dy = ref::random_uniform(ny, -1, 1, ++seed);
+    const auto xd = ref::to_double(x), wd = ref::to_double(w), bd = ref::to_double(b), dyd = ref::to_double(dy);
+
+    ref::GuardedBuffer y(ny);
+    cpu::dense_forward(x.data(), c.N, c.in, w.data(), b.data(), c.out, y.data());
+    const auto y_ref = ref::dense_forward(xd, c.N, c.in, wd, bd, c.out);
+    ref::expect_close(y.values(), y_ref, kRtol, atol_for(y_ref), "dense_forward " + name);
+    y.expect_guard_intact("dense_forward " + name);
+
+    ref::GuardedBuffer dx(nx);
+    cpu::dense_backward_data(dy.data(), c.N, c.in, w.data(), c.out, dx.data());
+    const auto dx_ref = ref::dense_backward_data(dyd, c.N, c.in, wd, c.out);
+    ref::expect_close(dx.values(), dx_ref, kRtol, atol_for(dx_ref), "dense_backward_data " + name);
+    dx.expect_guard_intact("dense_backward_data " + name);
+
+    ref::GuardedBuffer dw(nw), db(c.out);
+    cpu::dense_backward_params(x.data(), dy.data(), c.N, c.in, c.out, dw.data(), db.data());
+    std::vector<double> dw_ref, db_ref;
+    ref::dense_backward_params(xd, dyd, c.N, c.in, c.out, dw_ref, db_ref);
+    ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "dense_backward_params dw " + name);
+    ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "dense_backward_params db " + name);
+    dw.expect_guard_intact("dense_backward_params dw " + name);
+    db.expect_guard_intact("dense_backward_params db " + name);
+  }
+}
+
+// ---- whole network --------------------------------------------------------------------------------------------
+
+// Logits of the float network against the double network, and each image of a batch against the same image run
+// alone (the batch must not leak between images).
+TEST(CpuNetworkForward, MatchesReferenceAndIsPerImage) {
+  uint32_t seed = 6000;
+  for (const char* text : {Architecture::reference_string(), "1x8x8:conv3k3,relu,pool2,flatten,dense5",
+                           "3x9x7:conv4k2,relu,pool3,conv2k1,flatten,dense6,relu,dense2"}) {
+    SCOPED_TRACE(text);
+    const Architecture arch = Architecture::parse(text);
+    const Model m = ref::random_model(arch, ++seed);
+    const int N = 5, D = arch.input.size(), K = arch.num_classes();
+    const auto x = ref::random_uniform(static_cast<size_t>(N) * D, 0, 1, ++seed);
+    CpuNetwork net(arch);
+    net.forward(ref::param_ptrs(m), x.data(), N);
+    const std::vector<float> logits(net.logits(), net.logits() + N * K);
+    const auto ref_logits = ref::network_forward(arch, ref::params_to_double(m), ref::to_double(x), N);
+    ref::expect_close(logits, ref_logits, kRtol, atol_for(ref_logits), std::string("logits ") + text);
+    for (int i = 0; i < N; ++i) {
+      CpuNetwork alone(arch);
+      alone.forward(ref::param_ptrs(m), x.data() + static_cast<size_t>(i) * D, 1);
+      ref::expect_close(alone.logits(), ref::to_double(logits.data() + i * K, K).data(), K, kRtol,
+                        atol_for(ref_logits), "image " + std::to_string(i) + " alone vs in the batch");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace nudge
