@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <new>
 
 #include "counter_rng.h"
 #include "input_step.h"
@@ -37,7 +38,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   const int targets_per_source = static_cast<int>(targets_for(job, 0, 0, K).size());
   const long rows = starts.count() * targets_per_source;
   const int chunk_entries = std::max(per_row, job.chunk > 0 ? job.chunk : backend.preferred_chunk());
-  const long rows_per_chunk = std::max(1, chunk_entries / per_row);
+  long rows_per_chunk = std::max(1, chunk_entries / per_row);
 
   EngineStats stats;
   stats.rows = rows;
@@ -55,7 +56,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   std::vector<int32_t> kind, cls;
   std::vector<RowTarget> row_target;
   std::vector<int> row_start_class;
-  for (long first = 0; first < rows; first += rows_per_chunk) {
+  for (long first = 0; first < rows;) {
     const long nrows = std::min(rows_per_chunk, rows - first);
     const int n = static_cast<int>(nrows * per_row);
     x0.resize(static_cast<size_t>(n) * D);
@@ -112,9 +113,19 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     in.target_kind = kind.data();
     in.target_class = cls.data();
     in.eps = eps.data();
-    auto chunk = regularized ? make_regularized_chunk(models, model.arch.input.h, model.arch.input.w, K, in, job.step,
-                                                      job.reg, job.seed, static_cast<uint64_t>(first) * per_row)
-                             : backend.begin_optimize(in, job.step);
+    std::unique_ptr<OptimizeChunk> chunk;
+    try {
+      chunk = regularized ? make_regularized_chunk(models, model.arch.input.h, model.arch.input.w, K, in, job.step,
+                                                   job.reg, job.seed, static_cast<uint64_t>(first) * per_row)
+                          : backend.begin_optimize(in, job.step);
+    } catch (const std::bad_alloc& e) {
+      // A device out of memory for this chunk: halve it and carry on (results do not depend on the chunk size).
+      if (nrows == 1) throw;
+      rows_per_chunk = std::max(1L, nrows / 2);
+      bar.line("nudge: " + std::string(e.what()) + "; retrying with chunks of " + std::to_string(rows_per_chunk * per_row) +
+               " entries");
+      continue;
+    }
     for (int s = 0; s < job.steps && chunk->active_count() > 0; ++s) {
       chunk->step();
       if (progress) {
@@ -158,6 +169,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
       out.l2 = static_cast<float>(std::sqrt(l2));
       sink.row(out);
     }
+    first += nrows;
   }
   bar.finish();
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
