@@ -96,7 +96,8 @@ std::vector<float> row_floats(const Row& row) {
 }
 
 // Rows must agree in every discrete field, and in every float bit for bit. The float check reports how far apart
-// the rows are, so that a last-bit drift (a batch-size dependent reduction order) reads differently from a mix-up.
+// the rows are, so that a last-bit drift (say, a reduction whose order depends on the batch) reads differently from
+// a mix-up of entries.
 void expect_rows_identical(const std::vector<Row>& a, const std::vector<Row>& b, const std::string& what) {
   ASSERT_EQ(a.size(), b.size()) << what;
   int mismatched = 0, inexact = 0;
@@ -188,13 +189,17 @@ TEST(OptimizeEngine, ChunkedEqualsWholeSoftTarget) {
   job.target = "";
   job.target_dist = {0.5f, 0.0f, 0.0f, 0.25f, 0.0f, 0.0f, 0.0f, 0.25f, 0.0f, 0.0f};
   job.step.loss = LossKind::KL;
-  job.step.stop_kl = 0.05f;
+  job.step.stop_kl = 0.1f;  // about half the rows get there within the budget
   job.step.early_stop = true;
   const std::vector<Row> whole = run_job(small_model(), job);
+  int successes = 0;
   for (const Row& r : whole) {
     EXPECT_EQ(r.r.target.kind, TargetKind::Soft);
     EXPECT_EQ(r.r.success, kl_divergence(job.target_dist.data(), r.r.probs.data(), kK) <= job.step.stop_kl);
+    successes += r.r.success;
   }
+  EXPECT_GT(successes, 0);
+  EXPECT_LT(successes, 70);
   for (int chunk : {7, 64}) {
     job.chunk = chunk;
     expect_rows_identical(whole, run_job(small_model(), job), "soft, chunk " + std::to_string(chunk));
@@ -381,6 +386,9 @@ TEST(OptimizeChunk, WithoutEarlyStopTheFirstGoalMeetingIterateIsReported) {
     EXPECT_EQ(upto.success_step[i], full.success_step[i]) << "entry " << i;
     EXPECT_EQ(upto.updates[i], full.success_step[i]) << "entry " << i;
     EXPECT_TRUE(same_images_and_probs(upto, full, i)) << "entry " << i;
+    // ...and it is the first such iterate: one update fewer, no iterate had met the goal.
+    const ChunkResult before = run_chunk(*backend, f, cfg, full.success_step[i] - 1);
+    EXPECT_EQ(before.success_step[i], -1) << "entry " << i;
   }
   EXPECT_GT(met, 3);
   EXPECT_LT(met, f.n);
@@ -455,13 +463,8 @@ TEST(OptimizeEngine, EpsListGivesOneRowPerImageWithTheBestEntry) {
     one.eps = {e};
     alone.push_back(run_job(small_model(), one));
   }
-  // Entries run alone sit in other batches than in the combined job; the CPU backend's GEMMs make that a last-bit
-  // difference (see expect_rows_identical), so candidates whose ranking hinges on less than kTie count as tied.
-  constexpr double kTie = 1e-4;
-  auto tied = [&](const RowResult& x, const RowResult& y) {
-    return x.success == y.success && x.success_step == y.success_step &&
-           std::fabs(x.loss - y.loss) <= kTie * std::max(1.0f, std::fabs(x.loss));
-  };
+  // The CPU backend runs every image through its own BLAS calls, so an entry's result does not depend on what shares
+  // its batch: the combined job must pick exactly the row the rule picks among the runs alone, bit for bit.
   std::vector<int> wins(job.eps.size(), 0);
   int step_decided = 0;
   std::vector<size_t> best(combined.size(), 0);
@@ -480,21 +483,20 @@ TEST(OptimizeEngine, EpsListGivesOneRowPerImageWithTheBestEntry) {
   auto check_choice = [&](const std::vector<Row>& rows, const std::string& what) {
     ASSERT_EQ(rows.size(), combined.size()) << what;
     for (size_t i = 0; i < rows.size(); ++i) {
+      const RowResult& want = alone[best[i]][i].r;
       EXPECT_EQ(rows[i].r.row, static_cast<long>(i)) << what;
-      const size_t chosen = std::find(job.eps.begin(), job.eps.end(), rows[i].r.eps) - job.eps.begin();
-      ASSERT_LT(chosen, job.eps.size()) << what << ", row " << i;
-      EXPECT_TRUE(chosen == best[i] || tied(alone[chosen][i].r, alone[best[i]][i].r))
-          << what << ", row " << i << ": reported eps " << rows[i].r.eps << ", best alone " << job.eps[best[i]];
-      EXPECT_EQ(rows[i].r.success, alone[chosen][i].r.success) << what << ", row " << i;
-      EXPECT_EQ(rows[i].r.success_step, alone[chosen][i].r.success_step) << what << ", row " << i;
-      EXPECT_NEAR(rows[i].r.loss, alone[chosen][i].r.loss, kTie * std::max(1.0f, std::fabs(rows[i].r.loss)))
+      EXPECT_EQ(rows[i].r.eps, job.eps[best[i]]) << what << ", row " << i;
+      EXPECT_EQ(rows[i].r.restart, 0) << what << ", row " << i;
+      EXPECT_EQ(rows[i].r.success_step, want.success_step) << what << ", row " << i;
+      EXPECT_EQ(rows[i].r.updates, want.updates) << what << ", row " << i;
+      EXPECT_EQ(rows[i].r.loss, want.loss) << what << ", row " << i;
+      EXPECT_EQ(0, std::memcmp(rows[i].image.data(), alone[best[i]][i].image.data(), kD * sizeof(float)))
           << what << ", row " << i;
     }
   };
   check_choice(combined, "3 eps values");
-  for (const Row& row : combined) EXPECT_EQ(row.r.restart, 0);
 
-  // Restarts without random starts are copies of one entry: the same choice, one row per image.
+  // Restarts without random starts are bit-identical copies of one entry: ties keep the first, restart 0.
   OptimizeJob copies = job;
   copies.restarts = 3;
   EngineStats stats;
