@@ -10,11 +10,11 @@
  *           [0,1]. Exactly CpuOptimizeChunk::evaluate_and_update's semantics.
  * Layout:   per-entry state in global memory [entries, 784] / [entries, 10]; weights packed once into the layouts
  *           below (fused_pack_weights_*); activations only in shared memory.
- * Threads:  512 per block, one block per SM (218 KB of shared memory). A block loops over tiles of up to 8 rows and
- *           keeps a tile for all the launch's steps. Each step is a fixed sequence of phases separated by
- *           __syncthreads(); inside a phase a thread writes only what it owns, and the mapping of each phase is
- *           written next to it. Entries that stop leave the tile's live list at once; the live images are packed
- *           into slots 0..ni-1 at the start of every step.
+ * Threads:  448 per block (14 warps, up to 144 registers each), one block per SM (218 KB of shared memory).
+ *           A block loops over tiles of up to 8 rows and keeps a tile for all the launch's steps. Each step is a
+ *           fixed sequence of phases separated by __syncthreads(); inside a phase a thread writes only what it owns,
+ *           and the mapping of each phase is written next to it. Entries that stop leave the tile's live list at
+ *           once; the live images are packed into slots 0..ni-1 at the start of every step.
  * Precond.: the reference architecture (fused_path_supports); rows distinct; target_class in [0,10) unless Soft;
  *           Adam needs m and v, a norm needs eps; a device with >= 218 KB shared memory per block (sm_90: 227 KB).
  * Numerics: FP32 with FMA contraction, sums in another order than OpenBLAS; the loss, goal test and L2 norm follow
@@ -26,7 +26,7 @@
  * guarded outputs, frozen early-stopped entries.
  *
  * Why it is written as lambdas over an executor: the block code is a template over `Block`, whose phase(f) is
- * f(threadIdx.x) + __syncthreads() on the device and a loop over the 512 thread ids on the host. The same source
+ * f(threadIdx.x) + __syncthreads() on the device and a loop over the 448 thread ids on the host. The same source
  * therefore runs, unchanged, in the host emulation that the tests use where there is no GPU.
  *
  * Cost (docs/fused-kernel.md): 2.68M FMAs issued per image-step (5.24 MFLOP of dense forward + backward-to-input
@@ -57,7 +57,9 @@ namespace {
 #endif
 
 // ---- shapes (the reference architecture, fixed at compile time) ----------------------------------------------------
-constexpr int kThreads = 512;
+// 448 threads = 14 warps: 65536 / 448 leaves 144 registers per thread, which conv2's 72-accumulator tiles need
+// beside the kernel's own state (at 512 threads, 128 registers, ptxas spilled).
+constexpr int kThreads = 448;
 constexpr int kTile = kFusedTileMax;
 constexpr int kIn = 28, kD = kIn * kIn;            // input 1x28x28
 constexpr int kC1 = 24, kP1 = 13;                  // conv1 -> 24x26x26, pool1 -> 24x13x13
@@ -106,7 +108,7 @@ static_assert(kD <= kR2Stride && kP2Size <= kR2Stride, "R2 holds x, pool2 and dx
 // Block scratch inside R1 while pool1 is dead (after conv2 forward, before conv2 backward).
 constexpr int kScW3 = 0;                           // staged conv3 weights + bias
 constexpr int kScA3 = kScW3 + kStageW3;            // 8 x 576 conv3 output -> dA3
-constexpr int kSplits = kThreads / kF1;            // 8 K-slices of dense1 forward
+constexpr int kSplits = 8;                         // K-slices of dense1 forward
 constexpr int kSliceLen = kFlat / kSplits;         // 72
 constexpr int kScD1P = kScA3 + kTile * kFlat;      // [8 slices][8 images][64] partial sums
 constexpr int kScA4 = kScD1P + kSplits * kTile * kF1;  // 8 x 64 dense1 output -> dA4
@@ -117,8 +119,7 @@ constexpr int kScEnd = kScPR + kTile * 16;
 constexpr int kScPS = 0;                           // 8 x 64 doubles: L2 partial sums during the update
 static_assert(kScEnd <= kTile * kP1Size, "block scratch must fit in R1");
 static_assert(kScA3 % 4 == 0, "scratch alignment");
-static_assert(kSplits * kSliceLen == kFlat && kSplits * kF1 == kThreads, "dense1 forward: one thread per (slice, out)");
-static_assert(kThreads == 64 * kTile, "the update gives each image 64 threads");
+static_assert(kSplits * kSliceLen == kFlat, "dense1 forward: whole slices");
 
 // Misc ints.
 constexpr int kMsEntry = 0;       // [8] entry of each tile slot
@@ -266,7 +267,7 @@ FUSED_HD bool goal_met(const float* p, const float* t, TargetKind kind, int cls,
   return false;
 }
 
-// ---- the 4-class backward through ReLU + 2x2 max-pool + 3x3 valid convolution ----------------------------------------
+// ---- the 4-class backward through ReLU + 2x2 max-pool + 3x3 valid convolution ------------------------------------
 // A thread owns a 4x2 tile of the convolution's input gradient, rows 4*ti+dy, cols 2*tj+dx. The pool windows that
 // can reach it are rows 2*ti-1+p (p = 0..2) and cols tj-1+q (q = 0..1). A window with gradient g, argmax (a,b)
 // and a positive value adds g * w[ki][kj] at ki = dy + 2 - 2p - a, kj = dx + 2 - 2q - b (when both are in 0..2).
@@ -450,7 +451,7 @@ FUSED_HD void run_step(Block& blk, const FusedParams& p, const Smem& s, int ni, 
   blk.phase([&](int t) {
     const float* W4T = p.weights + kPkW4T;
     const float* A3 = scratch + kScA3;
-    for (int it = t; it < kThreads; it += kThreads) {
+    for (int it = t; it < kSplits * kF1; it += kThreads) {
       const int slice = it / kF1, o = it % kF1;
       float acc[kTile] = {};
       FUSED_UNROLL(4)
@@ -588,17 +589,17 @@ FUSED_HD void run_step(Block& blk, const FusedParams& p, const Smem& s, int ni, 
     }
   });
 
-  // conv2 backward through pool2 and its ReLU, 4-class scheme (see class_fma). Thread = (4 input channels, image,
-  // 4x2 tile of the 12x12 region that can receive gradient): 32 accumulators + 24 class gradients (8 channels did
-  // not fit in 128 registers beside the kernel's own state). Row and column 12 of dP1 are zero. Writes dP1 over R1.
+  // conv2 backward through pool2 and its ReLU, 4-class scheme (see class_fma). Thread = (8 input channels, image,
+  // 4x2 tile of the 12x12 region that can receive gradient): 64 accumulators + 24 class gradients, 72 FMAs per 9
+  // warp-uniform weight loads. Row and column 12 of dP1 are zero. Writes dP1 over R1.
   blk.phase([&](int t) {
     const int per_group = ni * 18;
-    for (int it = t; it < 6 * per_group; it += kThreads) {
+    for (int it = t; it < 3 * per_group; it += kThreads) {
       const int g = it / per_group, k = (it % per_group) / 18, tile = it % 18;
       const int ti = tile / 6, tj = tile % 6;
       const float* dP2 = s.r2(k);
       const uint8_t* C2 = s.c2 + k * kP2Size;
-      float acc[4][4][2] = {};
+      float acc[8][4][2] = {};
       FUSED_UNROLL(1)
       for (int co = 0; co < kC2; ++co) {
         float G[3][2][4];
@@ -616,16 +617,16 @@ FUSED_HD void run_step(Block& blk, const FusedParams& p, const Smem& s, int ni, 
             class_gradients(gv, code, G[pp][q]);
           }
         FUSED_UNROLL_ALL
-        for (int c = 0; c < 4; ++c) {
+        for (int c = 0; c < 8; ++c) {
           float w[9];
           FUSED_UNROLL_ALL
-          for (int tap = 0; tap < 9; ++tap) w[tap] = s.w()[kPkW2 + ((4 * g + c) * 9 + tap) * kC2 + co];
+          for (int tap = 0; tap < 9; ++tap) w[tap] = s.w()[kPkW2 + ((8 * g + c) * 9 + tap) * kC2 + co];
           class_fma(w, G, acc[c]);
         }
       }
       FUSED_UNROLL_ALL
-      for (int c = 0; c < 4; ++c) {
-        float* dP1 = s.r1(k) + (4 * g + c) * kP1Plane + 4 * ti * kP1 + 2 * tj;
+      for (int c = 0; c < 8; ++c) {
+        float* dP1 = s.r1(k) + (8 * g + c) * kP1Plane + 4 * ti * kP1 + 2 * tj;
         FUSED_UNROLL_ALL
         for (int dy = 0; dy < 4; ++dy)
           FUSED_UNROLL_ALL
@@ -677,81 +678,85 @@ FUSED_HD void run_step(Block& blk, const FusedParams& p, const Smem& s, int ni, 
     }
   });
 
-  // The optimizer step (input_update_one): 64 threads per image, pixels u, u+64, ...; coalesced. Without L2 this
+  // The optimizer step (input_update_one): 64 lanes per image, pixels u, u+64, ...; coalesced. Without L2 this
   // finishes the pixel; with L2 the moved pixel waits in R2 (over its own gradient) for the norm.
   const bool l2 = p.norm == Norm::L2;
   blk.phase([&](int t) {
-    const int k = t / 64, u = t % 64;
-    if (k >= ni || s.misc[kMsStop + k]) return;
-    const int e = live_entry[k];
-    const int step = s.misc[kMsStepT + k];
-    const size_t row = static_cast<size_t>(e) * kD;
-    float* x = p.x + row;
-    const float* x0 = p.x0 + row;
-    const float eps = p.norm == Norm::None ? 0.0f : ldg(p.eps + e);
-    float c1 = 1.0f, c2 = 1.0f;
-    if (p.optimizer == InputOptimizer::Adam) {
-      c1 = 1.0f - powf(p.beta1, static_cast<float>(step));
-      c2 = 1.0f - powf(p.beta2, static_cast<float>(step));
-    }
-    float* xn = s.r2(k);
-    double sq = 0;
-    for (int i = u; i < kD; i += 64) {
-      const float gi = xn[i];
-      float xi = x[i];
-      switch (p.optimizer) {
-        case InputOptimizer::Adam: {
-          const float mi = p.beta1 * p.m[row + i] + (1.0f - p.beta1) * gi;
-          const float vi = p.beta2 * p.v[row + i] + (1.0f - p.beta2) * gi * gi;
-          p.m[row + i] = mi;
-          p.v[row + i] = vi;
-          xi -= p.lr * (mi / c1) / (sqrtf(vi / c2) + p.adam_eps);
-          break;
+    for (int it = t; it < ni * 64; it += kThreads) {
+      const int k = it / 64, u = it % 64;
+      if (s.misc[kMsStop + k]) continue;
+      const int e = live_entry[k];
+      const int step = s.misc[kMsStepT + k];
+      const size_t row = static_cast<size_t>(e) * kD;
+      float* x = p.x + row;
+      const float* x0 = p.x0 + row;
+      const float eps = p.norm == Norm::None ? 0.0f : ldg(p.eps + e);
+      float c1 = 1.0f, c2 = 1.0f;
+      if (p.optimizer == InputOptimizer::Adam) {
+        c1 = 1.0f - powf(p.beta1, static_cast<float>(step));
+        c2 = 1.0f - powf(p.beta2, static_cast<float>(step));
+      }
+      float* xn = s.r2(k);
+      double sq = 0;
+      for (int i = u; i < kD; i += 64) {
+        const float gi = xn[i];
+        float xi = x[i];
+        switch (p.optimizer) {
+          case InputOptimizer::Adam: {
+            const float mi = p.beta1 * p.m[row + i] + (1.0f - p.beta1) * gi;
+            const float vi = p.beta2 * p.v[row + i] + (1.0f - p.beta2) * gi * gi;
+            p.m[row + i] = mi;
+            p.v[row + i] = vi;
+            xi -= p.lr * (mi / c1) / (sqrtf(vi / c2) + p.adam_eps);
+            break;
+          }
+          case InputOptimizer::Sgd: xi -= p.lr * gi; break;
+          case InputOptimizer::Sign: xi -= p.lr * static_cast<float>((gi > 0) - (gi < 0)); break;
         }
-        case InputOptimizer::Sgd: xi -= p.lr * gi; break;
-        case InputOptimizer::Sign: xi -= p.lr * static_cast<float>((gi > 0) - (gi < 0)); break;
+        const float x0i = ldg(x0 + i);
+        if (p.norm == Norm::Linf) xi = fminf(fmaxf(xi, x0i - eps), x0i + eps);
+        if (l2) {
+          const double d = static_cast<double>(xi - x0i);
+          sq += d * d;
+          xn[i] = xi;
+        } else {
+          x[i] = clamp01(xi);
+        }
       }
-      const float x0i = ldg(x0 + i);
-      if (p.norm == Norm::Linf) xi = fminf(fmaxf(xi, x0i - eps), x0i + eps);
-      if (l2) {
-        const double d = static_cast<double>(xi - x0i);
-        sq += d * d;
-        xn[i] = xi;
-      } else {
-        x[i] = clamp01(xi);
-      }
+      if (l2) reinterpret_cast<double*>(scratch + kScPS)[k * 64 + u] = sq;
+      if (u == 0) p.steps_done[e] = step;
     }
-    if (l2) reinterpret_cast<double*>(scratch + kScPS)[k * 64 + u] = sq;
-    if (u == 0) p.steps_done[e] = step;
   });
   if (!l2) return;
 
   // L2: every thread of an image sums the 64 partials in the same order, then scales and clamps its pixels.
   blk.phase([&](int t) {
-    const int k = t / 64, u = t % 64;
-    if (k >= ni || s.misc[kMsStop + k]) return;
-    const int e = live_entry[k];
-    const double* partial = reinterpret_cast<const double*>(scratch + kScPS) + k * 64;
-    double total = 0;
-    for (int j = 0; j < 64; ++j) total += partial[j];
-    const double len = sqrt(total);
-    const float eps = ldg(p.eps + e);
-    const bool scale = len > eps;
-    const float f = scale ? static_cast<float>(eps / len) : 1.0f;
-    const size_t row = static_cast<size_t>(e) * kD;
-    const float* xn = s.r2(k);
-    for (int i = u; i < kD; i += 64) {
-      float xi = xn[i];
-      if (scale) {
-        const float x0i = ldg(p.x0 + row + i);
-        xi = x0i + (xi - x0i) * f;
+    for (int it = t; it < ni * 64; it += kThreads) {
+      const int k = it / 64, u = it % 64;
+      if (s.misc[kMsStop + k]) continue;
+      const int e = live_entry[k];
+      const double* partial = reinterpret_cast<const double*>(scratch + kScPS) + k * 64;
+      double total = 0;
+      for (int j = 0; j < 64; ++j) total += partial[j];
+      const double len = sqrt(total);
+      const float eps = ldg(p.eps + e);
+      const bool scale = len > eps;
+      const float f = scale ? static_cast<float>(eps / len) : 1.0f;
+      const size_t row = static_cast<size_t>(e) * kD;
+      const float* xn = s.r2(k);
+      for (int i = u; i < kD; i += 64) {
+        float xi = xn[i];
+        if (scale) {
+          const float x0i = ldg(p.x0 + row + i);
+          xi = x0i + (xi - x0i) * f;
+        }
+        p.x[row + i] = clamp01(xi);
       }
-      p.x[row + i] = clamp01(xi);
     }
   });
 }
 
-// ---- a block: stage conv1/conv2, then tiles, each for all the launch's steps -----------------------------------------
+// ---- a block: stage conv1/conv2, then tiles, each for all the launch's steps -------------------------------------
 #pragma nv_exec_check_disable
 template <class Block>
 FUSED_HD void fused_block(Block& blk, const FusedParams& p, const Smem& s, int block, int grid) {
@@ -854,7 +859,8 @@ __global__ void fused_pack_kernel(const FusedWeightSources src, float* __restric
 void check_params(const char* op, const FusedParams& p) {
   if (p.count < 0 || p.steps < 0) throw_shape_error(op, "needs count >= 0 and steps >= 0");
   if (p.tile < 1 || p.tile > kFusedTileMax)
-    throw_shape_error(op, "tile must be in 1.." + std::to_string(kFusedTileMax) + " (got " + std::to_string(p.tile) + ")");
+    throw_shape_error(op, "tile must be in 1.." + std::to_string(kFusedTileMax) + " (got " + std::to_string(p.tile) +
+                              ")");
   if (!p.weights || !p.x || !p.x0 || !p.target_dist || !p.target_kind || !p.target_class || !p.steps_done ||
       !p.goal_reached || !p.best_loss || !p.best_probs || !p.best_images || !p.success_step)
     throw_shape_error(op, "weights, x, x0, targets and every bookkeeping array are required");
