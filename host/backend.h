@@ -7,10 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "errors.h"
 #include "model.h"
 #include "optimize_types.h"
 
 namespace nudge {
+
+enum class OptimizePath { Auto, Fused, Layers };
+OptimizePath parse_optimize_path(const std::string& s);  // "auto" | "fused" | "layers"; InputError otherwise
 
 struct AdamConfig {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-7f;
@@ -75,6 +79,15 @@ class Backend {
                               float* grad) = 0;
 
   virtual std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) = 0;
+
+  // Which implementation begin_optimize uses where a backend has more than one. Auto: the fastest that supports the
+  // model (CUDA: the fused kernel for the reference architecture, else layer by layer). Fused: that kernel or an
+  // InputError saying why not. Layers: the layer-by-layer network.
+  virtual void set_optimize_path(OptimizePath path) {
+    if (path == OptimizePath::Fused) throw InputError("--path fused needs the CUDA backend (this is " + name() + ")");
+  }
+  // Names the implementation the last begin_optimize used ("layers", "fused"), for reports.
+  virtual std::string optimize_path_used() const { return "layers"; }
 
   // The largest chunk this backend wants at once (memory and cache bound).
   virtual int preferred_chunk() const = 0;

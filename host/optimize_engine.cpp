@@ -49,7 +49,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   models.insert(models.end(), ensemble.begin(), ensemble.end());
   stats.path = regularized ? "host-regularized (" + std::to_string(models.size()) + " model" +
                                  (models.size() > 1 ? "s" : "") + ")"
-                           : "backend";
+                           : "";
   ProgressBar bar("optimize", std::max(1L, stats.entries * std::max(job.steps, 1)));
 
   std::vector<float> x0, init, dist, eps, start_of_row, source_img(D), start_probs;
@@ -137,6 +137,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     }
     const ChunkResult res = chunk->finish();
     ++stats.chunks;
+    if (!regularized) stats.path = backend.optimize_path_used();
     for (int i = 0; i < n; ++i) stats.image_steps += res.updates[i];
 
     for (long r = 0; r < nrows; ++r) {

@@ -43,7 +43,7 @@ struct EngineStats {
   long image_steps = 0;   // updates applied, summed over entries (one forward, backward and update each)
   double seconds = 0;     // wall time of the optimization, start-image generation included
   int entries_per_row = 1;
-  std::string path;       // which chunk implementation ran: the backend's own, or the host-regularised one
+  std::string path;       // which chunk implementation ran: "layers", "fused" or the host-regularised one
 };
 
 // Runs the job; `progress` draws a bar on stderr. Throws InputError for a job that fails validation.

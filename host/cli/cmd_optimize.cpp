@@ -83,6 +83,9 @@ Runner add_optimize_command(CLI::App& app) {
   cmd->add_option("--stop-at", f->stop_at, "stop an image once its target class has probability >= this");
   cmd->add_option("--stop-kl", f->stop_kl, "stop a soft-target image once KL(target||p) <= this");
   cmd->add_option("--chunk", f->job.chunk, "images per chunk (default: the backend's choice)");
+  auto path = std::make_shared<std::string>("auto");
+  cmd->add_option("--path", *path, "auto | fused | layers: the GPU implementation (fused: one kernel per step for the reference architecture)")
+      ->capture_default_str();
   cmd->add_flag("--quiet", "no progress bar");
   return [=]() {
     OptimizeJob job = f->job;
@@ -115,6 +118,7 @@ Runner add_optimize_command(CLI::App& app) {
     run.judge = *judge;
     run.data = o->data;
     run.device = o->device;
+    run.path = *path;
     run.out = o->out;
     run.spec = job_to_json(*f, job, run.models.front());
     run.quiet = cmd->count("--quiet") > 0;

@@ -58,11 +58,15 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
   const StartImages starts(job, data.get(), primary.arch.input.w, primary.arch.input.h);
   const long rows = starts.count() * static_cast<long>(targets_for(job, 0, 0, K).size());
 
+  const OptimizePath path = parse_optimize_path(run.path);
   std::vector<std::unique_ptr<Backend>> backends;
   for (const Model& m : models) {
     backends.push_back(make_backend(run.device));
     backends.back()->load_model(m);
+    backends.back()->set_optimize_path(path);
   }
+  if (path == OptimizePath::Fused && (job.reg.any() || models.size() > 1))
+    throw InputError("--path fused runs plain jobs only: priors and ensembles use the host-regularised path");
   std::unique_ptr<Backend> judge;
   if (judge_model) {
     judge = make_backend(run.device);

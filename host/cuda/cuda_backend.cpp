@@ -13,6 +13,7 @@
 #include "cuda/cuda_network.h"
 #include "cuda/cuda_optimize_chunk.h"
 #include "cuda/device_memory.h"
+#include "cuda/fused_chunk.h"
 #include "cuda/nvtx.h"
 #include "errors.h"
 #include "softmax_loss.cuh"
@@ -58,8 +59,8 @@ class CudaBackend : public Backend {
   // Queued work may read the buffers about to be freed. (A chunk from begin_optimize must not outlive its backend.)
   ~CudaBackend() override { cudaStreamSynchronize(ctx_.stream()); }
 
-  // Says which path runs: the layer-by-layer network (cuDNN, cuBLAS and the kernels in kernels/).
-  std::string name() const override { return "cuda (layer-by-layer; " + ctx_.description() + ")"; }
+  // The optimize path that ran is reported separately (optimize_path_used), since it can differ per job.
+  std::string name() const override { return "cuda (" + ctx_.description() + ")"; }
   bool is_gpu() const override { return true; }
 
   void load_model(const Model& model) override {
@@ -225,8 +226,24 @@ class CudaBackend : public Backend {
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
     require_model("begin_optimize");
     check_classes(in.target_class, in.target_kind, in.n, arch_.num_classes(), "optimize");
+    if (path_ != OptimizePath::Layers) {
+      std::string why;
+      const bool fits = fused_path_supports(arch_) && fused_device_supports(ctx_, &why);
+      if (!fits && path_ == OptimizePath::Fused)
+        throw InputError("--path fused: " + (why.empty() ? "the fused kernel is specialised for the reference architecture " +
+                                                               std::string(Architecture::reference_string())
+                                                         : why));
+      if (fits) {
+        path_used_ = "fused";
+        return make_fused_optimize_chunk(ctx_, arch_, param_ptrs(), in, cfg);
+      }
+    }
+    path_used_ = "layers";
     return std::make_unique<CudaOptimizeChunk>(ctx_, arch_, param_ptrs(), in, cfg);
   }
+
+  void set_optimize_path(OptimizePath path) override { path_ = path; }
+  std::string optimize_path_used() const override { return path_used_; }
 
   int preferred_chunk() const override {
     size_t free_b = 0, total_b = 0;
@@ -242,6 +259,8 @@ class CudaBackend : public Backend {
   }
 
  private:
+  OptimizePath path_ = OptimizePath::Auto;
+  std::string path_used_ = "layers";
   void require_model(const char* what) const {
     if (!loaded_) throw InternalError(std::string("CudaBackend::") + what + " before load_model");
   }
