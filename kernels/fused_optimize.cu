@@ -211,7 +211,10 @@ FUSED_HD float loss_row(const float* z, const float* t, TargetKind kind, int cls
   double s;
   max_and_sum(z, -1, &m, &s);
   for (int j = 0; j < kK; ++j) probs[j] = static_cast<float>(exp(static_cast<double>(z[j] - m)) / s);
-  const float lse = m + static_cast<float>(log(s));
+  // Review fix: the log-sum-exp in double, as the twin (losses.cpp log_sum_exp). In float, m + log(s) kept only
+  // ~6e-8 of |lse| (1e-3 at logits of 1e4), so small losses (CE near p = 1, untargeted lse - lse_other) lost most
+  // of their digits and the best-iterate comparison loss < best_loss could differ from the CPU's.
+  const double lse = static_cast<double>(m) + log(s);
   if (loss == LossKind::CarliniWagner && kind != TargetKind::Soft) {
     const int other = argmax_except(z, cls);
     const float margin = kind == TargetKind::OneHot ? z[other] - z[cls] : z[cls] - z[other];
@@ -228,12 +231,12 @@ FUSED_HD float loss_row(const float* z, const float* t, TargetKind kind, int cls
     float m_o;
     double s_o;
     max_and_sum(z, cls, &m_o, &s_o);
-    const float lse_other = m_o + static_cast<float>(log(s_o));
+    const double lse_other = static_cast<double>(m_o) + log(s_o);  // double, as the twin (see lse above)
     for (int j = 0; j < kK; ++j) {
       const float q = j == cls ? 0.0f : static_cast<float>(exp(static_cast<double>(z[j] - m_o)) / s_o);
       dz[j] = probs[j] - q;
     }
-    return lse - lse_other;
+    return static_cast<float>(lse - lse_other);
   }
   double ce = 0, tsum = 0, entropy = 0;
   for (int j = 0; j < kK; ++j) {

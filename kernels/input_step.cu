@@ -88,6 +88,10 @@ __global__ void __launch_bounds__(kThreads) input_step_kernel(InputStepParams p)
     }
   }
   if (p.norm != Norm::L2) {
+    // Review fix: every thread reads steps_done[e] at its start (t above); without this barrier thread 0 could
+    // write the new count before a later warp has read the old one, and that warp would use t + 1 for its pixels'
+    // bias correction. (The L2 path is ordered by the barriers in block_sum.) p.norm is uniform: no divergence.
+    __syncthreads();
     if (threadIdx.x == 0) p.steps_done[e] = t;
     return;
   }
