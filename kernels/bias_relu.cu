@@ -23,8 +23,9 @@ namespace nudge::cuda {
 
 namespace {
 
+// x may alias y (the in-place bias + ReLU), so neither carries __restrict__.
 template <bool kRelu>
-__global__ void bias_relu_kernel(const float* __restrict__ x, const float* __restrict__ b, float* y, int C, int P,
+__global__ void bias_relu_kernel(const float* x, const float* __restrict__ b, float* y, int C, int P,
                                  size_t total) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
