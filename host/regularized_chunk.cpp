@@ -132,8 +132,11 @@ class RegularizedChunk : public OptimizeChunk {
         const size_t o = static_cast<size_t>(e) * D_;
         float* x = img.data() + static_cast<size_t>(a) * D_;
         float* g = total_grad.data() + static_cast<size_t>(a) * D_;
-        if (reg_.tv > 0) (reg_.tv_isotropic ? tv_isotropic : tv_anisotropic)(x, H_, W_, reg_.tv, g);
-        if (reg_.l2 > 0) l2_decay(x, D_, reg_.l2_center, reg_.l2, g);
+        // The penalties' weights: constant until settle_steps, then decaying by prior_decay per update.
+        const float scale = prior_scale(reg_, updates_[e]);
+        if (reg_.tv > 0) (reg_.tv_isotropic ? tv_isotropic : tv_anisotropic)(x, H_, W_, reg_.tv * scale, g);
+        if (reg_.l2 > 0) l2_decay(x, D_, reg_.l2_center, reg_.l2 * scale, g);
+        if (reg_.l1 > 0) l1_decay(x, D_, reg_.l2_center, reg_.l1 * scale, g);
         const int t = ++updates_[e];
         float* var = var_.data() + o;
         if (reg_.sigmoid) {

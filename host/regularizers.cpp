@@ -71,6 +71,16 @@ float l2_decay(const float* x, int D, float center, float weight, float* grad) {
   return static_cast<float>(weight * total);
 }
 
+float l1_decay(const float* x, int D, float center, float weight, float* grad) {
+  double total = 0;
+  for (int i = 0; i < D; ++i) {
+    const float d = x[i] - center;
+    total += std::fabs(d);
+    if (grad) grad[i] += weight * sign(d);
+  }
+  return static_cast<float>(weight * total);
+}
+
 void gaussian_blur(const float* in, int H, int W, float sigma, float* out) {
   const int r = std::max(1, static_cast<int>(std::ceil(3 * sigma)));
   std::vector<float> k(2 * r + 1), tmp(static_cast<size_t>(H) * W);
@@ -106,6 +116,12 @@ void unshift_gradient(const float* g, int H, int W, int dy, int dx, float* grad)
       const int si = i + dy, sj = j + dx;
       grad[i * W + j] = si >= 0 && si < H && sj >= 0 && sj < W ? g[si * W + sj] : 0.0f;
     }
+}
+
+float prior_scale(const RegularizerConfig& reg, int updates) {
+  const int past = updates - reg.settle_steps;
+  if (reg.prior_decay == 1.0f || past <= 0) return 1.0f;
+  return static_cast<float>(std::pow(static_cast<double>(reg.prior_decay), past));
 }
 
 void jitter_offsets(uint64_t seed, uint64_t entry, int step, int s, int* dy, int* dx) {

@@ -10,6 +10,8 @@ struct RegularizerConfig {
   bool tv_isotropic = false; // sum sqrt(dx^2 + dy^2) instead of sum |dx| + |dy|
   float l2 = 0;              // weight of 0.5 * ||x - l2_center||^2
   float l2_center = 0.5f;    // decay toward mid-gray (0.5) or black (0)
+  float l1 = 0;              // weight of ||x - l2_center||_1: decay toward the same center that does not favour
+                             // spreading intensity into faint areas as L2 does (MNIST strokes are saturated)
   int blur_every = 0;        // Gaussian blur after every k-th update (0: never)
   float blur_sigma = 1.0f;   // sigma of the first blur ...
   float blur_decay = 1.0f;   // ... multiplied by this at each later blur
@@ -18,9 +20,16 @@ struct RegularizerConfig {
   // Iterates before this many updates never count as meeting the goal: the priors need steps to shape an image, and
   // the first iterate that crosses the confidence bar is otherwise kept (and, with early stop, frozen) half-formed.
   int settle_steps = 0;
+  // The confidence phase: from update settle_steps on, the TV, L2 and L1 weights are multiplied by prior_decay at every
+  // update (weight at update t = weight * prior_decay^max(0, t - settle_steps)), so that the model's gradient, which
+  // shrinks as its confidence nears 1, is no longer held back by priors that already shaped the image. 1: constant.
+  float prior_decay = 1.0f;
 
-  bool any() const { return tv > 0 || l2 > 0 || blur_every > 0 || jitter > 0 || sigmoid || settle_steps > 0; }
+  bool any() const { return tv > 0 || l2 > 0 || l1 > 0 || blur_every > 0 || jitter > 0 || sigmoid || settle_steps > 0; }
 };
+
+// The factor on the TV, L2 and L1 weights for the update that follows `updates` earlier ones.
+float prior_scale(const RegularizerConfig& reg, int updates);
 
 // Each returns the penalty's value times `weight` and adds weight * its gradient into `grad` (may be null).
 // Anisotropic TV: sum over neighbours of |x_a - x_b|, with sign(0) = 0.
@@ -28,6 +37,8 @@ float tv_anisotropic(const float* x, int H, int W, float weight, float* grad);
 // Isotropic TV: sum over pixels of sqrt(dx^2 + dy^2 + 1e-8) with forward differences (last row/column: 0).
 float tv_isotropic(const float* x, int H, int W, float weight, float* grad);
 float l2_decay(const float* x, int D, float center, float weight, float* grad);
+// sum |x - center|, with sign(0) = 0.
+float l1_decay(const float* x, int D, float center, float weight, float* grad);
 
 // Separable Gaussian blur (radius ceil(3 sigma), edge pixels repeated); in and out must differ.
 void gaussian_blur(const float* in, int H, int W, float sigma, float* out);

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   runners["eval"] = add_eval_command(app);
   runners["predict"] = add_predict_command(app);
   runners["optimize"] = add_optimize_command(app);
+  runners["visualize"] = add_visualize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
     // CLI11 checks that a subcommand was given before it looks at stray words, so "nudge trian" would only be told
     // that a subcommand is required.
     if (argc > 1 && argv[1][0] != '-' && runners.count(argv[1]) == 0) {
-      std::fprintf(stderr, "nudge: unknown command '%s' (expected train, eval, predict or optimize; see nudge --help)\n",
+      std::fprintf(stderr, "nudge: unknown command '%s' (expected train, eval, predict, optimize or visualize; see nudge --help)\n",
                    argv[1]);
       return 2;
     }

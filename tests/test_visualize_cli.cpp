@@ -1,0 +1,243 @@
+// nudge visualize as a user meets it: the real binary (NUDGE_BINARY) on a tiny run.
+//   - With its defaults, run from the repository root (where the default model, ensemble and judge paths resolve):
+//     exit 0; classes.png is the 10 x K grid (its size follows write_image_grid's layout, and row c, column k shows
+//     image k * 10 + c of images.npy, the prototype of class c); results.csv has one row per prototype aimed at
+//     i mod 10; summary.json names both default models and, when the judge file exists, reports judge_agreement.
+//   - With explicit --model / --judge and K = 2, from another folder.
+//   - Bad input (--per-class 0 or negative, a judge that is also an optimized-against model, also under another
+//     spelling of its path, an unknown judge file, --steps 0, --prior-decay > 1, a grid too large to draw) exits 2
+//     with one stderr line "nudge: ..." and leaves no result file behind.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "image_io.h"
+
+namespace nudge {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kSource = NUDGE_SOURCE_DIR;
+const std::string kModel = kSource + "/data/models/mnist_cnn.safetensors";
+const std::string kModel2 = kSource + "/data/models/mnist_cnn_seed2.safetensors";
+const std::string kJudge = kSource + "/data/models/judge_mlp.safetensors";
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct RunOutput {
+  int code = -1;
+  std::string out, err;
+};
+
+class Sandbox {
+ public:
+  Sandbox() {
+    std::string pattern = ::testing::TempDir() + "nudge_viz_XXXXXX";
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
+    root_ = pattern;
+    fs::create_directory(root_ / "work");
+    fs::create_directory(root_ / "capture");
+  }
+  ~Sandbox() {
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+  fs::path work() const { return root_ / "work"; }
+
+  // Runs nudge with `args` in folder `cwd` (default: the sandbox's work/).
+  RunOutput run(const std::vector<std::string>& args, const std::string& cwd = "") const {
+    const fs::path out = root_ / "capture" / "stdout", err = root_ / "capture" / "stderr";
+    std::string cmd = "cd " + quote(cwd.empty() ? work().string() : cwd) + " && " + quote(NUDGE_BINARY);
+    for (const std::string& a : args) cmd += " " + quote(a);
+    cmd += " </dev/null >" + quote(out.string()) + " 2>" + quote(err.string());
+    const int status = std::system(cmd.c_str());
+    RunOutput r;
+    r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  std::vector<std::string> leftovers() const {
+    std::vector<std::string> found;
+    for (const auto& e : fs::recursive_directory_iterator(work())) {
+      const std::string name = e.path().filename().string();
+      if (name == "results.csv" || name == "summary.json" || name == "images.npy" || name == "grid.png" ||
+          name == "classes.png" || name.find(".tmp.") != std::string::npos)
+        found.push_back(fs::relative(e.path(), work()).string());
+    }
+    return found;
+  }
+
+ private:
+  fs::path root_;
+};
+
+// images.npy: a version-1 header, then little-endian float32 [n, 28, 28].
+std::vector<float> read_npy_f32(const fs::path& p, std::string* header) {
+  const std::string bytes = slurp(p);
+  EXPECT_GE(bytes.size(), 10u);
+  EXPECT_EQ(bytes.compare(0, 6, "\x93NUMPY"), 0);
+  const size_t hl = static_cast<unsigned char>(bytes[8]) | static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8;
+  *header = bytes.substr(10, hl);
+  std::vector<float> v((bytes.size() - 10 - hl) / 4);
+  std::memcpy(v.data(), bytes.data() + 10 + hl, v.size() * 4);
+  return v;
+}
+
+int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+// Checks the files of a finished run with K prototypes per class at grid scale `scale`.
+void check_outputs(const fs::path& dir, int K, int scale) {
+  for (const char* f : {"classes.png", "results.csv", "summary.json", "images.npy", "grid.png"})
+    EXPECT_TRUE(fs::exists(dir / f)) << f;
+  // results.csv: a header and one row per prototype, image i aimed at class i mod 10.
+  std::istringstream csv(slurp(dir / "results.csv"));
+  std::string line;
+  std::getline(csv, line);
+  EXPECT_EQ(line.rfind("index,source,label,target,", 0), 0u) << line;
+  int rows = 0;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ls(line);
+    for (std::string c; std::getline(ls, c, ',');) cells.push_back(c);
+    ASSERT_GE(cells.size(), 4u);
+    EXPECT_EQ(cells[0], std::to_string(rows));
+    EXPECT_EQ(cells[1], "noise:" + std::to_string(rows));
+    EXPECT_EQ(cells[3], std::to_string(rows % 10));
+    ++rows;
+  }
+  EXPECT_EQ(rows, 10 * K);
+
+  std::string header;
+  const std::vector<float> images = read_npy_f32(dir / "images.npy", &header);
+  ASSERT_EQ(images.size(), static_cast<size_t>(10 * K) * 784) << header;
+
+  // classes.png: write_image_grid's layout with 10 rows of K, labels "0".."9" (one character).
+  const GrayImage grid = read_png((dir / "classes.png").string());
+  const int t = std::max(1, scale / 3), label_w = 4 + 6 * t, tile = 28 * scale;
+  EXPECT_EQ(grid.width, label_w + K * tile + (K + 1) * 2);
+  EXPECT_EQ(grid.height, 10 * tile + 11 * 2);
+  // Row c, column k is image k * 10 + c (gray, rounded to 8 bits).
+  int mismatched = 0;
+  for (int c = 0; c < 10; ++c)
+    for (int k = 0; k < K; ++k) {
+      const float* img = images.data() + static_cast<size_t>(k * 10 + c) * 784;
+      const int x0 = label_w + 2 + k * (tile + 2), y0 = 2 + c * (tile + 2);
+      for (int i = 0; i < 28; ++i)
+        for (int j = 0; j < 28; ++j) {
+          const float want = std::lround(std::clamp(img[i * 28 + j], 0.0f, 1.0f) * 255.0f) / 255.0f;
+          const float got = grid.pixels[static_cast<size_t>(y0 + i * scale) * grid.width + x0 + j * scale];
+          mismatched += std::fabs(want - got) > 0.5f / 255.0f;
+        }
+    }
+  EXPECT_EQ(mismatched, 0) << "classes.png cells are not images k * 10 + c";
+}
+
+TEST(VisualizeCli, DefaultsEndToEnd) {
+  Sandbox box;
+  const fs::path out = box.work() / "viz";
+  // From the repository root, so that the default model paths (data/models/...) resolve; the output goes elsewhere.
+  const RunOutput r = box.run({"visualize", "--per-class", "1", "--steps", "5", "--out", out.string(), "--quiet"}, kSource);
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_outputs(out, 1, 3);
+  EXPECT_NE(r.out.find((out / "classes.png").string()), std::string::npos) << "says where classes.png is: " << r.out;
+
+  const nlohmann::json s = nlohmann::json::parse(slurp(out / "summary.json"));
+  EXPECT_EQ(s["rows"].get<long>(), 10);
+  const nlohmann::json& spec = s["job"].is_object() ? s["job"] : s;
+  ASSERT_TRUE(spec.contains("models")) << s.dump();
+  EXPECT_EQ(spec["models"].size(), 2u) << "the default is the two-CNN ensemble";
+  EXPECT_EQ(spec["per_class"].get<int>(), 1);
+  EXPECT_GT(spec["regularizers"]["jitter"].get<int>(), 0) << "the preset's priors are on";
+  EXPECT_GT(spec["l1"].get<double>(), 0.0);
+  EXPECT_LT(spec["prior_decay"].get<double>(), 1.0);
+  if (fs::exists(kJudge)) {
+    ASSERT_TRUE(s.contains("judge_agreement")) << s.dump();
+    const double a = s["judge_agreement"].get<double>();
+    EXPECT_GE(a, 0.0);
+    EXPECT_LE(a, 1.0);
+    EXPECT_EQ(s["judge_rows"].get<long>(), 10);
+    EXPECT_EQ(spec["judge"].get<std::string>(), "data/models/judge_mlp.safetensors");
+  } else {
+    EXPECT_FALSE(s.contains("judge_agreement")) << "no judge file, no judge";
+  }
+}
+
+TEST(VisualizeCli, ExplicitModelAndJudge) {
+  Sandbox box;
+  std::vector<std::string> args = {"visualize", "--model", kModel, "--per-class", "2", "--steps", "3", "--out", "v",
+                                   "--seed", "9", "--quiet"};
+  const bool judged = fs::exists(kJudge);
+  if (judged) {
+    args.push_back("--judge");
+    args.push_back(kJudge);
+  }
+  const RunOutput r = box.run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_outputs(box.work() / "v", 2, 3);
+  const nlohmann::json s = nlohmann::json::parse(slurp(box.work() / "v" / "summary.json"));
+  const nlohmann::json& spec = s["job"].is_object() ? s["job"] : s;
+  EXPECT_EQ(spec["models"].size(), 1u);
+  EXPECT_EQ(spec["seed"].get<uint64_t>(), 9u);
+  EXPECT_EQ(s.contains("judge_agreement"), judged);
+}
+
+void expect_usage_error(const Sandbox& box, const std::vector<std::string>& args, const std::string& needle) {
+  std::string joined;
+  for (const std::string& a : args) joined += " " + a;
+  SCOPED_TRACE("nudge" + joined);
+  const RunOutput r = box.run(args);
+  EXPECT_EQ(r.code, 2) << "stderr: " << r.err;
+  EXPECT_EQ(r.err.rfind("nudge: ", 0), 0u) << "stderr: " << r.err;
+  EXPECT_EQ(count_lines(r.err), 1) << "stderr: " << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "expected '" << needle << "' in stderr: " << r.err;
+  EXPECT_TRUE(box.leftovers().empty()) << "files left behind";
+}
+
+TEST(VisualizeCli, BadInput) {
+  Sandbox box;
+  expect_usage_error(box, {"visualize", "--model", kModel, "--per-class", "0", "--out", "v"}, "--per-class");
+  expect_usage_error(box, {"visualize", "--model", kModel, "--per-class", "-3", "--out", "v"}, "--per-class");
+  expect_usage_error(box, {"visualize", "--model", kModel, "--judge", kModel, "--per-class", "1", "--out", "v"},
+                     "judge");
+  // The same file under another spelling is still the same model.
+  const std::string other_spelling = kSource + "/data/models/../models/mnist_cnn.safetensors";
+  expect_usage_error(box, {"visualize", "--model", kModel2, "--model", kModel, "--judge", other_spelling,
+                           "--per-class", "1", "--out", "v"},
+                     "judge");
+  expect_usage_error(box, {"visualize", "--model", kModel, "--judge", "no_such_judge.safetensors", "--per-class", "1",
+                           "--out", "v"},
+                     "no_such_judge.safetensors");
+  expect_usage_error(box, {"visualize", "--model", kModel, "--steps", "0", "--out", "v"}, "--steps");
+  // A grid too large to draw is refused before the optimization, not after it.
+  expect_usage_error(box, {"visualize", "--model", kModel, "--per-class", "100000", "--out", "v"}, "classes.png");
+  expect_usage_error(box, {"visualize", "--model", kModel, "--prior-decay", "1.5", "--out", "v"}, "--prior-decay");
+}
+
+}  // namespace
+}  // namespace nudge
