@@ -101,7 +101,8 @@ void validate_job(const OptimizeJob& job, int classes) {
   if (job.step.stop_prob > 1) throw InputError("--stop-at must be a probability <= 1");
   if (!(job.step.stop_kl >= 0)) throw InputError("--stop-kl must be >= 0");
   const RegularizerConfig& r = job.reg;
-  if (r.tv < 0 || r.l2 < 0) throw InputError("--tv and --l2 weights must be >= 0");
+  if (r.tv < 0 || r.l2 < 0 || r.l1 < 0) throw InputError("--tv, --l2 and --l1 weights must be >= 0");
+  if (!(r.prior_decay > 0 && r.prior_decay <= 1)) throw InputError("--prior-decay must be in (0, 1]");
   if (r.jitter < 0 || r.jitter > 8) throw InputError("--jitter must be between 0 and 8 pixels");
   if (r.settle_steps < 0) throw InputError("--settle must be >= 0");
   if (r.blur_every < 0) throw InputError("--blur-every must be >= 0");

@@ -174,8 +174,8 @@ TEST(VisualizeCli, DefaultsEndToEnd) {
   EXPECT_EQ(spec["models"].size(), 2u) << "the default is the two-CNN ensemble";
   EXPECT_EQ(spec["per_class"].get<int>(), 1);
   EXPECT_GT(spec["regularizers"]["jitter"].get<int>(), 0) << "the preset's priors are on";
-  EXPECT_GT(spec["l1"].get<double>(), 0.0);
-  EXPECT_LT(spec["prior_decay"].get<double>(), 1.0);
+  EXPECT_GT(spec["regularizers"]["l1"].get<double>(), 0.0);
+  EXPECT_LT(spec["regularizers"]["prior_decay"].get<double>(), 1.0);
   if (fs::exists(kJudge)) {
     ASSERT_TRUE(s.contains("judge_agreement")) << s.dump();
     const double a = s["judge_agreement"].get<double>();

@@ -91,10 +91,6 @@ Runner add_visualize_command(CLI::App& app) {
   cmd->add_option("--stop-at", f->stop_at, "confidence every model must give the class (then the image is frozen)")
       ->capture_default_str();
   add_regularizer_flags(*cmd, f->reg);
-  cmd->add_option("--l1", f->reg.l1, "weight of L1 decay toward --l2-center")->capture_default_str();
-  cmd->add_option("--prior-decay", f->reg.prior_decay,
-                  "from update --settle on, the TV, L2 and L1 weights are multiplied by this at every update (1: constant)")
-      ->capture_default_str();
   cmd->add_option("--chunk", f->chunk, "images per chunk (default: the backend's choice)");
   cmd->add_option("--scale", f->scale, "pixels per image pixel in classes.png (default: 3 for K <= 10, 2 up to 30, else 1)");
   cmd->add_flag("--quiet", "no progress bar");
@@ -102,7 +98,6 @@ Runner add_visualize_command(CLI::App& app) {
     if (f->per_class < 1) throw InputError("--per-class must be at least 1");
     if (f->steps < 1) throw InputError("--steps must be at least 1");
     if (!(f->stop_at > 0 && f->stop_at <= 1)) throw InputError("--stop-at must be a probability in (0, 1]");
-    if (!(f->reg.prior_decay > 0 && f->reg.prior_decay <= 1)) throw InputError("--prior-decay must be in (0, 1]");
     if (f->scale < 0 || f->scale > 64) throw InputError("--scale must be between 1 and 64 (0: by --per-class)");
     const int K = f->per_class;
 
@@ -163,9 +158,7 @@ Runner add_visualize_command(CLI::App& app) {
                 {"steps", job.steps},
                 {"stop_at", job.step.stop_prob},
                 {"early_stop", true},
-                {"seed", job.seed},
-                {"prior_decay", job.reg.prior_decay},
-                {"l1", job.reg.l1}};
+                {"seed", job.seed}};
 
     std::vector<float> images;
     run_job(run, &images);

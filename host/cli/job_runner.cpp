@@ -15,6 +15,10 @@ void add_regularizer_flags(CLI::App& cmd, RegularizerConfig& reg) {
   cmd.add_option("--tv", reg.tv, "weight of total variation")->capture_default_str();
   cmd.add_flag("--tv-isotropic", reg.tv_isotropic, "isotropic instead of anisotropic total variation");
   cmd.add_option("--l2", reg.l2, "weight of L2 decay toward --l2-center")->capture_default_str();
+  cmd.add_option("--l1", reg.l1, "weight of L1 decay toward --l2-center")->capture_default_str();
+  cmd.add_option("--prior-decay", reg.prior_decay,
+                 "from update --settle on, the TV, L2 and L1 weights are multiplied by this at every update (1: constant)")
+      ->capture_default_str();
   cmd.add_option("--l2-center", reg.l2_center, "0.5 (mid-gray) or 0 (black)")->capture_default_str();
   cmd.add_option("--blur-every", reg.blur_every, "Gaussian blur after every k-th update (0: never)")->capture_default_str();
   cmd.add_option("--blur-sigma", reg.blur_sigma, "sigma of the first blur")->capture_default_str();
@@ -28,7 +32,7 @@ nlohmann::json regularizers_to_json(const RegularizerConfig& r) {
   return {{"tv", r.tv},           {"tv_isotropic", r.tv_isotropic}, {"l2", r.l2},
           {"l2_center", r.l2_center}, {"blur_every", r.blur_every}, {"blur_sigma", r.blur_sigma},
           {"blur_decay", r.blur_decay}, {"jitter", r.jitter},       {"sigmoid", r.sigmoid},
-          {"settle_steps", r.settle_steps}};
+          {"settle_steps", r.settle_steps}, {"l1", r.l1}, {"prior_decay", r.prior_decay}};
 }
 
 nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
