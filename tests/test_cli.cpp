@@ -6,7 +6,6 @@
 //   - eval --json, predict --json and a one-epoch train on MNIST (skipped when data/fetch_mnist.sh has not run).
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
 
@@ -14,13 +13,13 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "atomic_file.h"
+#include "cli_sandbox.h"
 #include "image_io.h"
 #include "model.h"
 
@@ -44,68 +43,18 @@ bool have_mnist() {
 #define REQUIRE_MNIST() \
   if (!have_mnist()) GTEST_SKIP() << "MNIST not fetched: run data/fetch_mnist.sh"
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct RunOutput {
-  int code = -1;
-  std::string out, err;
-};
+using testing_support::RunOutput;
+using testing_support::slurp;
 
 // A private folder: work/ is the command's current directory, capture/ holds its stdout and stderr.
-class Sandbox {
+class Sandbox : public testing_support::CliSandbox {
  public:
-  Sandbox() {
-    std::string pattern = ::testing::TempDir() + "nudge_cli_XXXXXX";
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    root_ = pattern;
-    fs::create_directory(root_ / "work");
-    fs::create_directory(root_ / "capture");
-  }
-  ~Sandbox() {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-  fs::path work() const { return root_ / "work"; }
-  std::string path(const std::string& name) const { return (work() / name).string(); }
-
-  RunOutput run(const std::vector<std::string>& args) const {
-    const fs::path out = root_ / "capture" / "stdout", err = root_ / "capture" / "stderr";
-    std::string cmd = "cd " + quote(work().string()) + " && " + quote(NUDGE_BINARY);
-    for (const std::string& a : args) cmd += " " + quote(a);
-    cmd += " </dev/null >" + quote(out.string()) + " 2>" + quote(err.string());
-    const int status = std::system(cmd.c_str());
-    RunOutput r;
-    r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
+  Sandbox() : CliSandbox("nudge_cli_") {}
 
   // Result files and temporaries anywhere under work/.
   std::vector<std::string> leftovers() const {
-    std::vector<std::string> found;
-    for (const auto& e : fs::recursive_directory_iterator(work())) {
-      const std::string name = e.path().filename().string();
-      if (name == "results.csv" || name == "summary.json" || name == "images.npy" || name == "grid.png" ||
-          name.find(".tmp.") != std::string::npos)
-        found.push_back(fs::relative(e.path(), work()).string());
-    }
-    return found;
+    return CliSandbox::leftovers({"results.csv", "summary.json", "images.npy", "grid.png"});
   }
-
- private:
-  fs::path root_;
 };
 
 std::string joined(const std::vector<std::string>& v) {

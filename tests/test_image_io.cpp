@@ -15,6 +15,7 @@
 #include "atomic_file.h"
 #include "contact_sheet.h"
 #include "errors.h"
+#include "temp_dir.h"
 
 namespace nudge {
 namespace {
@@ -22,23 +23,8 @@ namespace {
 namespace fs = std::filesystem;
 
 // A private directory under the GoogleTest temp dir, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = ::testing::TempDir() + "nudge_image_io_XXXXXX";
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-  size_t entries() const { return std::distance(fs::directory_iterator(path_), fs::directory_iterator()); }
-
- private:
-  fs::path path_;
+struct TempDir : testing_support::TempDir {
+  TempDir() : testing_support::TempDir("nudge_image_io_") {}
 };
 
 template <class E>

@@ -15,6 +15,7 @@
 
 #include "atomic_file.h"
 #include "errors.h"
+#include "temp_dir.h"
 
 namespace nudge {
 namespace {
@@ -77,22 +78,8 @@ SafetensorsFile random_file(uint32_t seed) {
 }
 
 // A private directory under the GoogleTest temp dir, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = ::testing::TempDir() + "nudge_safetensors_XXXXXX";
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
+struct TempDir : testing_support::TempDir {
+  TempDir() : testing_support::TempDir("nudge_safetensors_") {}
 };
 
 TEST(Safetensors, RoundTripThroughBytes) {

@@ -25,6 +25,7 @@
 #include "model.h"
 #include "reference_math.h"
 #include "safetensors.h"
+#include "temp_dir.h"
 #include "train.h"
 
 namespace nudge {
@@ -54,21 +55,8 @@ void expect_same_params(const Model& a, const Model& b, const std::string& what)
 }
 
 // A private directory under the GoogleTest temp dir, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = ::testing::TempDir() + "nudge_training_XXXXXX";
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
+struct TempDir : testing_support::TempDir {
+  TempDir() : testing_support::TempDir("nudge_training_") {}
 };
 
 // ---- training -------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@
 //     with one stderr line "nudge: ..." and leaves no result file behind.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
 
@@ -18,11 +17,11 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "cli_sandbox.h"
 #include "image_io.h"
 
 namespace nudge {
@@ -35,66 +34,17 @@ const std::string kModel = kSource + "/data/models/mnist_cnn.safetensors";
 const std::string kModel2 = kSource + "/data/models/mnist_cnn_seed2.safetensors";
 const std::string kJudge = kSource + "/data/models/judge_mlp.safetensors";
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using testing_support::RunOutput;
+using testing_support::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct RunOutput {
-  int code = -1;
-  std::string out, err;
-};
-
-class Sandbox {
+// box.run(args, cwd) runs nudge in folder cwd (default: the sandbox's work/).
+class Sandbox : public testing_support::CliSandbox {
  public:
-  Sandbox() {
-    std::string pattern = ::testing::TempDir() + "nudge_viz_XXXXXX";
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    root_ = pattern;
-    fs::create_directory(root_ / "work");
-    fs::create_directory(root_ / "capture");
-  }
-  ~Sandbox() {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-  fs::path work() const { return root_ / "work"; }
-
-  // Runs nudge with `args` in folder `cwd` (default: the sandbox's work/).
-  RunOutput run(const std::vector<std::string>& args, const std::string& cwd = "") const {
-    const fs::path out = root_ / "capture" / "stdout", err = root_ / "capture" / "stderr";
-    std::string cmd = "cd " + quote(cwd.empty() ? work().string() : cwd) + " && " + quote(NUDGE_BINARY);
-    for (const std::string& a : args) cmd += " " + quote(a);
-    cmd += " </dev/null >" + quote(out.string()) + " 2>" + quote(err.string());
-    const int status = std::system(cmd.c_str());
-    RunOutput r;
-    r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
+  Sandbox() : CliSandbox("nudge_viz_") {}
 
   std::vector<std::string> leftovers() const {
-    std::vector<std::string> found;
-    for (const auto& e : fs::recursive_directory_iterator(work())) {
-      const std::string name = e.path().filename().string();
-      if (name == "results.csv" || name == "summary.json" || name == "images.npy" || name == "grid.png" ||
-          name == "classes.png" || name.find(".tmp.") != std::string::npos)
-        found.push_back(fs::relative(e.path(), work()).string());
-    }
-    return found;
+    return CliSandbox::leftovers({"results.csv", "summary.json", "images.npy", "grid.png", "classes.png"});
   }
-
- private:
-  fs::path root_;
 };
 
 // images.npy: a version-1 header, then little-endian float32 [n, 28, 28].

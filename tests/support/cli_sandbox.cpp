@@ -1,0 +1,68 @@
+#include "cli_sandbox.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <system_error>
+
+namespace nudge::testing_support {
+
+namespace fs = std::filesystem;
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+CliSandbox::CliSandbox(const std::string& prefix) {
+  std::string pattern = ::testing::TempDir() + prefix + "XXXXXX";
+  if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
+  root_ = pattern;
+  fs::create_directory(root_ / "work");
+  fs::create_directory(root_ / "capture");
+}
+
+CliSandbox::~CliSandbox() {
+  std::error_code ec;
+  fs::remove_all(root_, ec);
+}
+
+RunOutput CliSandbox::run(const std::vector<std::string>& args, const std::string& cwd) const {
+  const fs::path out = root_ / "capture" / "stdout", err = root_ / "capture" / "stderr";
+  std::string cmd = "cd " + quote(cwd.empty() ? work().string() : cwd) + " && " + quote(NUDGE_BINARY);
+  for (const std::string& a : args) cmd += " " + quote(a);
+  cmd += " </dev/null >" + quote(out.string()) + " 2>" + quote(err.string());
+  const int status = std::system(cmd.c_str());
+  RunOutput r;
+  r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+std::vector<std::string> CliSandbox::leftovers(const std::vector<std::string>& result_names) const {
+  std::vector<std::string> found;
+  for (const auto& e : fs::recursive_directory_iterator(work())) {
+    const std::string name = e.path().filename().string();
+    if (std::find(result_names.begin(), result_names.end(), name) != result_names.end() ||
+        name.find(".tmp.") != std::string::npos)
+      found.push_back(fs::relative(e.path(), work()).string());
+  }
+  return found;
+}
+
+}  // namespace nudge::testing_support

@@ -1,0 +1,44 @@
+// Running the real nudge binary (NUDGE_BINARY) from the CLI suites: a private folder whose work/ is the command's
+// current directory and whose capture/ receives its stdout and stderr.
+#pragma once
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace nudge::testing_support {
+
+// `s` in single quotes for /bin/sh, embedded single quotes escaped.
+std::string quote(const std::string& s);
+
+// The whole file as bytes ("" when it cannot be opened).
+std::string slurp(const std::filesystem::path& p);
+
+struct RunOutput {
+  int code = -1;  // the exit status, or -1 when the command did not exit normally
+  std::string out, err;
+};
+
+class CliSandbox {
+ public:
+  // The folder under ::testing::TempDir() is named `prefix` followed by six random characters.
+  explicit CliSandbox(const std::string& prefix = "nudge_cli_");
+  ~CliSandbox();
+  CliSandbox(const CliSandbox&) = delete;
+  CliSandbox& operator=(const CliSandbox&) = delete;
+
+  std::filesystem::path work() const { return root_ / "work"; }
+  // The full path of `name` inside work/.
+  std::string path(const std::string& name) const { return (work() / name).string(); }
+
+  // Runs nudge with `args` (stdin from /dev/null) in folder `cwd` (default: work/).
+  RunOutput run(const std::vector<std::string>& args, const std::string& cwd = "") const;
+
+  // Paths, relative to work/, of every file anywhere under work/ whose name is one of `result_names` or contains
+  // ".tmp.".
+  std::vector<std::string> leftovers(const std::vector<std::string>& result_names) const;
+
+ private:
+  std::filesystem::path root_;
+};
+
+}  // namespace nudge::testing_support
