@@ -195,6 +195,15 @@ TEST(Cli, UnknownDevice) {
   EXPECT_FALSE(fs::exists(box.path("model.safetensors")));
 }
 
+TEST(Cli, FusedPathNeedsTheCudaBackend) {
+  Sandbox box;
+  expect_usage_error(box, {"optimize", "--model", kModel, "--device", "cpu", "--path", "fused", "--target", "3",
+                           "--count", "2"},
+                     "--path fused needs the CUDA backend");
+  expect_usage_error(box, {"optimize", "--model", kModel, "--path", "sideways", "--target", "3", "--count", "2"},
+                     "unknown --path 'sideways'");
+}
+
 TEST(Cli, DeviceCudaWithoutAGpu) {
   Sandbox box;
   write_gray_png(box.path("digit.png"), 28);
