@@ -25,7 +25,10 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
   std::string why;
   if (cuda_device_usable(&why)) return make_cuda_backend();
   if (device == "cuda") throw InputError("--device cuda: " + why);
-  std::cerr << "nudge: " << why << "; using the CPU\n";
+  // Once per process: an ensemble with a judge makes several backends.
+  static bool said = false;
+  if (!said) std::cerr << "nudge: " << why << "; using the CPU\n";
+  said = true;
 #else
   if (device == "cuda") throw InputError("--device cuda: this nudge was built without CUDA (NUDGE_CUDA=OFF or no toolkit)");
 #endif

@@ -62,6 +62,8 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
   const StartImages starts(job, data.get(), primary.arch.input.w, primary.arch.input.h);
   const long rows = starts.count() * static_cast<long>(targets_for(job, 0, 0, K).size());
 
+  // The output folder is checked before any backend is made, so that a bad --out is the one message printed.
+  ensure_output_dir(run.out);
   const OptimizePath path = parse_optimize_path(run.path);
   std::vector<std::unique_ptr<Backend>> backends;
   for (const Model& m : models) {
