@@ -28,17 +28,9 @@ std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
-CliSandbox::CliSandbox(const std::string& prefix) {
-  std::string pattern = ::testing::TempDir() + prefix + "XXXXXX";
-  if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-  root_ = pattern;
+CliSandbox::CliSandbox(const std::string& prefix) : dir_(prefix), root_(dir_.path()) {
   fs::create_directory(root_ / "work");
   fs::create_directory(root_ / "capture");
-}
-
-CliSandbox::~CliSandbox() {
-  std::error_code ec;
-  fs::remove_all(root_, ec);
 }
 
 RunOutput CliSandbox::run(const std::vector<std::string>& args, const std::string& cwd) const {

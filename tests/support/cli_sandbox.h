@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.h"
+
 namespace nudge::testing_support {
 
 // `s` in single quotes for /bin/sh, embedded single quotes escaped.
@@ -22,7 +24,6 @@ class CliSandbox {
  public:
   // The folder under ::testing::TempDir() is named `prefix` followed by six random characters.
   explicit CliSandbox(const std::string& prefix = "nudge_cli_");
-  ~CliSandbox();
   CliSandbox(const CliSandbox&) = delete;
   CliSandbox& operator=(const CliSandbox&) = delete;
 
@@ -38,6 +39,7 @@ class CliSandbox {
   std::vector<std::string> leftovers(const std::vector<std::string>& result_names) const;
 
  private:
+  TempDir dir_;  // removed with the sandbox
   std::filesystem::path root_;
 };
 
