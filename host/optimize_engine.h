@@ -1,6 +1,6 @@
 // The batched input-optimization engine: expands a job into rows and entries, runs them chunk by chunk on any
-// Backend, keeps per row the best entry, and streams the rows to a sink. The engine holds at most one chunk in
-// memory, so a job can have millions of rows.
+// Backend, keeps per row the best entry, and streams the rows to a sink. The engine holds at most two chunks on the
+// backend (the one computing and the next one, uploading) and three on the host, so a job can have millions of rows.
 #pragma once
 #include <string>
 #include <vector>
@@ -32,6 +32,7 @@ struct RowResult {
   const float* image = nullptr;
 };
 
+// row() is called on a worker thread of the engine, one call at a time, in row order.
 class RowSink {
  public:
   virtual ~RowSink() = default;

@@ -3,6 +3,7 @@
 #include <iostream>
 #include <map>
 
+#include "allocator_policy.h"
 #include "commands.h"
 #include "errors.h"
 
@@ -20,6 +21,7 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const 
 
 int main(int argc, char** argv) {
   using namespace nudge::cli;
+  nudge::keep_large_allocations_for_reuse();
   CLI::App app{"nudge: train small image CNNs and optimize their inputs in batches"};
   app.require_subcommand(1);
   std::map<std::string, Runner> runners;

@@ -1,0 +1,146 @@
+// The engine's schedule (optimize_engine.cpp): chunk k+1 is begun, so its upload can overlap chunk k's compute,
+// before chunk k is finished; when two chunks do not fit on the backend together it falls back to one at a time
+// rather than halving. Results never depend on the schedule.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "cpu_backend.h"
+#include "optimize_engine.h"
+
+namespace nudge {
+namespace {
+
+// A CPU backend that logs when chunks begin and finish and holds at most `budget` entries in live chunks (a GPU's
+// memory), throwing std::bad_alloc from begin_optimize beyond it.
+class LoggingBackend : public Backend {
+ public:
+  explicit LoggingBackend(int budget) : inner_(make_cpu_backend()), budget_(budget) {}
+  std::string name() const override { return "logging cpu"; }
+  bool is_gpu() const override { return false; }
+  void load_model(const Model& m) override { inner_->load_model(m); }
+  void store_model(Model& m) override { inner_->store_model(m); }
+  void predict(const float* x, int n, float* p) override { inner_->predict(x, n, p); }
+  TrainStepResult train_step(const float* x, const int32_t* y, int n, const AdamConfig& a) override {
+    return inner_->train_step(x, y, n, a);
+  }
+  void input_gradient(const float* x, int n, const float* t, const int32_t* k, const int32_t* c, LossKind l, float kappa,
+                      float* p, float* lo, float* g) override {
+    inner_->input_gradient(x, n, t, k, c, l, kappa, p, lo, g);
+  }
+  std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
+    if (live_ + in.n > budget_) {
+      log.push_back("refused " + std::to_string(begun_));
+      throw std::bad_alloc();
+    }
+    live_ += in.n;
+    most_live = std::max(most_live, live_);
+    log.push_back("begin " + std::to_string(begun_));
+    return std::make_unique<Chunk>(*this, begun_++, in.n, inner_->begin_optimize(in, cfg));
+  }
+  int preferred_chunk() const override { return 1 << 20; }
+
+  std::vector<std::string> log;
+  int most_live = 0;
+
+ private:
+  class Chunk : public OptimizeChunk {
+   public:
+    Chunk(LoggingBackend& b, int id, int n, std::unique_ptr<OptimizeChunk> inner)
+        : b_(b), id_(id), n_(n), inner_(std::move(inner)) {}
+    ~Chunk() override { b_.live_ -= n_; }
+    void step() override { inner_->step(); }
+    int active_count() const override { return inner_->active_count(); }
+    ChunkResult finish() override {
+      b_.log.push_back("finish " + std::to_string(id_));
+      return inner_->finish();
+    }
+
+   private:
+    LoggingBackend& b_;
+    int id_, n_;
+    std::unique_ptr<OptimizeChunk> inner_;
+  };
+
+  std::unique_ptr<Backend> inner_;
+  int budget_, live_ = 0, begun_ = 0;
+};
+
+struct Collect : RowSink {
+  std::vector<long> rows;
+  std::vector<float> images, probs;
+  void row(const RowResult& r) override {
+    rows.push_back(r.row);
+    images.insert(images.end(), r.image, r.image + 784);
+    probs.insert(probs.end(), r.probs.begin(), r.probs.end());
+  }
+};
+
+long position(const std::vector<std::string>& log, const std::string& entry) {
+  const auto it = std::find(log.begin(), log.end(), entry);
+  return it == log.end() ? -1 : static_cast<long>(it - log.begin());
+}
+
+class EngineSchedule : public ::testing::Test {
+ protected:
+  EngineSchedule() : model_(Model::glorot(Architecture::parse("1x28x28:conv4k3,relu,pool2,flatten,dense10"), 3)) {
+    job_.count = 50;
+    job_.target = "all";
+    job_.steps = 3;
+    job_.chunk = 10;  // 5 chunks of 10 entries
+  }
+  Collect run_on(Backend& b) {
+    b.load_model(model_);
+    const StartImages starts(job_, nullptr, 28, 28);
+    Collect sink;
+    run_optimize(b, model_, job_, starts, sink, false);
+    return sink;
+  }
+  Model model_;
+  OptimizeJob job_;
+};
+
+TEST_F(EngineSchedule, BeginsEachChunkBeforeFinishingThePreviousOne) {
+  LoggingBackend b(1000);
+  const Collect got = run_on(b);
+  for (int k = 1; k < 5; ++k) {
+    const long begun = position(b.log, "begin " + std::to_string(k));
+    const long finished = position(b.log, "finish " + std::to_string(k - 1));
+    ASSERT_GE(begun, 0) << "chunk " << k << " never began";
+    ASSERT_GE(finished, 0) << "chunk " << k - 1 << " never finished";
+    EXPECT_LT(begun, finished) << "chunk " << k << " began only after chunk " << k - 1 << " finished";
+  }
+  EXPECT_EQ(b.most_live, 20) << "two chunks should be live at once, never three";
+  ASSERT_EQ(got.rows.size(), 50u);
+  for (size_t i = 0; i < got.rows.size(); ++i) EXPECT_EQ(got.rows[i], static_cast<long>(i)) << "rows out of order";
+
+  auto cpu = make_cpu_backend();
+  const Collect whole = [&] {
+    job_.chunk = 0;
+    return run_on(*cpu);
+  }();
+  EXPECT_EQ(got.images, whole.images);
+  EXPECT_EQ(got.probs, whole.probs);
+}
+
+TEST_F(EngineSchedule, RunsOneChunkAtATimeWhenTwoDoNotFit) {
+  LoggingBackend b(10);  // room for exactly one chunk
+  const Collect got = run_on(b);
+  EXPECT_EQ(b.most_live, 10);
+  for (int k = 1; k < 5; ++k) {
+    EXPECT_GE(position(b.log, "refused " + std::to_string(k)), 0) << "chunk " << k << " should have been refused once";
+    EXPECT_LT(position(b.log, "finish " + std::to_string(k - 1)), position(b.log, "begin " + std::to_string(k)));
+  }
+  auto cpu = make_cpu_backend();
+  job_.chunk = 0;
+  const Collect whole = run_on(*cpu);
+  ASSERT_EQ(got.rows.size(), whole.rows.size());
+  EXPECT_EQ(got.images, whole.images) << "falling back to one chunk at a time changed results";
+  EXPECT_EQ(got.probs, whole.probs);
+}
+
+}  // namespace
+}  // namespace nudge

@@ -1,0 +1,135 @@
+// What the optimize engine costs on the host, apart from the network: building each chunk's inputs (start images,
+// random starts in the eps-ball, targets), the start-image predict call, and turning results into rows (and, with
+// the report, CSV/NPY lines). On a GPU this is the ceiling on end-to-end speed: at the fused kernel's predicted
+// ~200 ns per image-step, a 20-step job needs the host to deliver a row every ~4 us per entry, or the card waits.
+//
+// The backend here does no arithmetic: predict() writes a fixed distribution and a chunk's finish() hands back its
+// start images. items/s = rows/s of the whole engine (run_optimize), timed in wall time.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "allocator_policy.h"
+#include "architecture.h"
+#include "backend.h"
+#include "model.h"
+#include "optimize_engine.h"
+#include "optimize_report.h"
+#include "start_images.h"
+
+namespace {
+
+using namespace nudge;
+
+class NullChunk : public OptimizeChunk {
+ public:
+  NullChunk(const ChunkInput& in, int D, int K) : n_(in.n) {
+    r_.best_images.assign(in.start, in.start + static_cast<size_t>(in.n) * D);
+    r_.best_probs.assign(static_cast<size_t>(in.n) * K, 1.0f / K);
+    r_.best_loss.assign(in.n, 1.0f);
+    r_.success_step.assign(in.n, -1);
+    r_.updates.assign(in.n, 0);
+  }
+  void step() override {}
+  int active_count() const override { return n_; }
+  ChunkResult finish() override { return std::move(r_); }
+
+ private:
+  int n_;
+  ChunkResult r_;
+};
+
+class NullBackend : public Backend {
+ public:
+  std::string name() const override { return "null"; }
+  bool is_gpu() const override { return true; }  // the engine should treat it as it treats a GPU
+  void load_model(const Model& m) override { arch_ = m.arch; }
+  void store_model(Model&) override {}
+  void predict(const float*, int n, float* probs) override {
+    std::fill(probs, probs + static_cast<size_t>(n) * arch_.num_classes(), 1.0f / arch_.num_classes());
+  }
+  TrainStepResult train_step(const float*, const int32_t*, int, const AdamConfig&) override { return {}; }
+  void input_gradient(const float*, int, const float*, const int32_t*, const int32_t*, LossKind, float, float*, float*,
+                      float*) override {}
+  std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig&) override {
+    return std::make_unique<NullChunk>(in, arch_.input.size(), arch_.num_classes());
+  }
+  int preferred_chunk() const override { return 8192; }
+
+ private:
+  Architecture arch_;
+};
+
+struct CountingSink : RowSink {
+  long rows = 0;
+  void row(const RowResult& r) override { rows += r.success ? 2 : 1; }
+};
+
+// Arg 0: rows. Arg 1: 0 = noise -> class 2; 1 = noise -> all classes (10 rows per start image); 2 = noise with a
+// random start in an L-inf ball of 0.1 (a Philox draw per pixel per entry). Arg 2: 1 = write the full report.
+void BM_engine_host(benchmark::State& state) {
+  const long rows = state.range(0);
+  const int kind = static_cast<int>(state.range(1));
+  const bool report = state.range(2) != 0;
+  const Model model = Model::glorot(Architecture::reference(), 1);
+  NullBackend backend;
+  backend.load_model(model);
+  OptimizeJob job;
+  job.steps = 20;
+  job.target = kind == 1 ? "all" : "2";
+  job.count = kind == 1 ? rows / 10 : rows;
+  if (kind == 2) {
+    job.eps = {0.1f};
+    job.random_start = true;
+    job.step.norm = Norm::Linf;
+  }
+  const StartImages starts(job, nullptr, 28, 28);
+  char dir_template[] = "/tmp/nudge_bench_XXXXXX";
+  if (report && !mkdtemp(dir_template)) {
+    state.SkipWithError("cannot make a temporary folder under /tmp");
+    return;
+  }
+  const std::string dir = dir_template;
+  for (auto _ : state) {
+    if (report) {
+      OptimizeReport sink(dir + "/out", job.count * (kind == 1 ? 10 : 1), 10, 28, 28, job.steps);
+      const EngineStats stats = run_optimize(backend, model, job, starts, sink, false);
+      sink.finish(nlohmann::json::object(), stats, backend.name());
+    } else {
+      CountingSink sink;
+      run_optimize(backend, model, job, starts, sink, false);
+      benchmark::DoNotOptimize(sink.rows);
+    }
+  }
+  if (report) std::filesystem::remove_all(dir);
+  state.SetItemsProcessed(state.iterations() * rows);
+}
+
+BENCHMARK(BM_engine_host)
+    ->Args({65536, 0, 0})
+    ->Args({262144, 0, 0})
+    ->Args({65536, 1, 0})
+    ->Args({65536, 2, 0})
+    ->Args({65536, 0, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(3.0);
+
+}  // namespace
+
+// BENCHMARK_MAIN, with the allocator set up as nudge's main sets it up. NUDGE_DEFAULT_MALLOC=1 leaves glibc's
+// defaults, to measure what the policy buys.
+int main(int argc, char** argv) {
+  const char* keep_default = std::getenv("NUDGE_DEFAULT_MALLOC");
+  if (!keep_default || std::string(keep_default) != "1") nudge::keep_large_allocations_for_reuse();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
