@@ -17,7 +17,6 @@
 #include <future>
 #include <mutex>
 #include <new>
-#include <optional>
 
 #include "engine_chunk.h"
 #include "progress.h"
@@ -97,7 +96,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
                        : backend.begin_optimize(in, job.step);
   };
   // Declared before the workers, which finish their queued tasks when destroyed (also when an exception unwinds).
-  std::optional<LiveChunk> current;
+  std::unique_ptr<LiveChunk> current;
   std::future<void> writing;
   std::future<PreparedChunk> preparing;
   SerialWorker preparer, writer;
@@ -120,11 +119,11 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   if (rows > 0) preparing = preparer.submit([&] { return prepare(0); });
   while (preparing.valid()) {
     PreparedChunk p = preparing.get();
-    std::optional<LiveChunk> next;
+    std::unique_ptr<LiveChunk> next;
     while (!next) {
       try {
         std::unique_ptr<OptimizeChunk> chunk = begin(p);
-        next = LiveChunk{std::move(p), std::move(chunk)};
+        next = std::make_unique<LiveChunk>(LiveChunk{std::move(p), std::move(chunk)});
       } catch (const std::bad_alloc& e) {
         // No room for two chunks: finish the current one first, then retry. No room for this one alone (a device
         // short of memory): halve it and carry on.

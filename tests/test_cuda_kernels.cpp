@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -33,6 +34,7 @@
 #include "cuda/cublas_dense.h"
 #include "cuda/cuda_context.h"
 #include "cuda/cudnn_conv.h"
+#include "cuda/staged_upload.h"
 #include "gather_rows.cuh"
 #include "input_step.cuh"
 #include "maxpool.cuh"
@@ -667,6 +669,35 @@ TEST_F(CudaLibraries, DenseMatchesCpu) {
   EXPECT_TRUE(y_d.guard_intact());
   EXPECT_TRUE(dx_d.guard_intact());
   EXPECT_TRUE(dw_d.guard_intact());
+}
+
+// ---- staged uploads (host/cuda/staged_upload.h) ----------------------------------------------------------------------
+
+TEST_F(CudaLibraries, StagedUploaderDeliversEveryByteInStreamOrder) {
+  // Slots of 1000 bytes: most copies span several slots, and both slots are reused many times over.
+  cuda::StagedUploader up(ctx_->copy_stream(), 1000);
+  constexpr int kCopies = 40;
+  std::vector<std::unique_ptr<GuardedBuffer<float>>> dst;
+  std::vector<std::vector<float>> expected;
+  for (int c = 0; c < kCopies; ++c) {
+    const size_t count = c == 0 ? 0 : static_cast<size_t>(randint(1, 1500));
+    expected.push_back(uniform(count, -1.0f, 1.0f));
+    dst.push_back(std::make_unique<GuardedBuffer<float>>(count));
+    std::vector<float> src = expected.back();
+    up.copy(dst.back()->get(), src.data(), count * sizeof(float));
+    // copy() promises that the source may be reused once it returns.
+    std::fill(src.begin(), src.end(), std::nanf(""));
+  }
+  // A later copy to the same place lands after the earlier one.
+  std::vector<float> again = uniform(expected[1].size(), 2.0f, 3.0f);
+  up.copy(dst[1]->get(), again.data(), again.size() * sizeof(float));
+  expected[1] = again;
+  ASSERT_EQ(cudaStreamSynchronize(ctx_->copy_stream()), cudaSuccess);
+  for (int c = 0; c < kCopies; ++c) {
+    SCOPED_TRACE("copy " + std::to_string(c) + " of " + std::to_string(expected[c].size()) + " floats");
+    EXPECT_TRUE(all_equal("uploaded", dst[c]->download(), expected[c]));
+    EXPECT_TRUE(dst[c]->guard_intact());
+  }
 }
 
 #else  // !NUDGE_HAVE_CUDA

@@ -250,10 +250,11 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     const Architecture arch = loaded_ ? arch_ : Architecture::reference();
     // Adam's moments are the most a chunk can need; keep the cuDNN workspace and 512 MiB of headroom free, and
-    // take 85% of the rest (fragmentation, the cuDNN/cuBLAS libraries' own allocations).
+    // take 85% of the rest (fragmentation, the cuDNN/cuBLAS libraries' own allocations), halved: the engine
+    // begins the next chunk while the current one computes, so two live at once.
     const size_t per_entry = CudaOptimizeChunk::bytes_per_entry(arch, true);
     const size_t reserve = ctx_.workspace_limit() + (size_t{512} << 20);
-    const size_t usable = free_b > reserve ? static_cast<size_t>((free_b - reserve) * 0.85) : 0;
+    const size_t usable = free_b > reserve ? static_cast<size_t>((free_b - reserve) * 0.85 / 2) : 0;
     const size_t n = std::clamp<size_t>(usable / per_entry, kMinChunk, kMaxChunk);
     return static_cast<int>(n / kMinChunk * kMinChunk);
   }
@@ -285,7 +286,7 @@ class CudaBackend : public Backend {
     kind_ = DeviceBuffer<int32_t>(N, "batch target kinds");
     cls_ = DeviceBuffer<int32_t>(N, "batch classes");
     correct_ = DeviceBuffer<int32_t>(N, "batch correct flags");
-    net_->reserve(n);
+    net_->reserve(n, true);  // train_step needs the weight gradients' workspace too
     batch_capacity_ = n;
   }
 

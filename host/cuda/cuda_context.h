@@ -1,5 +1,6 @@
-// Everything the CUDA backend holds per device: the stream all work goes to, the cuBLAS and cuDNN handles, the
-// cuDNN workspace, and the switches read from the environment. One per backend; nothing of it is global.
+// Everything the CUDA backend holds per device: the stream all compute goes to, a second stream for uploads that
+// overlap it (an optimize chunk's inputs, staged through pinned memory), the cuBLAS and cuDNN handles, the cuDNN
+// workspace, and the switches read from the environment. One per backend; nothing of it is global.
 //   NUDGE_CUDA_SYNC=1   synchronize after every op and name it in errors (cuda_check.h)
 //   NUDGE_ALLOW_TF32=1  let cuBLAS and cuDNN use TF32 tensor cores (default: full FP32, to match the CPU)
 #pragma once
@@ -15,6 +16,7 @@
 namespace nudge::cuda {
 
 class CudnnState;
+class StagedUploader;
 
 class CudaContext {
  public:
@@ -24,6 +26,10 @@ class CudaContext {
   CudaContext& operator=(const CudaContext&) = delete;
 
   cudaStream_t stream() const { return stream_; }
+  // Uploads on the copy stream (staged_upload.h). Work on stream() that reads what they wrote must wait for them:
+  // record an event on copy_stream() after them and make stream() wait on it.
+  StagedUploader& uploader() { return *uploader_; }
+  cudaStream_t copy_stream() const { return copy_stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   CudnnState& cudnn() { return *cudnn_; }
   bool allow_tf32() const { return allow_tf32_; }
@@ -49,6 +55,8 @@ class CudaContext {
   int device_;
   bool allow_tf32_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t copy_stream_ = nullptr;
+  std::unique_ptr<StagedUploader> uploader_;
   cublasHandle_t cublas_ = nullptr;
   std::unique_ptr<CudnnState> cudnn_;
   DeviceBuffer<unsigned char> workspace_;

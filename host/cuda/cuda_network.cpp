@@ -78,10 +78,17 @@ bool CudaNetwork::relu_fused_into(int layer) const {
   return layer + 1 < static_cast<int>(arch_.layers.size()) && is_fused_relu(arch_, layer + 1);
 }
 
-void CudaNetwork::reserve(int n) {
+void CudaNetwork::reserve(int n, bool weight_gradients) {
+  if (n <= capacity_ && (!weight_gradients || workspace_for_weights_)) return;
+  size_t workspace = 0;
+  for (const auto& conv : conv_)
+    if (conv) workspace = std::max(workspace, conv->workspace_bound(std::max(n, capacity_), weight_gradients));
+  ctx_.workspace(workspace);
+  workspace_for_weights_ = workspace_for_weights_ || weight_gradients;
   if (n <= capacity_) return;
-  // Free the old buffers first (after queued work that may use them), so growing never needs both at once.
-  ctx_.synchronize();
+  // Free the old buffers first (after queued work that may use them), so growing never needs both at once. A network
+  // that holds nothing yet skips the wait: a chunk begun while another computes must not wait for it.
+  if (capacity_ > 0) ctx_.synchronize();
   for (auto& b : act_) b = DeviceBuffer<float>();
   for (auto& b : argmax_) b = DeviceBuffer<int32_t>();
   grad_a_ = DeviceBuffer<float>();

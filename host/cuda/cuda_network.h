@@ -30,9 +30,10 @@ class CudaNetwork {
 
   // Device bytes of activations, argmax indices and backward scratch per image of capacity.
   static size_t bytes_per_image(const Architecture& arch);
-  // Makes room for batches of up to n images (throws DeviceOutOfMemory). forward() reserves on its own; call this
-  // first to fail early, before other state is built.
-  void reserve(int n);
+  // Makes room for batches of up to n images, activations and the cuDNN workspace (throws DeviceOutOfMemory).
+  // forward() reserves on its own; call this first to fail early, before other state is built, and to keep
+  // allocation (and the synchronization it implies) out of the steps. weight_gradients: also backward(param_grads).
+  void reserve(int n, bool weight_gradients = false);
   int capacity() const { return capacity_; }
 
   // params: one device pointer per Architecture::params() entry. x [n, D] device memory, read again by backward().
@@ -60,6 +61,7 @@ class CudaNetwork {
   DeviceBuffer<float> grad_a_, grad_b_;           // backward ping-pong scratch, widest layer
   std::vector<std::string> forward_names_, backward_names_;  // NVTX range names
   int capacity_ = 0;
+  bool workspace_for_weights_ = false;  // the reserved workspace covers backward-filter too
   const float* x_ = nullptr;
 };
 

@@ -11,13 +11,15 @@
 //      queued without any synchronization.
 // finish() evaluates the final iterates (1-3 only) and copies the results back.
 //
-// All device memory is allocated by the constructor (see device_memory.h for the out-of-memory contract).
+// All device memory is allocated by the constructor (see device_memory.h for the out-of-memory contract), which
+// queues the inputs' upload on the copy stream and returns without waiting (chunk_state.h).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "backend.h"
+#include "cuda/chunk_state.h"
 #include "cuda/cuda_network.h"
 #include "cuda/device_memory.h"
 
@@ -50,15 +52,9 @@ class CudaOptimizeChunk : public OptimizeChunk {
   bool active_is_identity_ = true;  // active list == 0..n-1 (nothing stopped yet): no gather needed
   bool finished_ = false;
   CudaNetwork net_;
-  // By entry.
-  DeviceBuffer<float> x_, x0_, m_, v_, target_, eps_, best_images_, best_probs_, best_loss_;
-  DeviceBuffer<int32_t> kind_, cls_, steps_done_, success_step_;
-  DeviceBuffer<uint8_t> goal_reached_;
+  ChunkState st_;
   // By row of the current batch.
-  DeviceBuffer<int32_t> active_, active_next_, count_dev_;
-  DeviceBuffer<uint8_t> keep_;
   DeviceBuffer<float> batch_x_, grad_, probs_, loss_, dlogits_;
-  PinnedBuffer<int32_t> count_host_;
 };
 
 }  // namespace nudge::cuda

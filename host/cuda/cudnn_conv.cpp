@@ -200,8 +200,8 @@ struct ConvOp::Impl {
     return {static_cast<int>(pass), in.c, in.h, in.w, K, k, batch_key};
   }
 
-  // Sets the descriptors to batch n and returns the plan and its workspace for it.
-  Plan plan_for(Pass pass, int n, void** ws, size_t* ws_bytes) {
+  // Sets the descriptors to batch n and returns the plan and its workspace size for it.
+  Plan plan_and_size(Pass pass, int n, size_t* ws_bytes) {
     auto& plans = ctx.cudnn().impl().plans;
     const long bucket = batch_bucket(n);
     auto it = plans.find(key(pass, bucket));
@@ -218,6 +218,12 @@ struct ConvOp::Impl {
       plan = exact->second;
       CUDNN_CHECK(workspace_size(pass, plan.algo, plan.math, ws_bytes));
     }
+    return plan;
+  }
+
+  // The same, with the context's workspace grown to fit.
+  Plan plan_for(Pass pass, int n, void** ws, size_t* ws_bytes) {
+    const Plan plan = plan_and_size(pass, n, ws_bytes);
     *ws = ctx.workspace(*ws_bytes);
     return plan;
   }
@@ -226,6 +232,23 @@ struct ConvOp::Impl {
 ConvOp::ConvOp(CudaContext& ctx, Shape3 in, int K, int k) : impl_(std::make_unique<Impl>(ctx, in, K, k)) {}
 
 ConvOp::~ConvOp() = default;
+
+size_t ConvOp::workspace_bound(int max_n, bool weight_gradients) {
+  Impl& m = *impl_;
+  const int top = std::min(max_n, m.max_slice);
+  size_t most = 0;
+  for (long b = 1;; b <<= 1) {
+    const int n = static_cast<int>(std::min<long>(b, top));
+    for (Pass pass : {Pass::Forward, Pass::BackwardData, Pass::BackwardFilter}) {
+      if (pass == Pass::BackwardFilter && !weight_gradients) continue;
+      size_t bytes = 0;
+      m.plan_and_size(pass, n, &bytes);
+      most = std::max(most, bytes);
+    }
+    if (n == top) break;
+  }
+  return most;
+}
 
 void ConvOp::forward(const float* x, const float* w, float* y, int n) {
   Impl& m = *impl_;

@@ -48,6 +48,11 @@ class ConvOp {
   ConvOp(const ConvOp&) = delete;
   ConvOp& operator=(const ConvOp&) = delete;
 
+  // The most cuDNN workspace the passes would ask for at any batch up to max_n (each power-of-two bucket's plan at
+  // the bucket's largest batch, assuming workspace grows with the batch). Choosing plans is heuristic-only and
+  // allocates nothing; reserving the result up front keeps allocation out of the steps.
+  size_t workspace_bound(int max_n, bool weight_gradients);
+
   void forward(const float* x, const float* w, float* y, int n);
   void backward_data(const float* dy, const float* w, float* dx, int n);
   // dw [K, in.c, k, k] = sum over the batch.

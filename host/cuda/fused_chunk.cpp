@@ -3,11 +3,11 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 #include <utility>
+#include <vector>
 
 #include "compact_active.cuh"
+#include "cuda/chunk_state.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_context.h"
 #include "cuda/device_memory.h"
@@ -24,22 +24,9 @@ constexpr int kD = 28 * 28, kK = 10;
 // (launch, staging conv1/conv2, the tail of the last wave of tiles) small next to the steps' work.
 constexpr int kStepsPerLaunchFree = 8;
 
-template <class T>
-void upload(DeviceBuffer<T>& dst, const T* src, size_t count, cudaStream_t s) {
-  CUDA_CHECK(cudaMemcpyAsync(dst.get(), src, count * sizeof(T), cudaMemcpyHostToDevice, s));
-}
-
-template <class T>
-void download(std::vector<T>& dst, const DeviceBuffer<T>& src, size_t count, cudaStream_t s) {
-  dst.resize(count);
-  CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.get(), count * sizeof(T), cudaMemcpyDeviceToHost, s));
-}
-
-void check_input(const ChunkInput& in, const StepConfig& cfg) {
-  if (in.n <= 0) throw InternalError("fused optimize chunk: a chunk needs at least one entry");
-  if (!in.start || !in.target_dist || !in.target_kind || !in.target_class)
-    throw InternalError("fused optimize chunk: start, target_dist, target_kind and target_class are required");
-  if (cfg.norm != Norm::None && !in.eps) throw InternalError("fused optimize chunk: a norm ball needs eps");
+void check_input(const ChunkInput& in) {
+  if (in.n <= 0 || !in.target_kind || !in.target_class)
+    throw InternalError("fused optimize chunk: a chunk needs entries with target kinds and classes");
   // The kernel indexes the logits with the class: check it here, where the message can name the entry.
   for (int i = 0; i < in.n; ++i) {
     const int32_t kind = in.target_kind[i];
@@ -65,7 +52,8 @@ class FusedChunk : public OptimizeChunk {
         cfg_(cfg),
         n_(in.n),
         active_count_(in.n),
-        weights_(std::move(weights)) {
+        weights_(std::move(weights)),
+        st_(ctx, in, cfg, kD, kK, cfg.early_stop, "fused chunk") {
     if (options.tile < 0 || options.tile > kFusedTileMax)
       throw InternalError("fused optimize chunk: tile must be 0 (automatic) or 1.." + std::to_string(kFusedTileMax));
     if (options.steps_per_launch < 0) throw InternalError("fused optimize chunk: steps_per_launch must be >= 0");
@@ -76,60 +64,6 @@ class FusedChunk : public OptimizeChunk {
     sms_ = device_attribute(cudaDevAttrMultiProcessorCount, ctx.device());
     std::string why;
     if (!fused_device_supports(ctx, &why)) throw InternalError("fused optimize chunk: " + why);
-
-    const size_t n = static_cast<size_t>(n_), nd = n * kD, nk = n * kK;
-    const bool adam = cfg.optimizer == InputOptimizer::Adam;
-    x_ = DeviceBuffer<float>(nd, "fused chunk: iterates");
-    x0_ = DeviceBuffer<float>(nd, "fused chunk: start images");
-    if (adam) {
-      m_ = DeviceBuffer<float>(nd, "fused chunk: Adam m");
-      v_ = DeviceBuffer<float>(nd, "fused chunk: Adam v");
-    }
-    target_ = DeviceBuffer<float>(nk, "fused chunk: targets");
-    eps_ = DeviceBuffer<float>(n, "fused chunk: radii");
-    kind_ = DeviceBuffer<int32_t>(n, "fused chunk: target kinds");
-    cls_ = DeviceBuffer<int32_t>(n, "fused chunk: target classes");
-    steps_done_ = DeviceBuffer<int32_t>(n, "fused chunk: step counts");
-    goal_reached_ = DeviceBuffer<uint8_t>(n, "fused chunk: goal flags");
-    best_loss_ = DeviceBuffer<float>(n, "fused chunk: best losses");
-    best_probs_ = DeviceBuffer<float>(nk, "fused chunk: best probabilities");
-    best_images_ = DeviceBuffer<float>(nd, "fused chunk: best images");
-    success_step_ = DeviceBuffer<int32_t>(n, "fused chunk: success steps");
-    if (cfg.early_stop) {
-      rows_ = DeviceBuffer<int32_t>(n, "fused chunk: active list");
-      rows_next_ = DeviceBuffer<int32_t>(n, "fused chunk: active list");
-      keep_ = DeviceBuffer<uint8_t>(n, "fused chunk: keep flags");
-      count_dev_ = DeviceBuffer<int32_t>(1, "fused chunk: active count");
-      count_host_ = PinnedBuffer<int32_t>(1, "fused chunk: active count");
-    }
-
-    const cudaStream_t s = ctx_.stream();
-    upload(x0_, in.start, nd, s);
-    upload(x_, in.init ? in.init : in.start, nd, s);
-    upload(target_, in.target_dist, nk, s);
-    upload(kind_, in.target_kind, n, s);
-    upload(cls_, in.target_class, n, s);
-    if (in.eps) upload(eps_, in.eps, n, s);
-    else CUDA_CHECK(cudaMemsetAsync(eps_.get(), 0, n * sizeof(float), s));
-    if (adam) {
-      CUDA_CHECK(cudaMemsetAsync(m_.get(), 0, nd * sizeof(float), s));
-      CUDA_CHECK(cudaMemsetAsync(v_.get(), 0, nd * sizeof(float), s));
-    }
-    CUDA_CHECK(cudaMemsetAsync(steps_done_.get(), 0, n * sizeof(int32_t), s));
-    CUDA_CHECK(cudaMemsetAsync(goal_reached_.get(), 0, n, s));
-    CUDA_CHECK(cudaMemsetAsync(success_step_.get(), 0xFF, n * sizeof(int32_t), s));  // -1
-    CUDA_CHECK(cudaMemsetAsync(best_probs_.get(), 0, nk * sizeof(float), s));
-    CUDA_CHECK(cudaMemcpyAsync(best_images_.get(), x_.get(), nd * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    // Host staging for the values that have no memset must outlive the asynchronous copies: synchronize below.
-    const std::vector<float> inf(n, INFINITY);
-    upload(best_loss_, inf.data(), n, s);
-    std::vector<int32_t> identity;
-    if (cfg.early_stop) {
-      identity.resize(n);
-      std::iota(identity.begin(), identity.end(), 0);
-      upload(rows_, identity.data(), n, s);
-    }
-    ctx_.synchronize();
   }
 
   ~FusedChunk() override {
@@ -155,16 +89,8 @@ class FusedChunk : public OptimizeChunk {
     launch(pending_, true);  // the queued steps, then the evaluation of the final iterates
     pending_ = 0;
     active_count_ = 0;
-    const cudaStream_t s = ctx_.stream();
-    const size_t n = static_cast<size_t>(n_);
-    ChunkResult r;
-    download(r.best_images, best_images_, n * kD, s);
-    download(r.best_probs, best_probs_, n * kK, s);
-    download(r.best_loss, best_loss_, n, s);
-    download(r.success_step, success_step_, n, s);
-    download(r.updates, steps_done_, n, s);
-    ctx_.synchronize();
-    return r;
+    st_.before_compute(ctx_.stream());
+    return st_.download(ctx_.stream());
   }
 
  private:
@@ -172,29 +98,30 @@ class FusedChunk : public OptimizeChunk {
     if (active_count_ == 0 || (steps == 0 && !final_eval)) return;
     NvtxRange range("fused optimize launch");
     const cudaStream_t s = ctx_.stream();
+    st_.before_compute(s);
     FusedParams p;
     p.weights = weights_.get();
-    p.rows = rows_identity_ ? nullptr : rows_.get();
+    p.rows = rows_identity_ ? nullptr : st_.active.get();
     p.count = active_count_;
     p.tile = tile_ > 0 ? tile_ : std::clamp((active_count_ + sms_ - 1) / sms_, 1, kFusedTileMax);
     p.steps = steps;
     p.final_eval = final_eval;
-    p.x = x_.get();
-    p.x0 = x0_.get();
-    p.m = m_.get();
-    p.v = v_.get();
-    p.target_dist = target_.get();
-    p.target_kind = kind_.get();
-    p.target_class = cls_.get();
-    p.eps = eps_.get();
-    p.steps_done = steps_done_.get();
-    p.goal_reached = goal_reached_.get();
-    p.best_loss = best_loss_.get();
-    p.best_probs = best_probs_.get();
-    p.best_images = best_images_.get();
-    p.success_step = success_step_.get();
+    p.x = st_.x.get();
+    p.x0 = st_.x0.get();
+    p.m = st_.m.get();
+    p.v = st_.v.get();
+    p.target_dist = st_.target.get();
+    p.target_kind = st_.kind.get();
+    p.target_class = st_.cls.get();
+    p.eps = st_.eps.get();
+    p.steps_done = st_.steps_done.get();
+    p.goal_reached = st_.goal_reached.get();
+    p.best_loss = st_.best_loss.get();
+    p.best_probs = st_.best_probs.get();
+    p.best_images = st_.best_images.get();
+    p.success_step = st_.success_step.get();
     const bool compact = cfg_.early_stop && steps > 0 && !final_eval;
-    p.keep = compact ? keep_.get() : nullptr;
+    p.keep = compact ? st_.keep.get() : nullptr;
     p.loss = cfg_.loss;
     p.optimizer = cfg_.optimizer;
     p.norm = cfg_.norm;
@@ -210,12 +137,12 @@ class FusedChunk : public OptimizeChunk {
     if (!compact) return;
 
     // rows_ holds the identity until the first entry stops, so it is a valid input list either way.
-    compact_active_cuda(rows_.get(), keep_.get(), active_count_, rows_next_.get(), count_dev_.get(), s);
-    CUDA_CHECK(cudaMemcpyAsync(count_host_.get(), count_dev_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+    compact_active_cuda(st_.active.get(), st_.keep.get(), active_count_, st_.active_next.get(), st_.count_dev.get(), s);
+    CUDA_CHECK(cudaMemcpyAsync(st_.count_host.get(), st_.count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
     ctx_.synchronize();
-    std::swap(rows_, rows_next_);
-    if (*count_host_.get() != active_count_) rows_identity_ = false;
-    active_count_ = *count_host_.get();
+    std::swap(st_.active, st_.active_next);
+    if (*st_.count_host.get() != active_count_) rows_identity_ = false;
+    active_count_ = *st_.count_host.get();
   }
 
   CudaContext& ctx_;
@@ -229,14 +156,7 @@ class FusedChunk : public OptimizeChunk {
   bool rows_identity_ = true;  // rows_ == 0..n-1: the kernel is given no list
   bool finished_ = false;
   DeviceBuffer<float> weights_;
-  // By entry.
-  DeviceBuffer<float> x_, x0_, m_, v_, target_, eps_, best_loss_, best_probs_, best_images_;
-  DeviceBuffer<int32_t> kind_, cls_, steps_done_, success_step_;
-  DeviceBuffer<uint8_t> goal_reached_;
-  // The active list (early stopping only).
-  DeviceBuffer<int32_t> rows_, rows_next_, count_dev_;
-  DeviceBuffer<uint8_t> keep_;
-  PinnedBuffer<int32_t> count_host_;
+  ChunkState st_;  // with the active list only when early stopping
 };
 
 }  // namespace
@@ -254,9 +174,8 @@ bool fused_device_supports(const CudaContext& ctx, std::string* why) {
 }
 
 size_t fused_chunk_bytes_per_entry(bool adam) {
-  // x, x0, best image (+ m, v): D floats each; target and best probabilities: K each; eps, best loss; kind, class,
-  // steps, success step, two active-list slots: ints; goal and keep flags: bytes.
-  return sizeof(float) * (static_cast<size_t>(kD) * (adam ? 5 : 3) + 2 * kK + 2) + sizeof(int32_t) * 6 + 2;
+  // The activations live in shared memory: a chunk is its state alone (with the active list, the larger case).
+  return ChunkState::bytes_per_entry(kD, kK, adam, true);
 }
 
 std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const Architecture& arch,
@@ -269,7 +188,7 @@ std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const
   if (device_params.size() != static_cast<size_t>(kFusedParamTensors))
     throw InternalError("fused optimize chunk: expected " + std::to_string(kFusedParamTensors) +
                         " parameter tensors, got " + std::to_string(device_params.size()));
-  check_input(in, cfg);
+  check_input(in);
   FusedWeightSources src;
   for (int i = 0; i < kFusedParamTensors; ++i) src.tensor[i] = device_params[i];
   DeviceBuffer<float> packed(fused_packed_weight_count(), "fused chunk: packed weights");

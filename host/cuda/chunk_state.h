@@ -1,0 +1,58 @@
+// The per-entry state of an optimize chunk on the GPU, shared by both chunk implementations (cuda_optimize_chunk.h,
+// layer by layer; fused_chunk.h, the fused kernel): the iterates and their starts, Adam's moments, targets, radii,
+// step counts, goal flags, the best iterate so far, and optionally the active list for early stopping.
+//
+// Construction allocates everything (DeviceOutOfMemory, see device_memory.h) and queues the upload of the chunk's
+// inputs and the initial values on the context's copy stream, through pinned staging (staged_upload.h). It does
+// not wait for the copies, so a chunk begun while another computes uploads during that computation. Before the first
+// kernel that reads the state, call before_compute(stream): it makes the stream wait for the upload (once).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "backend.h"
+#include "cuda/device_memory.h"
+
+namespace nudge::cuda {
+
+class CudaContext;
+
+class ChunkState {
+ public:
+  // owner names the buffers in out-of-memory messages ("optimize chunk", "fused chunk"). The host arrays of `in`
+  // may be freed once this returns. active_list: allocate the active list (identity at first) and keep flags.
+  ChunkState(CudaContext& ctx, const ChunkInput& in, const StepConfig& cfg, int D, int K, bool active_list,
+             const std::string& owner);
+  ~ChunkState();
+  ChunkState(const ChunkState&) = delete;
+  ChunkState& operator=(const ChunkState&) = delete;
+
+  // Makes `stream` wait for the upload; cheap after the first call.
+  void before_compute(cudaStream_t stream);
+  // Queues the copies of the results to the host on `stream` and waits for them.
+  ChunkResult download(cudaStream_t stream) const;
+
+  // Device bytes per entry of this state (without any network activations).
+  static size_t bytes_per_entry(int D, int K, bool adam, bool active_list);
+
+  const int n, D, K;
+  // By entry.
+  DeviceBuffer<float> x, x0, m, v, target, eps, best_images, best_probs, best_loss;
+  DeviceBuffer<int32_t> kind, cls, steps_done, success_step;
+  DeviceBuffer<uint8_t> goal_reached;
+  // The active list (entry indices) and its double buffer, the new count, per-row keep flags; with active_list only.
+  DeviceBuffer<int32_t> active, active_next, count_dev;
+  DeviceBuffer<uint8_t> keep;
+  PinnedBuffer<int32_t> count_host;
+
+ private:
+  void queue_upload(CudaContext& ctx, const ChunkInput& in, bool adam, bool active_list);
+
+  cudaEvent_t uploaded_ = nullptr;
+  bool waited_ = false;
+};
+
+}  // namespace nudge::cuda
