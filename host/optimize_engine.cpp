@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <future>
 #include <mutex>
 #include <new>
@@ -97,7 +98,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   };
   // Declared before the workers, which finish their queued tasks when destroyed (also when an exception unwinds).
   std::unique_ptr<LiveChunk> current;
-  std::future<void> writing;
+  std::deque<std::future<void>> writing;  // queued on the writer in row order
   std::future<PreparedChunk> preparing;
   SerialWorker preparer, writer;
 
@@ -108,12 +109,16 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     ++stats.chunks;
     if (!regularized) stats.path = backend.optimize_path_used();
     for (int i = 0; i < current->prepared.n; ++i) stats.image_steps += res.updates[i];
-    if (writing.valid()) writing.get();
-    writing = writer.submit([&, p = std::move(current->prepared), r = std::move(res)]() mutable {
+    writing.push_back(writer.submit([&, p = std::move(current->prepared), r = std::move(res)]() mutable {
       emit_rows(job, starts, layout, p, r, sink, host_threads);
       pool.give(std::move(p));
-    });
+    }));
     current.reset();
+    // Two chunks may wait for the writer (their results are held in host memory); beyond that the backend waits.
+    while (writing.size() > 2) {
+      writing.front().get();
+      writing.pop_front();
+    }
   };
 
   if (rows > 0) preparing = preparer.submit([&] { return prepare(0); });
@@ -167,7 +172,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     }
   }
   if (current) retire_current();
-  if (writing.valid()) writing.get();
+  for (auto& w : writing) w.get();
   bar.finish();
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return stats;

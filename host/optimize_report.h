@@ -21,7 +21,9 @@ class OptimizeReport : public RowSink {
   // Creates the folder if needed and opens the streamed files; InputError if it cannot be written.
   // target_dist: the job's soft target (empty for one-hot jobs); rows then also report their distance to it.
   // judge: an independent model, never used in the optimization, that scores each reported image afterwards
-  // (agreement = the judge gives the row's target class p >= 0.5).
+  // (agreement = the judge gives the row's target class p >= 0.5). row() runs on the engine's writer thread, so the
+  // judge predicts concurrently with the optimizing backend: it must be a backend object of its own (on a GPU, its
+  // own context and stream; its few batches of memory are outside the optimizer's chunk budget).
   OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
                  std::vector<float> target_dist = {}, Backend* judge = nullptr);
   void row(const RowResult& r) override;

@@ -568,10 +568,19 @@ TEST_F(CudaBackendParity, EngineWithOverlappingChunksMatchesOneChunk) {
       EXPECT_TRUE(all_equal("probabilities", small.probs, whole.probs));
       EXPECT_TRUE(all_equal("images", small.images, whole.images));
     } else {
-      int flipped = 0;
-      for (size_t i = 0; i < small.index.size(); ++i) flipped += (small.success_step[i] >= 0) != (whole.success_step[i] >= 0);
-      EXPECT_LE(flipped, 8) << "of 400 rows";
-      EXPECT_TRUE(all_close("probabilities", small.probs, whole.probs, {2e-3, 0}));
+      // Rows whose success step moved report another iterate; the others must agree to rounding.
+      int moved = 0;
+      std::vector<float> a, b;
+      for (size_t i = 0; i < small.index.size(); ++i) {
+        if (small.success_step[i] != whole.success_step[i]) {
+          ++moved;
+          continue;
+        }
+        a.insert(a.end(), small.probs.begin() + i * 10, small.probs.begin() + (i + 1) * 10);
+        b.insert(b.end(), whole.probs.begin() + i * 10, whole.probs.begin() + (i + 1) * 10);
+      }
+      EXPECT_LE(moved, 8) << "of 400 rows";
+      EXPECT_TRUE(all_close("probabilities of rows with the same success step", a, b, {2e-3, 0}));
     }
   }
 }

@@ -12,7 +12,8 @@
 #                                    tests    ctest, every suite (counts run / passed / skipped / failed)
 #                                    sanitize compute-sanitizer memcheck + racecheck on the CUDA test binaries
 #                                    train    nudge train --epochs 1 --device cuda
-#                                    bench    tools/bench/bench_cuda_optimize
+#                                    bench    tools/bench/bench_cuda_optimize, nudge optimize end to end on
+#                                             100,000 rows (fused and layers), tools/bench/bench_engine_host
 #                                  then prints a markdown report for docs/gpu-runs.md (also written to
 #                                  $OUT/gpu-report.md when $OUT is set, stage by stage, so a timeout keeps what ran).
 #
@@ -263,6 +264,30 @@ stage_bench() {
   note '```'
   grep -E '^(BM_|-{5}|Benchmark)' "$logdir/bench.log" | grep -Ev '_(mean|stddev|cv) ' | while IFS= read -r l; do note "$l"; done
   note '```'
+
+  # End to end through the engine (start images, overlapping chunks, every output file): the figure users see.
+  local model="$root/data/models/mnist_cnn.safetensors" path rc2
+  for path in fused layers; do
+    say "nudge optimize, --path $path"
+    "$build/nudge" optimize --model "$model" --device cuda --path "$path" --init noise --count 100000 --target all \
+      --steps 20 --out "/tmp/nudge-optimize-$path" --quiet >"$logdir/optimize-$path.log" 2>&1
+    rc2=$?
+    note ""
+    note "**nudge optimize** (\`--init noise --count 100000 --target all --steps 20 --path $path\`): exit $rc2; $(tail -1 "$logdir/optimize-$path.log")"
+  done
+
+  # The engine's host side alone (what feeds the card), on this machine's cores.
+  local h="$build/tools/bench/bench_engine_host"
+  if [ -x "$h" ]; then
+    say "engine host benchmark"
+    "$h" >"$logdir/bench_host.log" 2>&1
+    note ""
+    note "**Engine host side** (\`bench_engine_host\`, rows/s; exit $?):"
+    note ""
+    note '```'
+    grep -E '^BM_' "$logdir/bench_host.log" | while IFS= read -r l; do note "$l"; done
+    note '```'
+  fi
 }
 
 run_checks() {

@@ -28,15 +28,15 @@ size_t ChunkState::bytes_per_entry(int D, int K, bool adam, bool active_list) {
          sizeof(int32_t) * (4 + (active_list ? 2 : 0)) + 1 + (active_list ? 1 : 0);
 }
 
-ChunkState::ChunkState(CudaContext& ctx, const ChunkInput& in, const StepConfig& cfg, int D_, int K_,
-                       bool active_list, const std::string& owner)
-    : n(in.n), D(D_), K(K_) {
+ChunkState::ChunkState(const ChunkInput& in, const StepConfig& cfg, int D_, int K_, bool active_list,
+                       const std::string& owner)
+    : n(in.n), D(D_), K(K_), adam_(cfg.optimizer == InputOptimizer::Adam), active_list_(active_list) {
   if (in.n <= 0) throw InternalError(owner + ": a chunk needs at least one entry");
   if (!in.start || !in.target_dist || !in.target_kind || !in.target_class)
     throw InternalError(owner + ": start, target_dist, target_kind and target_class are required");
   if (cfg.norm != Norm::None && !in.eps) throw InternalError(owner + ": a norm ball needs eps");
   const size_t N = static_cast<size_t>(n), nd = N * D, nk = N * K;
-  const bool adam = cfg.optimizer == InputOptimizer::Adam;
+  const bool adam = adam_;
   auto name = [&](const char* what) { return owner + ": " + what; };
   // Everything is allocated before anything is queued, so running out of memory leaves nothing half done.
   x = DeviceBuffer<float>(nd, name("iterates").c_str());
@@ -60,20 +60,25 @@ ChunkState::ChunkState(CudaContext& ctx, const ChunkInput& in, const StepConfig&
     active_next = DeviceBuffer<int32_t>(N, name("active list").c_str());
     count_dev = DeviceBuffer<int32_t>(1, name("active count").c_str());
     keep = DeviceBuffer<uint8_t>(N, name("keep flags").c_str());
-    count_host = PinnedBuffer<int32_t>(1, name("active count").c_str());
   }
   CUDA_CHECK(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming));
+}
+
+void ChunkState::upload(CudaContext& ctx, const ChunkInput& in) {
+  if (uploading_) throw InternalError("ChunkState::upload called twice");
+  if (in.n != n) throw InternalError("ChunkState::upload: the chunk was made for other entries");
+  uploading_ = true;
   try {
-    queue_upload(ctx, in, adam, active_list);
+    queue_upload(ctx, in);
   } catch (...) {
     // Nothing queued may still write into the buffers that unwinding frees.
     cudaStreamSynchronize(ctx.copy_stream());
-    cudaEventDestroy(uploaded_);
     throw;
   }
 }
 
-void ChunkState::queue_upload(CudaContext& ctx, const ChunkInput& in, bool adam, bool active_list) {
+void ChunkState::queue_upload(CudaContext& ctx, const ChunkInput& in) {
+  const bool adam = adam_, active_list = active_list_;
   const size_t N = static_cast<size_t>(n), nd = N * D, nk = N * K;
   // All on the copy stream, in this order: the device-to-device copies below read what the uploads wrote.
   StagedUploader& up = ctx.uploader();
@@ -108,7 +113,8 @@ void ChunkState::queue_upload(CudaContext& ctx, const ChunkInput& in, bool adam,
 }
 
 ChunkState::~ChunkState() {
-  // The upload may still be writing into the buffers freed after this body. A destructor must not throw.
+  // The upload may still be writing into the buffers freed after this body (a never-recorded event counts as
+  // complete). A destructor must not throw.
   if (uploaded_) {
     cudaEventSynchronize(uploaded_);
     cudaEventDestroy(uploaded_);
@@ -117,6 +123,7 @@ ChunkState::~ChunkState() {
 
 void ChunkState::before_compute(cudaStream_t stream) {
   if (waited_) return;
+  if (!uploading_) throw InternalError("ChunkState: compute before upload");
   CUDA_CHECK(cudaStreamWaitEvent(stream, uploaded_, 0));
   waited_ = true;
 }

@@ -2,10 +2,12 @@
 // layer by layer; fused_chunk.h, the fused kernel): the iterates and their starts, Adam's moments, targets, radii,
 // step counts, goal flags, the best iterate so far, and optionally the active list for early stopping.
 //
-// Construction allocates everything (DeviceOutOfMemory, see device_memory.h) and queues the upload of the chunk's
-// inputs and the initial values on the context's copy stream, through pinned staging (staged_upload.h). It does
-// not wait for the copies, so a chunk begun while another computes uploads during that computation. Before the first
-// kernel that reads the state, call before_compute(stream): it makes the stream wait for the upload (once).
+// Construction allocates everything (DeviceOutOfMemory, see device_memory.h). upload() then queues the chunk's
+// inputs and the initial values on the context's copy stream, through pinned staging (staged_upload.h); a chunk
+// calls it last in its constructor, after its own allocations, so a chunk refused for memory has copied nothing.
+// upload() does not wait for the copies, so a chunk begun while another computes uploads during that computation.
+// Before the first kernel that reads the state, call before_compute(stream): it makes the stream wait for the
+// upload (once).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -22,14 +24,16 @@ class CudaContext;
 
 class ChunkState {
  public:
-  // owner names the buffers in out-of-memory messages ("optimize chunk", "fused chunk"). The host arrays of `in`
-  // may be freed once this returns. active_list: allocate the active list (identity at first) and keep flags.
-  ChunkState(CudaContext& ctx, const ChunkInput& in, const StepConfig& cfg, int D, int K, bool active_list,
-             const std::string& owner);
+  // owner names the buffers in out-of-memory messages ("optimize chunk", "fused chunk"). active_list: allocate the
+  // active list (identity at first) and keep flags.
+  ChunkState(const ChunkInput& in, const StepConfig& cfg, int D, int K, bool active_list, const std::string& owner);
   ~ChunkState();
   ChunkState(const ChunkState&) = delete;
   ChunkState& operator=(const ChunkState&) = delete;
 
+  // Queues the upload of `in` (the same entries the constructor was given) on ctx's copy stream. The host arrays of
+  // `in` may be freed once this returns. Call once.
+  void upload(CudaContext& ctx, const ChunkInput& in);
   // Makes `stream` wait for the upload; cheap after the first call.
   void before_compute(cudaStream_t stream);
   // Queues the copies of the results to the host on `stream` and waits for them.
@@ -46,13 +50,13 @@ class ChunkState {
   // The active list (entry indices) and its double buffer, the new count, per-row keep flags; with active_list only.
   DeviceBuffer<int32_t> active, active_next, count_dev;
   DeviceBuffer<uint8_t> keep;
-  PinnedBuffer<int32_t> count_host;
 
  private:
-  void queue_upload(CudaContext& ctx, const ChunkInput& in, bool adam, bool active_list);
+  void queue_upload(CudaContext& ctx, const ChunkInput& in);
 
+  bool adam_, active_list_;
   cudaEvent_t uploaded_ = nullptr;
-  bool waited_ = false;
+  bool uploading_ = false, waited_ = false;
 };
 
 }  // namespace nudge::cuda

@@ -29,6 +29,7 @@ CudaContext::CudaContext(int device) : device_(device), allow_tf32_(env_flag("NU
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
     uploader_ = std::make_unique<StagedUploader>(copy_stream_, kUploadSlotBytes);
+    readback_ = PinnedBuffer<int32_t>(1, "read-back slot");
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // CUBLAS_DEFAULT_MATH never uses TF32 for SGEMM; CUBLAS_TF32_TENSOR_OP_MATH allows it.
@@ -47,6 +48,7 @@ CudaContext::CudaContext(int device) : device_(device), allow_tf32_(env_flag("NU
                    ", " + format_bytes(total_b) + "), cuDNN " + cudnn_version_string() + ", cuBLAS " +
                    std::to_string(cublas_version) + (allow_tf32_ ? ", TF32 allowed" : ", FP32 (TF32 off)");
   } catch (...) {
+    readback_ = PinnedBuffer<int32_t>();
     cudnn_.reset();
     if (cublas_) cublasDestroy(cublas_);
     uploader_.reset();
@@ -62,6 +64,7 @@ CudaContext::~CudaContext() {
   if (stream_) cudaStreamSynchronize(stream_);
   if (copy_stream_) cudaStreamSynchronize(copy_stream_);
   workspace_ = DeviceBuffer<unsigned char>();
+  readback_ = PinnedBuffer<int32_t>();
   cudnn_.reset();
   if (cublas_) cublasDestroy(cublas_);
   uploader_.reset();

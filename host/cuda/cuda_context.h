@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -33,6 +34,10 @@ class CudaContext {
   cublasHandle_t cublas() const { return cublas_; }
   CudnnState& cudnn() { return *cudnn_; }
   bool allow_tf32() const { return allow_tf32_; }
+  // A page-locked int for 4-byte read-backs on stream() (an optimize chunk's active count): copy into it, synchronize
+  // stream(), read it at once. One per context rather than per chunk: pinning and unpinning cost more than the step
+  // they would serve (cudaFreeHost synchronizes the device), and one host thread drives a context's compute.
+  int32_t* readback_slot() const { return readback_.get(); }
   int device() const { return device_; }
 
   // Scratch memory for cuDNN, at least `bytes`; grows (after synchronizing, since queued work may still use the old
@@ -57,6 +62,7 @@ class CudaContext {
   cudaStream_t stream_ = nullptr;
   cudaStream_t copy_stream_ = nullptr;
   std::unique_ptr<StagedUploader> uploader_;
+  PinnedBuffer<int32_t> readback_;
   cublasHandle_t cublas_ = nullptr;
   std::unique_ptr<CudnnState> cudnn_;
   DeviceBuffer<unsigned char> workspace_;

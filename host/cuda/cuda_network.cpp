@@ -80,11 +80,13 @@ bool CudaNetwork::relu_fused_into(int layer) const {
 
 void CudaNetwork::reserve(int n, bool weight_gradients) {
   if (n <= capacity_ && (!weight_gradients || workspace_for_weights_)) return;
+  // A bound once made for the weight gradients keeps covering them as the batch grows.
+  const bool weights = weight_gradients || workspace_for_weights_;
   size_t workspace = 0;
   for (const auto& conv : conv_)
-    if (conv) workspace = std::max(workspace, conv->workspace_bound(std::max(n, capacity_), weight_gradients));
+    if (conv) workspace = std::max(workspace, conv->workspace_bound(std::max(n, capacity_), weights));
   ctx_.workspace(workspace);
-  workspace_for_weights_ = workspace_for_weights_ || weight_gradients;
+  workspace_for_weights_ = weights;
   if (n <= capacity_) return;
   // Free the old buffers first (after queued work that may use them), so growing never needs both at once. A network
   // that holds nothing yet skips the wait: a chunk begun while another computes must not wait for it.

@@ -30,7 +30,7 @@ CudaOptimizeChunk::CudaOptimizeChunk(CudaContext& ctx, const Architecture& arch,
       K_(arch.num_classes()),
       active_count_(in.n),
       net_(ctx, arch),
-      st_(ctx, in, cfg, arch.input.size(), arch.num_classes(), true, "optimize chunk") {
+      st_(in, cfg, arch.input.size(), arch.num_classes(), true, "optimize chunk") {
   const size_t n = static_cast<size_t>(n_), nd = n * D_, nk = n * K_;
   // Everything is allocated here, before the first step, so running out of memory leaves nothing half done.
   net_.reserve(n_);
@@ -39,6 +39,7 @@ CudaOptimizeChunk::CudaOptimizeChunk(CudaContext& ctx, const Architecture& arch,
   probs_ = DeviceBuffer<float>(nk, "optimize chunk: probabilities");
   loss_ = DeviceBuffer<float>(n, "optimize chunk: losses");
   dlogits_ = DeviceBuffer<float>(nk, "optimize chunk: logit gradients");
+  st_.upload(ctx_, in);  // last: a chunk refused for memory has copied nothing
 }
 
 CudaOptimizeChunk::~CudaOptimizeChunk() {
@@ -121,11 +122,12 @@ void CudaOptimizeChunk::evaluate_and_update(bool update) {
 
   if (!cfg_.early_stop) return;  // nothing ever stops: the active list stays 0..n-1
   compact_active_cuda(st_.active.get(), st_.keep.get(), count, st_.active_next.get(), st_.count_dev.get(), s);
-  CUDA_CHECK(cudaMemcpyAsync(st_.count_host.get(), st_.count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+  CUDA_CHECK(
+      cudaMemcpyAsync(ctx_.readback_slot(), st_.count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
   ctx_.synchronize();
   std::swap(st_.active, st_.active_next);
-  if (*st_.count_host.get() != active_count_) active_is_identity_ = false;
-  active_count_ = *st_.count_host.get();
+  if (*ctx_.readback_slot() != active_count_) active_is_identity_ = false;
+  active_count_ = *ctx_.readback_slot();
 }
 
 void CudaOptimizeChunk::step() {

@@ -235,6 +235,7 @@ ConvOp::~ConvOp() = default;
 
 size_t ConvOp::workspace_bound(int max_n, bool weight_gradients) {
   Impl& m = *impl_;
+  if (max_n <= 0) return 0;
   const int top = std::min(max_n, m.max_slice);
   size_t most = 0;
   for (long b = 1;; b <<= 1) {

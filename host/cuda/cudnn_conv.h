@@ -50,7 +50,9 @@ class ConvOp {
 
   // The most cuDNN workspace the passes would ask for at any batch up to max_n (each power-of-two bucket's plan at
   // the bucket's largest batch, assuming workspace grows with the batch). Choosing plans is heuristic-only and
-  // allocates nothing; reserving the result up front keeps allocation out of the steps.
+  // allocates nothing; reserving the result up front keeps allocation out of the steps. Not covered: a batch whose
+  // bucket plan refuses it exactly gets its own plan at run time, and the context's workspace grows then (after
+  // synchronizing). That needs an algorithm that takes the bucket's batch but not a smaller one: rare.
   size_t workspace_bound(int max_n, bool weight_gradients);
 
   void forward(const float* x, const float* w, float* y, int n);

@@ -53,7 +53,7 @@ class FusedChunk : public OptimizeChunk {
         n_(in.n),
         active_count_(in.n),
         weights_(std::move(weights)),
-        st_(ctx, in, cfg, kD, kK, cfg.early_stop, "fused chunk") {
+        st_(in, cfg, kD, kK, cfg.early_stop, "fused chunk") {
     if (options.tile < 0 || options.tile > kFusedTileMax)
       throw InternalError("fused optimize chunk: tile must be 0 (automatic) or 1.." + std::to_string(kFusedTileMax));
     if (options.steps_per_launch < 0) throw InternalError("fused optimize chunk: steps_per_launch must be >= 0");
@@ -64,6 +64,7 @@ class FusedChunk : public OptimizeChunk {
     sms_ = device_attribute(cudaDevAttrMultiProcessorCount, ctx.device());
     std::string why;
     if (!fused_device_supports(ctx, &why)) throw InternalError("fused optimize chunk: " + why);
+    st_.upload(ctx_, in);  // last: a chunk refused for memory has copied nothing
   }
 
   ~FusedChunk() override {
@@ -138,11 +139,12 @@ class FusedChunk : public OptimizeChunk {
 
     // rows_ holds the identity until the first entry stops, so it is a valid input list either way.
     compact_active_cuda(st_.active.get(), st_.keep.get(), active_count_, st_.active_next.get(), st_.count_dev.get(), s);
-    CUDA_CHECK(cudaMemcpyAsync(st_.count_host.get(), st_.count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(
+      cudaMemcpyAsync(ctx_.readback_slot(), st_.count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
     ctx_.synchronize();
     std::swap(st_.active, st_.active_next);
-    if (*st_.count_host.get() != active_count_) rows_identity_ = false;
-    active_count_ = *st_.count_host.get();
+    if (*ctx_.readback_slot() != active_count_) rows_identity_ = false;
+    active_count_ = *ctx_.readback_slot();
   }
 
   CudaContext& ctx_;

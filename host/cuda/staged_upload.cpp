@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "cuda/cuda_check.h"
 #include "errors.h"
@@ -35,9 +36,13 @@ void StagedUploader::switch_slot() {
 
 void StagedUploader::copy(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
-  if (!slot_[0].get()) {
-    slot_[0] = PinnedBuffer<unsigned char>(slot_bytes_, "upload staging");
-    slot_[1] = PinnedBuffer<unsigned char>(slot_bytes_, "upload staging");
+  if (!slot_[0].get() || !slot_[1].get()) {
+    // Both or neither: a failed second allocation must not leave a half-made pair for the next call.
+    PinnedBuffer<unsigned char> a(slot_bytes_, "upload staging"), b(slot_bytes_, "upload staging");
+    slot_[0] = std::move(a);
+    slot_[1] = std::move(b);
+    current_ = 0;
+    used_ = 0;
   }
   auto* d = static_cast<unsigned char*>(dst);
   const auto* s = static_cast<const unsigned char*>(src);
