@@ -12,6 +12,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -99,6 +100,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   // Declared before the workers, which finish their queued tasks when destroyed (also when an exception unwinds).
   std::unique_ptr<LiveChunk> current;
   std::deque<std::future<void>> writing;  // queued on the writer in row order
+  std::atomic<bool> write_failed{false};
   std::future<PreparedChunk> preparing;
   SerialWorker preparer, writer;
 
@@ -110,12 +112,20 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     if (!regularized) stats.path = backend.optimize_path_used();
     for (int i = 0; i < current->prepared.n; ++i) stats.image_steps += res.updates[i];
     writing.push_back(writer.submit([&, p = std::move(current->prepared), r = std::move(res)]() mutable {
-      emit_rows(job, starts, layout, p, r, sink, host_threads);
+      if (write_failed) return;  // rows after a failed one are not written
+      try {
+        emit_rows(job, starts, layout, p, r, sink, host_threads);
+      } catch (...) {
+        write_failed = true;
+        throw;
+      }
       pool.give(std::move(p));
     }));
     current.reset();
     // Two chunks may wait for the writer (their results are held in host memory); beyond that the backend waits.
-    while (writing.size() > 2) {
+    // A finished write is collected at once, so that its failure stops the job here.
+    while (!writing.empty() && (writing.size() > 2 || writing.front().wait_for(std::chrono::seconds(0)) ==
+                                                          std::future_status::ready)) {
       writing.front().get();
       writing.pop_front();
     }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu_backend.h"
+#include "errors.h"
 #include "optimize_engine.h"
 
 namespace nudge {
@@ -140,6 +141,64 @@ TEST_F(EngineSchedule, RunsOneChunkAtATimeWhenTwoDoNotFit) {
   ASSERT_EQ(got.rows.size(), whole.rows.size());
   EXPECT_EQ(got.images, whole.images) << "falling back to one chunk at a time changed results";
   EXPECT_EQ(got.probs, whole.probs);
+}
+
+// The writer and preparer are threads: a failure on either side must reach the caller, not hang or vanish.
+TEST_F(EngineSchedule, ASinkFailureReachesTheCaller) {
+  struct FailingSink : RowSink {
+    long seen = 0;
+    void row(const RowResult&) override {
+      if (++seen == 23) throw InputError("disk full at row 23");
+    }
+  };
+  LoggingBackend b(1000);
+  b.load_model(model_);
+  const StartImages starts(job_, nullptr, 28, 28);
+  FailingSink sink;
+  try {
+    run_optimize(b, model_, job_, starts, sink, false);
+    FAIL() << "the sink's exception was swallowed";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "disk full at row 23");
+  }
+  EXPECT_EQ(sink.seen, 23) << "rows went on being written after the failure";
+}
+
+TEST_F(EngineSchedule, ABackendFailureMidJobReachesTheCaller) {
+  // Fails in the third chunk's second step, while the fourth is already begun and the second's rows are queued.
+  class FailingBackend : public LoggingBackend {
+   public:
+    FailingBackend() : LoggingBackend(1000) {}
+    std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
+      auto inner = LoggingBackend::begin_optimize(in, cfg);
+      return std::make_unique<Failing>(std::move(inner), begun_++ == 2);
+    }
+
+   private:
+    class Failing : public OptimizeChunk {
+     public:
+      Failing(std::unique_ptr<OptimizeChunk> inner, bool fail) : inner_(std::move(inner)), fail_(fail) {}
+      void step() override {
+        if (fail_ && ++steps_ == 2) throw InternalError("device lost");
+        inner_->step();
+      }
+      int active_count() const override { return inner_->active_count(); }
+      ChunkResult finish() override { return inner_->finish(); }
+
+     private:
+      std::unique_ptr<OptimizeChunk> inner_;
+      bool fail_;
+      int steps_ = 0;
+    };
+    int begun_ = 0;
+  };
+  FailingBackend b;
+  b.load_model(model_);
+  const StartImages starts(job_, nullptr, 28, 28);
+  Collect sink;
+  EXPECT_THROW(run_optimize(b, model_, job_, starts, sink, false), InternalError);
+  EXPECT_LE(sink.rows.size(), 20u) << "only the first two chunks' rows can have been written";
+  for (size_t i = 0; i < sink.rows.size(); ++i) EXPECT_EQ(sink.rows[i], static_cast<long>(i));
 }
 
 }  // namespace
