@@ -5,39 +5,26 @@
 #include <new>
 
 #include "cpu_backend.h"
+#include "delegating_backend.h"
 #include "optimize_engine.h"
 
 namespace nudge {
 namespace {
 
 // A CPU backend that refuses chunks larger than `limit` entries, as a GPU short of memory would.
-class SmallMemoryBackend : public Backend {
+class SmallMemoryBackend : public testing_support::DelegatingBackend {
  public:
-  explicit SmallMemoryBackend(int limit) : inner_(make_cpu_backend()), limit_(limit) {}
-  std::string name() const override { return "small-memory cpu"; }
-  bool is_gpu() const override { return false; }
-  void load_model(const Model& m) override { inner_->load_model(m); }
-  void store_model(Model& m) override { inner_->store_model(m); }
-  void predict(const float* x, int n, float* p) override { inner_->predict(x, n, p); }
-  TrainStepResult train_step(const float* x, const int32_t* y, int n, const AdamConfig& a) override {
-    return inner_->train_step(x, y, n, a);
-  }
-  void input_gradient(const float* x, int n, const float* t, const int32_t* k, const int32_t* c, LossKind l, float kappa,
-                      float* p, float* lo, float* g) override {
-    inner_->input_gradient(x, n, t, k, c, l, kappa, p, lo, g);
-  }
+  explicit SmallMemoryBackend(int limit) : limit_(limit) {}
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
     ++attempts;
     if (in.n > limit_) throw std::bad_alloc();
     largest_accepted = std::max(largest_accepted, in.n);
-    return inner_->begin_optimize(in, cfg);
+    return inner().begin_optimize(in, cfg);
   }
-  int preferred_chunk() const override { return 1 << 20; }
 
   int attempts = 0, largest_accepted = 0;
 
  private:
-  std::unique_ptr<Backend> inner_;
   int limit_;
 };
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu_backend.h"
+#include "delegating_backend.h"
 #include "errors.h"
 #include "optimize_engine.h"
 
@@ -17,21 +18,9 @@ namespace {
 
 // A CPU backend that logs when chunks begin and finish and holds at most `budget` entries in live chunks (a GPU's
 // memory), throwing std::bad_alloc from begin_optimize beyond it.
-class LoggingBackend : public Backend {
+class LoggingBackend : public testing_support::DelegatingBackend {
  public:
-  explicit LoggingBackend(int budget) : inner_(make_cpu_backend()), budget_(budget) {}
-  std::string name() const override { return "logging cpu"; }
-  bool is_gpu() const override { return false; }
-  void load_model(const Model& m) override { inner_->load_model(m); }
-  void store_model(Model& m) override { inner_->store_model(m); }
-  void predict(const float* x, int n, float* p) override { inner_->predict(x, n, p); }
-  TrainStepResult train_step(const float* x, const int32_t* y, int n, const AdamConfig& a) override {
-    return inner_->train_step(x, y, n, a);
-  }
-  void input_gradient(const float* x, int n, const float* t, const int32_t* k, const int32_t* c, LossKind l, float kappa,
-                      float* p, float* lo, float* g) override {
-    inner_->input_gradient(x, n, t, k, c, l, kappa, p, lo, g);
-  }
+  explicit LoggingBackend(int budget) : budget_(budget) {}
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
     if (live_ + in.n > budget_) {
       log.push_back("refused " + std::to_string(begun_));
@@ -40,9 +29,8 @@ class LoggingBackend : public Backend {
     live_ += in.n;
     most_live = std::max(most_live, live_);
     log.push_back("begin " + std::to_string(begun_));
-    return std::make_unique<Chunk>(*this, begun_++, in.n, inner_->begin_optimize(in, cfg));
+    return std::make_unique<Chunk>(*this, begun_++, in.n, inner().begin_optimize(in, cfg));
   }
-  int preferred_chunk() const override { return 1 << 20; }
 
   std::vector<std::string> log;
   int most_live = 0;
@@ -66,7 +54,6 @@ class LoggingBackend : public Backend {
     std::unique_ptr<OptimizeChunk> inner_;
   };
 
-  std::unique_ptr<Backend> inner_;
   int budget_, live_ = 0, begun_ = 0;
 };
 

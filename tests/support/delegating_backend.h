@@ -1,0 +1,40 @@
+// A Backend that forwards every call to another one (a CPU backend by default). Test doubles derive from it and
+// override only what they watch or break: the engine's out-of-memory path, its chunk schedule.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "backend.h"
+#include "cpu_backend.h"
+
+namespace nudge::testing_support {
+
+class DelegatingBackend : public Backend {
+ public:
+  explicit DelegatingBackend(std::unique_ptr<Backend> inner = make_cpu_backend()) : inner_(std::move(inner)) {}
+  std::string name() const override { return "delegating " + inner_->name(); }
+  bool is_gpu() const override { return inner_->is_gpu(); }
+  void load_model(const Model& m) override { inner_->load_model(m); }
+  void store_model(Model& m) override { inner_->store_model(m); }
+  void predict(const float* x, int n, float* p) override { inner_->predict(x, n, p); }
+  TrainStepResult train_step(const float* x, const int32_t* y, int n, const AdamConfig& a) override {
+    return inner_->train_step(x, y, n, a);
+  }
+  void input_gradient(const float* x, int n, const float* t, const int32_t* k, const int32_t* c, LossKind l, float kappa,
+                      float* p, float* lo, float* g) override {
+    inner_->input_gradient(x, n, t, k, c, l, kappa, p, lo, g);
+  }
+  std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
+    return inner_->begin_optimize(in, cfg);
+  }
+  // Large, so that the engine's chunks are what a test's job.chunk says.
+  int preferred_chunk() const override { return 1 << 20; }
+
+ protected:
+  Backend& inner() { return *inner_; }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+};
+
+}  // namespace nudge::testing_support
