@@ -1,12 +1,12 @@
 // The engine's schedule. Three things happen at once, each on its own thread, so that a GPU never waits for the
 // host (tools/bench/bench_engine_host measures the host side alone):
 //   - a worker prepares the inputs of chunk k+1 (start images, random starts, targets),
-//   - this thread drives the backend: chunk k+1 is begun (its upload queued) while chunk k's steps still run, and
-//     only then is chunk k finished,
+//   - this thread drives the backend: chunk k+1 is begun (on a GPU its upload then runs in the background) before
+//     chunk k steps, and chunk k is finished after its steps,
 //   - a writer turns chunk k-1's results into rows for the sink.
-// So at most two chunks live on the backend at once; if the second does not fit, the first is finished before the
-// second is retried, and only a chunk that does not fit alone is halved. Results depend on none of this (every
-// value is a pure function of the job and the entry's position).
+// So at most two chunks live on the backend at once; if the second does not fit, it is begun after the first is
+// finished, and only a chunk that does not fit alone is halved. Results depend on none of this (every value is a
+// pure function of the job and the entry's position).
 #include "optimize_engine.h"
 
 #include <omp.h>
@@ -131,20 +131,19 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     }
   };
 
-  if (rows > 0) preparing = preparer.submit([&] { return prepare(0); });
-  while (preparing.valid()) {
-    PreparedChunk p = preparing.get();
-    std::unique_ptr<LiveChunk> next;
-    while (!next) {
+  // Begins a prepared chunk, predicts its start images' classes and sends the following rows to the preparer.
+  // Out of memory while another chunk is live: returns null and keeps the chunk in `deferred`, to begin once that
+  // one is finished. Out of memory alone (a device short of memory): halves the chunk and carries on.
+  std::unique_ptr<PreparedChunk> deferred;
+  auto start = [&](PreparedChunk p, bool other_live) -> std::unique_ptr<LiveChunk> {
+    std::unique_ptr<OptimizeChunk> chunk;
+    while (!chunk) {
       try {
-        std::unique_ptr<OptimizeChunk> chunk = begin(p);
-        next = std::make_unique<LiveChunk>(LiveChunk{std::move(p), std::move(chunk)});
+        chunk = begin(p);
       } catch (const std::bad_alloc& e) {
-        // No room for two chunks: finish the current one first, then retry. No room for this one alone (a device
-        // short of memory): halve it and carry on.
-        if (current) {
-          retire_current();
-          continue;
+        if (other_live) {
+          deferred = std::make_unique<PreparedChunk>(std::move(p));
+          return nullptr;
         }
         if (p.nrows == 1) throw;
         rows_per_chunk = std::max(1L, p.nrows / 2);
@@ -153,21 +152,27 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
         p = prepare(p.first);
       }
     }
-    const long next_first = next->prepared.first + next->prepared.nrows;
+    auto live = std::make_unique<LiveChunk>(LiveChunk{std::move(p), std::move(chunk)});
+    PreparedChunk& lp = live->prepared;
+    const long next_first = lp.first + lp.nrows;
     if (next_first < rows) preparing = preparer.submit([&, next_first] { return prepare(next_first); });
-    // The model's verdict on the start images, for the "classified correctly before" denominator. On a GPU this
-    // queues behind the current chunk's steps.
-    PreparedChunk& np = next->prepared;
-    std::vector<float> start_probs(static_cast<size_t>(np.nrows) * K);
-    backend.predict(np.start_of_row.data(), static_cast<int>(np.nrows), start_probs.data());
-    np.start_class.resize(np.nrows);
-    for (long r = 0; r < np.nrows; ++r) {
+    // The model's verdict on the start images, for the "classified correctly before" denominator.
+    std::vector<float> start_probs(static_cast<size_t>(lp.nrows) * K);
+    backend.predict(lp.start_of_row.data(), static_cast<int>(lp.nrows), start_probs.data());
+    lp.start_class.resize(lp.nrows);
+    for (long r = 0; r < lp.nrows; ++r) {
       const float* q = start_probs.data() + r * K;
-      np.start_class[r] = static_cast<int>(std::max_element(q, q + K) - q);
+      lp.start_class[r] = static_cast<int>(std::max_element(q, q + K) - q);
     }
+    return live;
+  };
 
-    if (current) retire_current();
-    current = std::move(next);
+  if (rows > 0) current = start(preparer.submit([&] { return prepare(0); }).get(), false);
+  while (current) {
+    // The next chunk is begun before this one steps, so that its upload (on a GPU) runs during these steps.
+    std::unique_ptr<LiveChunk> next;
+    if (preparing.valid()) next = start(preparing.get(), true);
+
     OptimizeChunk& chunk = *current->chunk;
     const long first = current->prepared.first;
     const int n = current->prepared.n;
@@ -180,8 +185,14 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
         bar.update(first * per_row * job.steps + static_cast<long>(n) * (s + 1), detail);
       }
     }
+    retire_current();
+    if (!next && deferred) {
+      PreparedChunk p = std::move(*deferred);
+      deferred.reset();
+      next = start(std::move(p), false);
+    }
+    current = std::move(next);
   }
-  if (current) retire_current();
   for (auto& w : writing) w.get();
   bar.finish();
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -68,13 +68,17 @@ void ChunkState::upload(CudaContext& ctx, const ChunkInput& in) {
   if (uploading_) throw InternalError("ChunkState::upload called twice");
   if (in.n != n) throw InternalError("ChunkState::upload: the chunk was made for other entries");
   uploading_ = true;
-  try {
-    queue_upload(ctx, in);
-  } catch (...) {
-    // Nothing queued may still write into the buffers that unwinding frees.
-    cudaStreamSynchronize(ctx.copy_stream());
-    throw;
-  }
+  staged_ = ctx.upload_worker().submit([this, &ctx, in] {
+    // The runtime's current device is per host thread.
+    CUDA_CHECK(cudaSetDevice(ctx.device()));
+    try {
+      queue_upload(ctx, in);
+    } catch (...) {
+      // Nothing queued may still write into the buffers once the failure is reported.
+      cudaStreamSynchronize(ctx.copy_stream());
+      throw;
+    }
+  });
 }
 
 void ChunkState::queue_upload(CudaContext& ctx, const ChunkInput& in) {
@@ -113,8 +117,9 @@ void ChunkState::queue_upload(CudaContext& ctx, const ChunkInput& in) {
 }
 
 ChunkState::~ChunkState() {
-  // The upload may still be writing into the buffers freed after this body (a never-recorded event counts as
-  // complete). A destructor must not throw.
+  // The upload thread may still be staging, and the copies may still be writing into the buffers freed after this
+  // body (a never-recorded event counts as complete). A destructor must not throw.
+  if (staged_.valid()) staged_.wait();
   if (uploaded_) {
     cudaEventSynchronize(uploaded_);
     cudaEventDestroy(uploaded_);
@@ -124,6 +129,13 @@ ChunkState::~ChunkState() {
 void ChunkState::before_compute(cudaStream_t stream) {
   if (waited_) return;
   if (!uploading_) throw InternalError("ChunkState: compute before upload");
+  if (failed_) throw InternalError("ChunkState: the chunk's upload failed earlier");
+  try {
+    staged_.get();  // rethrows the upload thread's error
+  } catch (...) {
+    failed_ = true;
+    throw;
+  }
   CUDA_CHECK(cudaStreamWaitEvent(stream, uploaded_, 0));
   waited_ = true;
 }

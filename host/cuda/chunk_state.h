@@ -2,17 +2,19 @@
 // layer by layer; fused_chunk.h, the fused kernel): the iterates and their starts, Adam's moments, targets, radii,
 // step counts, goal flags, the best iterate so far, and optionally the active list for early stopping.
 //
-// Construction allocates everything (DeviceOutOfMemory, see device_memory.h). upload() then queues the chunk's
-// inputs and the initial values on the context's copy stream, through pinned staging (staged_upload.h); a chunk
-// calls it last in its constructor, after its own allocations, so a chunk refused for memory has copied nothing.
-// upload() does not wait for the copies, so a chunk begun while another computes uploads during that computation.
-// Before the first kernel that reads the state, call before_compute(stream): it makes the stream wait for the
-// upload (once).
+// Construction allocates everything (DeviceOutOfMemory, see device_memory.h). upload() then hands the staging of
+// the chunk's inputs to the context's upload thread, which copies them through pinned slots and queues them, with
+// the initial values, on the copy stream (staged_upload.h). A chunk calls upload() last in its constructor, after
+// its own allocations, so a chunk refused for memory has copied nothing. upload() returns at once: a chunk begun
+// before another one steps is staged and copied while that one computes, even when each of its steps waits for the
+// device (early stopping). Before the first kernel that reads the state, call before_compute(stream): it waits for
+// the staging to be queued (once) and makes the stream wait for the copies.
 #pragma once
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <future>
 #include <string>
 
 #include "backend.h"
@@ -31,8 +33,8 @@ class ChunkState {
   ChunkState(const ChunkState&) = delete;
   ChunkState& operator=(const ChunkState&) = delete;
 
-  // Queues the upload of `in` (the same entries the constructor was given) on ctx's copy stream. The host arrays of
-  // `in` may be freed once this returns. Call once.
+  // Stages the upload of `in` (the same entries the constructor was given) in the background. The host arrays of
+  // `in` must stay valid until before_compute() has returned or this object is destroyed. Call once.
   void upload(CudaContext& ctx, const ChunkInput& in);
   // Makes `stream` wait for the upload; cheap after the first call.
   void before_compute(cudaStream_t stream);
@@ -56,7 +58,8 @@ class ChunkState {
 
   bool adam_, active_list_;
   cudaEvent_t uploaded_ = nullptr;
-  bool uploading_ = false, waited_ = false;
+  std::future<void> staged_;  // the upload thread's task: done once the copies are queued and uploaded_ recorded
+  bool uploading_ = false, waited_ = false, failed_ = false;
 };
 
 }  // namespace nudge::cuda

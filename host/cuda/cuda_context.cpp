@@ -29,6 +29,7 @@ CudaContext::CudaContext(int device) : device_(device), allow_tf32_(env_flag("NU
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
     uploader_ = std::make_unique<StagedUploader>(copy_stream_, kUploadSlotBytes);
+    upload_worker_ = std::make_unique<SerialWorker>();
     readback_ = PinnedBuffer<int32_t>(1, "read-back slot");
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
@@ -48,6 +49,7 @@ CudaContext::CudaContext(int device) : device_(device), allow_tf32_(env_flag("NU
                    ", " + format_bytes(total_b) + "), cuDNN " + cudnn_version_string() + ", cuBLAS " +
                    std::to_string(cublas_version) + (allow_tf32_ ? ", TF32 allowed" : ", FP32 (TF32 off)");
   } catch (...) {
+    upload_worker_.reset();
     readback_ = PinnedBuffer<int32_t>();
     cudnn_.reset();
     if (cublas_) cublasDestroy(cublas_);
@@ -61,6 +63,7 @@ CudaContext::CudaContext(int device) : device_(device), allow_tf32_(env_flag("NU
 CudaContext::~CudaContext() {
   // Queued work may still read buffers owned by members; finish it before anything is freed. Errors here were
   // already reported (or will be by the next checked call): a destructor must not throw.
+  upload_worker_.reset();  // runs what was queued, then joins
   if (stream_) cudaStreamSynchronize(stream_);
   if (copy_stream_) cudaStreamSynchronize(copy_stream_);
   workspace_ = DeviceBuffer<unsigned char>();

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cuda/device_memory.h"
+#include "serial_worker.h"
 
 namespace nudge::cuda {
 
@@ -28,9 +29,13 @@ class CudaContext {
 
   cudaStream_t stream() const { return stream_; }
   // Uploads on the copy stream (staged_upload.h). Work on stream() that reads what they wrote must wait for them:
-  // record an event on copy_stream() after them and make stream() wait on it.
+  // record an event on copy_stream() after them and make stream() wait on it. The uploader is not thread-safe: use
+  // it from one thread at a time (optimize chunks use it only from upload_worker()).
   StagedUploader& uploader() { return *uploader_; }
   cudaStream_t copy_stream() const { return copy_stream_; }
+  // The host thread that stages optimize chunks' inputs (ChunkState::upload), so that staging overlaps the compute
+  // that the calling thread drives.
+  SerialWorker& upload_worker() { return *upload_worker_; }
   cublasHandle_t cublas() const { return cublas_; }
   CudnnState& cudnn() { return *cudnn_; }
   bool allow_tf32() const { return allow_tf32_; }
@@ -62,6 +67,7 @@ class CudaContext {
   cudaStream_t stream_ = nullptr;
   cudaStream_t copy_stream_ = nullptr;
   std::unique_ptr<StagedUploader> uploader_;
+  std::unique_ptr<SerialWorker> upload_worker_;
   PinnedBuffer<int32_t> readback_;
   cublasHandle_t cublas_ = nullptr;
   std::unique_ptr<CudnnState> cudnn_;
