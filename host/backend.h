@@ -27,7 +27,7 @@ struct TrainStepResult {
 
 // The per-entry inputs of one chunk of an optimize job. All pointers are host memory. A backend may read them after
 // begin_optimize returns (the CUDA backend stages them in the background), so they must stay valid until the
-// chunk's first step() or finish() has returned, or the chunk is destroyed.
+// chunk's finish() has returned, or the chunk is destroyed.
 struct ChunkInput {
   int n = 0;
   const float* start = nullptr;         // [n, D] x0: the image each entry starts from and the centre of its eps-ball

@@ -86,11 +86,13 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   ProgressBar bar("optimize", std::max(1L, stats.entries * std::max(job.steps, 1)));
 
   ChunkPool pool;
-  auto prepare = [&](long first) {
+  // Rows [first, first + nrows); the caller reads rows_per_chunk on this thread, so the worker never does.
+  auto prepare = [&](long first, long nrows) {
     PreparedChunk c = pool.take();
-    prepare_chunk(job, starts, layout, first, std::min(rows_per_chunk, rows - first), host_threads, c);
+    prepare_chunk(job, starts, layout, first, nrows, host_threads, c);
     return c;
   };
+  auto rows_from = [&](long first) { return std::min(rows_per_chunk, rows - first); };
   auto begin = [&](PreparedChunk& p) {
     const ChunkInput in = p.input(job.random_start);
     return regularized ? make_regularized_chunk(models, model.arch.input.h, model.arch.input.w, K, in, job.step,
@@ -136,27 +138,32 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   // one is finished. Out of memory alone (a device short of memory): halves the chunk and carries on.
   std::unique_ptr<PreparedChunk> deferred;
   auto start = [&](PreparedChunk p, bool other_live) -> std::unique_ptr<LiveChunk> {
-    std::unique_ptr<OptimizeChunk> chunk;
-    while (!chunk) {
+    // The chunk is begun from the inputs' final home: a backend may read them until the chunk finishes.
+    auto live = std::make_unique<LiveChunk>(LiveChunk{std::move(p), nullptr});
+    while (!live->chunk) {
       try {
-        chunk = begin(p);
+        live->chunk = begin(live->prepared);
       } catch (const std::bad_alloc& e) {
         if (other_live) {
-          deferred = std::make_unique<PreparedChunk>(std::move(p));
+          deferred = std::make_unique<PreparedChunk>(std::move(live->prepared));
           return nullptr;
         }
-        if (p.nrows == 1) throw;
-        rows_per_chunk = std::max(1L, p.nrows / 2);
+        const PreparedChunk& q = live->prepared;
+        if (q.nrows == 1) throw;
+        rows_per_chunk = std::max(1L, q.nrows / 2);
         bar.line("nudge: " + std::string(e.what()) + "; retrying with chunks of " +
                  std::to_string(rows_per_chunk * per_row) + " entries");
-        p = prepare(p.first);
+        live->prepared = prepare(q.first, rows_from(q.first));
       }
     }
-    auto live = std::make_unique<LiveChunk>(LiveChunk{std::move(p), std::move(chunk)});
     PreparedChunk& lp = live->prepared;
     const long next_first = lp.first + lp.nrows;
-    if (next_first < rows) preparing = preparer.submit([&, next_first] { return prepare(next_first); });
-    // The model's verdict on the start images, for the "classified correctly before" denominator.
+    if (next_first < rows) {
+      const long nrows = rows_from(next_first);
+      preparing = preparer.submit([&, next_first, nrows] { return prepare(next_first, nrows); });
+    }
+    // The model's verdict on the start images, for the "classified correctly before" denominator (on a GPU, ahead of
+    // the current chunk's steps: it is small).
     std::vector<float> start_probs(static_cast<size_t>(lp.nrows) * K);
     backend.predict(lp.start_of_row.data(), static_cast<int>(lp.nrows), start_probs.data());
     lp.start_class.resize(lp.nrows);
@@ -167,7 +174,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     return live;
   };
 
-  if (rows > 0) current = start(preparer.submit([&] { return prepare(0); }).get(), false);
+  if (rows > 0) current = start(prepare(0, rows_from(0)), false);
   while (current) {
     // The next chunk is begun before this one steps, so that its upload (on a GPU) runs during these steps.
     std::unique_ptr<LiveChunk> next;

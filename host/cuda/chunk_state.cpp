@@ -61,12 +61,14 @@ ChunkState::ChunkState(const ChunkInput& in, const StepConfig& cfg, int D_, int 
     count_dev = DeviceBuffer<int32_t>(1, name("active count").c_str());
     keep = DeviceBuffer<uint8_t>(N, name("keep flags").c_str());
   }
-  CUDA_CHECK(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming));
+  // Blocking sync: a waiting host thread yields its core to the engine's other threads instead of spinning.
+  CUDA_CHECK(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming | cudaEventBlockingSync));
 }
 
 void ChunkState::upload(CudaContext& ctx, const ChunkInput& in) {
   if (uploading_) throw InternalError("ChunkState::upload called twice");
   if (in.n != n) throw InternalError("ChunkState::upload: the chunk was made for other entries");
+  ctx.uploader().reserve();
   uploading_ = true;
   staged_ = ctx.upload_worker().submit([this, &ctx, in] {
     // The runtime's current device is per host thread.

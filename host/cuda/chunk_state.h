@@ -34,7 +34,9 @@ class ChunkState {
   ChunkState& operator=(const ChunkState&) = delete;
 
   // Stages the upload of `in` (the same entries the constructor was given) in the background. The host arrays of
-  // `in` must stay valid until before_compute() has returned or this object is destroyed. Call once.
+  // `in` must stay valid until before_compute() has returned or this object is destroyed (for a chunk: until its
+  // finish() has returned). Pinned staging is allocated here, on the calling thread, so running out of it is
+  // reported by begin_optimize. Call once.
   void upload(CudaContext& ctx, const ChunkInput& in);
   // Makes `stream` wait for the upload; cheap after the first call.
   void before_compute(cudaStream_t stream);

@@ -2,11 +2,12 @@
 //
 // Out of memory: every device allocation of the backend goes through device_alloc(), which turns
 // cudaErrorMemoryAllocation into DeviceOutOfMemory. It derives from std::bad_alloc so that code holding only the
-// Backend interface can catch it without CUDA headers. All memory an optimize chunk needs is allocated in
-// Backend::begin_optimize, never in step() or finish(), so the engine's reaction is simple: catch std::bad_alloc
-// around begin_optimize, halve the chunk's entries and try again, and give up (rethrow) once a chunk of one row still
-// does not fit. preferred_chunk() already sizes chunks from free memory, so this is a fallback for a card shared with
-// other processes.
+// Backend interface can catch it without CUDA headers. All memory an optimize chunk needs (device memory and the
+// pinned upload staging) is allocated in Backend::begin_optimize, on the calling thread, never in step() or
+// finish(), so the engine's reaction is simple: catch std::bad_alloc around begin_optimize; with another chunk live,
+// begin this one after that one finishes; alone, halve the chunk's entries and try again, and give up (rethrow) once
+// a chunk of one row still does not fit. preferred_chunk() already sizes chunks from free memory, so this is a
+// fallback for a card shared with other processes.
 #pragma once
 #include <cstddef>
 #include <new>

@@ -11,8 +11,10 @@ namespace nudge::cuda {
 
 StagedUploader::StagedUploader(cudaStream_t stream, size_t slot_bytes) : stream_(stream), slot_bytes_(slot_bytes) {
   if (slot_bytes_ == 0) throw InternalError("StagedUploader: slots need at least one byte");
-  CUDA_CHECK(cudaEventCreateWithFlags(&drained_[0], cudaEventDisableTiming));
-  const cudaError_t e = cudaEventCreateWithFlags(&drained_[1], cudaEventDisableTiming);
+  // Blocking sync: a host thread waiting for a slot yields its core instead of spinning.
+  constexpr unsigned kFlags = cudaEventDisableTiming | cudaEventBlockingSync;
+  CUDA_CHECK(cudaEventCreateWithFlags(&drained_[0], kFlags));
+  const cudaError_t e = cudaEventCreateWithFlags(&drained_[1], kFlags);
   if (e != cudaSuccess) {
     cudaEventDestroy(drained_[0]);
     CUDA_CHECK(e);
@@ -34,16 +36,19 @@ void StagedUploader::switch_slot() {
   used_ = 0;
 }
 
+void StagedUploader::reserve() {
+  if (slot_[0].get() && slot_[1].get()) return;
+  // Both or neither: a failed second allocation must not leave a half-made pair for the next call.
+  PinnedBuffer<unsigned char> a(slot_bytes_, "upload staging"), b(slot_bytes_, "upload staging");
+  slot_[0] = std::move(a);
+  slot_[1] = std::move(b);
+  current_ = 0;
+  used_ = 0;
+}
+
 void StagedUploader::copy(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
-  if (!slot_[0].get() || !slot_[1].get()) {
-    // Both or neither: a failed second allocation must not leave a half-made pair for the next call.
-    PinnedBuffer<unsigned char> a(slot_bytes_, "upload staging"), b(slot_bytes_, "upload staging");
-    slot_[0] = std::move(a);
-    slot_[1] = std::move(b);
-    current_ = 0;
-    used_ = 0;
-  }
+  reserve();
   auto* d = static_cast<unsigned char*>(dst);
   const auto* s = static_cast<const unsigned char*>(src);
   while (bytes > 0) {

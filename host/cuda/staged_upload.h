@@ -23,6 +23,9 @@ class StagedUploader {
   StagedUploader(const StagedUploader&) = delete;
   StagedUploader& operator=(const StagedUploader&) = delete;
 
+  // Allocates the pinned slots if that has not happened yet (DeviceOutOfMemory if the host cannot pin them). Call
+  // it on the thread that can react to that, before handing copies to another thread; copy() calls it too.
+  void reserve();
   // Queues a copy of `bytes` from host `src` (any memory) to device `dst` on the stream. Returns as soon as `src` is
   // no longer needed; the copy completes in stream order. Blocks only while both slots still feed earlier copies.
   void copy(void* dst, const void* src, size_t bytes);
