@@ -14,11 +14,12 @@
 #                                    train    nudge train --epochs 1 --device cuda
 #                                    bench    tools/bench/bench_cuda_optimize, nudge optimize end to end on
 #                                             100,000 rows (fused and layers), tools/bench/bench_engine_host
+#                                    profile  ncu (Speed Of Light, occupancy) on the optimize kernels, both paths
 #                                  then prints a markdown report for docs/gpu-runs.md (also written to
 #                                  $OUT/gpu-report.md when $OUT is set, stage by stage, so a timeout keeps what ran).
 #
 # A device call may run 10 minutes at most; if all stages do not fit, run e.g. "info tests train bench" in one
-# call and "sanitize" in another (each of its four sanitizer runs stops after GPU_CHECK_SANITIZER_TIMEOUT seconds,
+# call and "sanitize profile" in another (each of its four sanitizer runs stops after GPU_CHECK_SANITIZER_TIMEOUT seconds,
 # default 140). Stage logs go to $OUT (or /tmp/nudge-gpu-check).
 #
 # Paths: CMake and the test binaries embed the absolute path of the tree they were built in (ctest files,
@@ -276,6 +277,39 @@ stage_bench() {
     note "**nudge optimize** (\`--init noise --count 100000 --target all --steps 20 --path $path\`): exit $rc2; $(tail -1 "$logdir/optimize-$path.log")"
   done
 
+  # PyTorch on the very same job and card (same weights, same Philox noise start images, Adam lr 0.1, 20 steps,
+  # no early stop), eager and compiled, against the fused run above: nudge's end-to-end speed over PyTorch's best
+  # batch size (steps only on PyTorch's side).
+  local py=""
+  for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import torch, numpy' >/dev/null 2>&1; then
+      py=$p
+      break
+    fi
+  done
+  if [ -z "$py" ]; then
+    note ""
+    note "**PyTorch peer**: skipped (no python3 with torch and numpy)"
+  else
+    local mode flag nudge_rate peer_rate
+    nudge_rate=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["image_steps_per_s"])' \
+      /tmp/nudge-optimize-fused/summary.json 2>/dev/null || echo "")
+    for mode in eager compile; do
+      flag=()
+      [ "$mode" = compile ] && flag=(--compile)
+      say "PyTorch peer, $mode"
+      "$py" "$root/tools/bench/pytorch_peer.py" optimize --device cuda "${flag[@]}" --n 100000 --steps 20 \
+        --batch 4096,16384,65536 >"$logdir/peer-$mode.log" 2>&1
+      peer_rate=$(tail -1 "$logdir/peer-$mode.log" | "$py" -c 'import json,sys; print(json.loads(sys.stdin.read())["best_image_steps_per_s"])' 2>/dev/null || echo "")
+      note ""
+      if [ -n "$peer_rate" ] && [ -n "$nudge_rate" ]; then
+        note "**PyTorch $($py -c 'import torch; print(torch.__version__)') $mode**, same job: best $(printf '%.0f' "$peer_rate") image-steps/s; nudge (fused, end to end) $(printf '%.0f' "$nudge_rate"): **$($py -c "print(f'{$nudge_rate / $peer_rate:.2f}')")x**"
+      else
+        note "**PyTorch $mode**: no figure ($(tail -1 "$logdir/peer-$mode.log" | cut -c1-200))"
+      fi
+    done
+  fi
+
   # The engine's host side alone (what feeds the card), on this machine's cores.
   local h="$build/tools/bench/bench_engine_host"
   if [ -x "$h" ]; then
@@ -290,9 +324,41 @@ stage_bench() {
   fi
 }
 
+# Nsight Compute on the optimize path: every kernel of a few steps, Speed Of Light and occupancy, per path. The
+# summary table says per kernel whether compute (SM %) or memory (DRAM %) bounds it; docs/fused-kernel.md and
+# docs/cuda-backend.md hold the floors to compare with.
+stage_profile() {
+  note ""
+  if ! command -v ncu >/dev/null 2>&1; then
+    note "**Profile**: skipped (no ncu on PATH)"
+    return
+  fi
+  local model="$root/data/models/mnist_cnn.safetensors" path rc3 filter
+  for path in fused layers; do
+    say "ncu, --path $path"
+    # 16,384 entries fill the card. Fused: its own launches after the first. Layers: skip the start-image predict
+    # and the first step (algorithm choice), then take a few steps' kernels.
+    if [ "$path" = fused ]; then
+      filter=(--kernel-name regex:fused --launch-skip 1 --launch-count 5)
+    else
+      filter=(--launch-skip 40 --launch-count 60)
+    fi
+    ncu --target-processes all --section SpeedOfLight --section Occupancy "${filter[@]}" \
+      --csv --page details "$build/nudge" optimize --model "$model" --device cuda --path "$path" --init noise \
+      --count 16384 --target all --steps 10 --out "/tmp/nudge-profile-$path" --quiet >"$logdir/ncu-$path.csv" 2>&1
+    rc3=$?
+    note "**Profile, --path $path** (\`ncu --section SpeedOfLight --section Occupancy\`, 16,384 entries; exit $rc3):"
+    note ""
+    python3 "$root/tools/ncu_summary.py" "$logdir/ncu-$path.csv" >"$logdir/ncu-$path.md" 2>&1 ||
+      note "    (no summary: $(tail -1 "$logdir/ncu-$path.md"); raw output in ncu-$path.csv)"
+    while IFS= read -r l; do note "$l"; done <"$logdir/ncu-$path.md"
+    note ""
+  done
+}
+
 run_checks() {
   local stages=("$@")
-  [ ${#stages[@]} -gt 0 ] || stages=(info tests sanitize train bench)
+  [ ${#stages[@]} -gt 0 ] || stages=(info tests sanitize train bench profile)
   mkdir -p "$logdir"
   : >"$report"
   restore_tree
@@ -308,7 +374,8 @@ run_checks() {
       sanitize) stage_sanitize ;;
       train) stage_train ;;
       bench) stage_bench ;;
-      *) die "unknown stage '$s' (info tests sanitize train bench)" ;;
+      profile) stage_profile ;;
+      *) die "unknown stage '$s' (info tests sanitize train bench profile)" ;;
     esac
   done
   echo
@@ -318,6 +385,6 @@ run_checks() {
 
 case "${1:-}" in
   --pack) pack ;;
-  -h | --help) sed -n '2,25p' "$0" ;;
+  -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d' ;;
   *) run_checks "$@" ;;
 esac

@@ -3,9 +3,11 @@
 
   train     the nudge training recipe on MNIST from the IDX files: Glorot-uniform weights and zero biases, Adam
             lr 1e-3 betas 0.9/0.999 eps 1e-7, batch 32, reshuffled each epoch; reports wall time and test accuracy.
-  optimize  N uniform-noise images in [0,1], targets i mod 10, Adam lr 0.1 eps 1e-7 on the pixels, clamped to [0,1]
+  optimize  N uniform-noise images in [0,1), targets i mod 10, Adam lr 0.1 eps 1e-7 on the pixels, clamped to [0,1]
             after each step, cross-entropy, a fixed number of steps with no early stop; reports image-steps/s
             (N * steps / seconds) for each batch size of a sweep (N is processed batch by batch) and the best.
+            The noise is nudge's own (`nudge optimize --init noise --seed S`: Philox4x32-10 keyed by seed and image
+            index, host/counter_rng.h, reimplemented in NumPy here), so both start from the very same images.
 
 The architecture is nudge's reference one (Architecture::reference_string()), built by hand here:
   1x28x28 -> conv3x3 24 -> ReLU -> maxpool2 -> conv3x3 36 -> ReLU -> maxpool2 -> conv3x3 64 -> ReLU -> flatten
@@ -33,6 +35,39 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PARAM_NAMES = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias",
                "dense1.weight", "dense1.bias", "dense2.weight", "dense2.bias"]
 REFERENCE_ARCH = "1x28x28:conv24k3,relu,pool2,conv36k3,relu,pool2,conv64k3,relu,flatten,dense64,relu,dense10"
+
+
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """host/counter_rng.h's philox4x32_10 on uint32 arrays (same round structure, constants and output order)."""
+    m0, m1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    low = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0 = m0 * c0.astype(np.uint64)
+        p1 = m1 * c2.astype(np.uint64)
+        hi0, lo0 = (p0 >> np.uint64(32)).astype(np.uint32), (p0 & low).astype(np.uint32)
+        hi1, lo1 = (p1 >> np.uint64(32)).astype(np.uint32), (p1 & low).astype(np.uint32)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ np.uint32(k0), lo1, hi0 ^ c3 ^ np.uint32(k1), lo0
+        k0 = (k0 + 0x9E3779B9) & 0xFFFFFFFF
+        k1 = (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def nudge_noise(seed, n, pixels=784, chunk=8192):
+    """nudge's noise start images 0..n-1 for `seed` (host/start_images.cpp noise_image): pixel p of image i is 24
+    bits of Philox block p/4 of (seed, stream 1, index i), scaled to [0,1). float32 [n, pixels]."""
+    out = np.empty((n, pixels), dtype=np.float32)
+    blocks = (pixels + 3) // 4
+    for first in range(0, n, chunk):
+        m = min(chunk, n - first)
+        idx = np.arange(first, first + m, dtype=np.uint64)[:, None]
+        c0 = np.broadcast_to(np.arange(blocks, dtype=np.uint32)[None, :], (m, blocks))
+        c1 = np.broadcast_to((idx & np.uint64(0xFFFFFFFF)).astype(np.uint32), (m, blocks))
+        c2 = np.broadcast_to((idx >> np.uint64(32)).astype(np.uint32), (m, blocks))
+        c3 = np.full((m, blocks), 1, dtype=np.uint32)  # kStreamNoise
+        v = philox4x32_10(c0, c1, c2, c3, seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
+        bits = np.stack(v, axis=-1).reshape(m, blocks * 4)[:, :pixels]
+        out[first:first + m] = (bits >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+    return out
 
 
 class ReferenceCnn(nn.Module):
@@ -207,8 +242,7 @@ def run_optimize(args, device):
         p.requires_grad_(False)  # frozen: no weight gradients, as in nudge's input optimization
     net, mode = maybe_compile(model, args.compile)
 
-    gen = torch.Generator().manual_seed(args.seed)
-    noise = torch.rand(args.n, 1, 28, 28, generator=gen).to(device)
+    noise = torch.from_numpy(nudge_noise(args.seed, args.n)).reshape(args.n, 1, 28, 28).to(device)
     if args.channels_last:
         noise = noise.contiguous(memory_format=torch.channels_last)
     targets = (torch.arange(args.n) % 10).to(device)
