@@ -109,50 +109,41 @@ void prepare_chunk(const OptimizeJob& job, const StartImages& starts, const JobL
 void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayout& l, const PreparedChunk& c,
                const ChunkResult& res, RowSink& sink, int threads) {
   const int D = l.D, K = l.K, per_row = l.per_row;
-  std::vector<int> best(c.nrows);
-  std::vector<float> linf(c.nrows, 0.0f), l2(c.nrows);
+  std::vector<RowResult> out(c.nrows);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (long r = 0; r < c.nrows; ++r) {
     int b = static_cast<int>(r * per_row);
     for (int e = 1; e < per_row; ++e)
       if (better(res, static_cast<int>(r * per_row + e), b)) b = static_cast<int>(r * per_row + e);
-    best[r] = b;
-    const float* image = res.best_images.data() + static_cast<size_t>(b) * D;
-    const float* start = c.start_of_row.data() + r * D;
+    RowResult& o = out[r];
+    o.row = c.first + r;
+    o.source = o.row / l.targets_per_source;
+    o.source_name = starts.name(o.source);
+    o.dataset_index = starts.dataset_index(o.source);
+    o.label = starts.label(o.source);
+    o.start_class = c.start_class[r];
+    o.target = c.row_target[r];
+    o.success = res.success_step[b] >= 0;
+    o.success_step = res.success_step[b];
+    o.updates = res.updates[b];
+    o.loss = res.best_loss[b];
+    o.eps = job.eps.empty() ? 0.0f : c.eps[b];
+    o.restart = (b - static_cast<int>(r * per_row)) % job.restarts;
+    o.probs.assign(res.best_probs.begin() + static_cast<size_t>(b) * K,
+                   res.best_probs.begin() + static_cast<size_t>(b + 1) * K);
+    o.start = c.start_of_row.data() + r * D;
+    o.image = res.best_images.data() + static_cast<size_t>(b) * D;
     double sq = 0;
     float mx = 0;
     for (int p = 0; p < D; ++p) {
-      const double d = std::fabs(static_cast<double>(image[p]) - start[p]);
+      const double d = std::fabs(static_cast<double>(o.image[p]) - o.start[p]);
       mx = std::max(mx, static_cast<float>(d));
       sq += d * d;
     }
-    linf[r] = mx;
-    l2[r] = static_cast<float>(std::sqrt(sq));
+    o.linf = mx;
+    o.l2 = static_cast<float>(std::sqrt(sq));
   }
-  for (long r = 0; r < c.nrows; ++r) {
-    const int b = best[r];
-    RowResult out;
-    out.row = c.first + r;
-    out.source = out.row / l.targets_per_source;
-    out.source_name = starts.name(out.source);
-    out.dataset_index = starts.dataset_index(out.source);
-    out.label = starts.label(out.source);
-    out.start_class = c.start_class[r];
-    out.target = c.row_target[r];
-    out.success = res.success_step[b] >= 0;
-    out.success_step = res.success_step[b];
-    out.updates = res.updates[b];
-    out.loss = res.best_loss[b];
-    out.eps = job.eps.empty() ? 0.0f : c.eps[b];
-    out.restart = (b - static_cast<int>(r * per_row)) % job.restarts;
-    out.probs.assign(res.best_probs.begin() + static_cast<size_t>(b) * K,
-                     res.best_probs.begin() + static_cast<size_t>(b + 1) * K);
-    out.start = c.start_of_row.data() + r * D;
-    out.image = res.best_images.data() + static_cast<size_t>(b) * D;
-    out.linf = linf[r];
-    out.l2 = l2[r];
-    sink.row(out);
-  }
+  sink.rows(out);
 }
 
 }  // namespace nudge

@@ -32,11 +32,15 @@ struct RowResult {
   const float* image = nullptr;
 };
 
-// row() is called on a worker thread of the engine, one call at a time, in row order.
+// Called on a worker thread of the engine, one call at a time, in row order.
 class RowSink {
  public:
   virtual ~RowSink() = default;
   virtual void row(const RowResult& r) = 0;
+  // A chunk's rows at once, in order; a sink may override it to work on them in parallel.
+  virtual void rows(const std::vector<RowResult>& batch) {
+    for (const RowResult& r : batch) row(r);
+  }
 };
 
 struct EngineStats {

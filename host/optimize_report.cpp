@@ -63,27 +63,54 @@ OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classe
   csv_->write(header);
 }
 
-void OptimizeReport::row(const RowResult& r) {
+std::string OptimizeReport::format_line(const RowResult& r, bool* within_band) const {
   const int final_class = static_cast<int>(std::max_element(r.probs.begin(), r.probs.end()) - r.probs.begin());
-  char buf[64];
   std::string line = std::to_string(r.row) + "," + r.source_name + "," + (r.label >= 0 ? std::to_string(r.label) : "") +
                      "," + target_name(r.target) + "," + (r.success ? "1" : "0") + "," +
                      (r.success ? std::to_string(r.success_step) : "") + "," + std::to_string(r.updates) + "," +
                      std::to_string(r.start_class) + "," + std::to_string(final_class);
   for (float p : r.probs) append_g6(line, p);
   for (float v : {r.loss, r.eps, r.linf, r.l2}) append_g6(line, v);
+  *within_band = false;
   if (!target_dist_.empty()) {
     double dev = 0;
     for (int k = 0; k < classes_; ++k) dev = std::max(dev, std::fabs(static_cast<double>(r.probs[k]) - target_dist_[k]));
-    within_band_ += dev <= kBand;
+    *within_band = dev <= kBand;
     append_g6(line, dev);
   }
+  return line;
+}
+
+void OptimizeReport::row(const RowResult& r) {
+  bool within_band = false;
+  std::string line = format_line(r, &within_band);
+  record(r, std::move(line), within_band);
+}
+
+void OptimizeReport::rows(const std::vector<RowResult>& batch) {
+  // Formatting is most of a row's cost and independent per row: do it on all cores, then record in order.
+  std::vector<std::string> lines(batch.size());
+  std::vector<char> band(batch.size());
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < batch.size(); ++i) {
+    bool b = false;
+    lines[i] = format_line(batch[i], &b);
+    band[i] = b;
+  }
+  for (size_t i = 0; i < batch.size(); ++i) record(batch[i], std::move(lines[i]), band[i] != 0);
+}
+
+void OptimizeReport::record(const RowResult& r, std::string line, bool within_band) {
+  const int final_class = static_cast<int>(std::max_element(r.probs.begin(), r.probs.end()) - r.probs.begin());
+  char buf[64];
+  within_band_ += within_band;
   if (judge_) {
     // Judged in batches: one image at a time would cost more than the optimization itself.
     pending_.push_back({line, std::vector<float>(r.image, r.image + static_cast<size_t>(height_) * width_), r.target});
     if (pending_.size() >= kJudgeBatch) flush_judged();
   } else {
-    csv_->write(line + "\n");
+    line += '\n';
+    csv_->write(line);
   }
   npy_->append(r.image, static_cast<size_t>(height_) * width_);
   if (keep_all_) all_images_.insert(all_images_.end(), r.image, r.image + static_cast<size_t>(height_) * width_);

@@ -27,6 +27,8 @@ class OptimizeReport : public RowSink {
   OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
                  std::vector<float> target_dist = {}, Backend* judge = nullptr);
   void row(const RowResult& r) override;
+  // The same for many rows: their CSV lines are formatted in parallel (OpenMP), then recorded in order.
+  void rows(const std::vector<RowResult>& batch) override;
   // Writes grid.png and summary.json and renames everything into place. Returns the summary.
   nlohmann::json finish(const nlohmann::json& job_spec, const EngineStats& stats, const std::string& device);
   // Every reported image, kept only when asked (class-visualisation grids need them all).
@@ -34,6 +36,11 @@ class OptimizeReport : public RowSink {
   const std::vector<float>& all_images() const { return all_images_; }
 
  private:
+  // The row's results.csv line without the judge's columns (thread-safe); within_band: soft rows within kBand.
+  std::string format_line(const RowResult& r, bool* within_band) const;
+  // Everything else a row does, in row order: the files, the counts, the grid.
+  void record(const RowResult& r, std::string line, bool within_band);
+
   std::string dir_;
   int classes_, height_, width_, steps_;
   std::vector<float> target_dist_;
