@@ -25,15 +25,14 @@ CudaOptimizeChunk::CudaOptimizeChunk(CudaContext& ctx, const Architecture& arch,
     : ctx_(ctx),
       cfg_(cfg),
       params_(std::move(params)),
-      n_(in.n),
       D_(arch.input.size()),
       K_(arch.num_classes()),
       active_count_(in.n),
       net_(ctx, arch),
       st_(in, cfg, arch.input.size(), arch.num_classes(), true, "optimize chunk") {
-  const size_t n = static_cast<size_t>(n_), nd = n * D_, nk = n * K_;
+  const size_t n = static_cast<size_t>(in.n), nd = n * D_, nk = n * K_;
   // Everything is allocated here, before the first step, so running out of memory leaves nothing half done.
-  net_.reserve(n_);
+  net_.reserve(in.n);
   if (cfg.early_stop) batch_x_ = DeviceBuffer<float>(nd, "optimize chunk: gathered batch");
   grad_ = DeviceBuffer<float>(nd, "optimize chunk: input gradients");
   probs_ = DeviceBuffer<float>(nk, "optimize chunk: probabilities");

@@ -47,7 +47,7 @@ class CudaOptimizeChunk : public OptimizeChunk {
   CudaContext& ctx_;
   StepConfig cfg_;
   std::vector<const float*> params_;
-  int n_, D_, K_;
+  int D_, K_;
   int active_count_;
   bool active_is_identity_ = true;  // active list == 0..n-1 (nothing stopped yet): no gather needed
   bool finished_ = false;

@@ -50,7 +50,6 @@ class FusedChunk : public OptimizeChunk {
              const FusedChunkOptions& options)
       : ctx_(ctx),
         cfg_(cfg),
-        n_(in.n),
         active_count_(in.n),
         weights_(std::move(weights)),
         st_(in, cfg, kD, kK, cfg.early_stop, "fused chunk") {
@@ -149,7 +148,6 @@ class FusedChunk : public OptimizeChunk {
 
   CudaContext& ctx_;
   StepConfig cfg_;
-  int n_;
   int active_count_;
   int steps_per_launch_ = 1;
   int tile_ = 0;
