@@ -50,6 +50,15 @@ NUDGE_HD Philox4 counter_random(uint64_t seed, uint32_t stream, uint64_t index, 
 // Uniform in [0,1) with 24 random bits: exact in float, identical on every device.
 NUDGE_HD float uniform_from_bits(uint32_t u) { return static_cast<float>(u >> 8) * (1.0f / 16777216.0f); }
 
+// Elements 0..count-1 of item `index`'s uniform sequence, four per Philox block (host code: noise images, random
+// starts).
+inline void counter_uniform_fill(uint64_t seed, uint32_t stream, uint64_t index, int count, float* out) {
+  for (int p = 0; p < count; p += 4) {
+    const Philox4 r = counter_random(seed, stream, index, static_cast<uint32_t>(p >> 2));
+    for (int j = 0; j < 4 && p + j < count; ++j) out[p + j] = uniform_from_bits(r.v[j]);
+  }
+}
+
 // Element e of item `index`'s uniform sequence.
 NUDGE_HD float counter_uniform(uint64_t seed, uint32_t stream, uint64_t index, uint32_t e) {
   return uniform_from_bits(counter_random(seed, stream, index, e >> 2).v[e & 3]);

@@ -23,10 +23,8 @@ bool better(const ChunkResult& r, int a, int b) {
 // Uniform in the L-inf box of radius eps around x0, then projected into the ball: a pure function of (seed, global
 // entry), four pixels per Philox block as the noise images are.
 void random_start(uint64_t seed, uint64_t entry, const float* x0, int D, float eps, Norm norm, float* x) {
-  for (int p = 0; p < D; p += 4) {
-    const Philox4 r = counter_random(seed, kStreamRandomStart, entry, static_cast<uint32_t>(p >> 2));
-    for (int j = 0; j < 4 && p + j < D; ++j) x[p + j] = x0[p + j] + eps * (2.0f * uniform_from_bits(r.v[j]) - 1.0f);
-  }
+  counter_uniform_fill(seed, kStreamRandomStart, entry, D, x);
+  for (int p = 0; p < D; ++p) x[p] = x0[p] + eps * (2.0f * x[p] - 1.0f);
   project_one(x, x0, D, eps, norm);
 }
 

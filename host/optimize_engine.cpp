@@ -34,8 +34,8 @@ struct LiveChunk {
   std::unique_ptr<OptimizeChunk> chunk;
 };
 
-// Chunks' host buffers, handed back by the writer and reused by the preparer (at most three are in use: one being
-// prepared, one on the backend, one being written).
+// Chunks' host buffers, handed back by the writer and reused by the preparer (a handful are in use at once: one
+// being prepared, up to two on the backend, up to two waiting for or in the writer).
 class ChunkPool {
  public:
   PreparedChunk take() {

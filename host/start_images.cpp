@@ -12,10 +12,7 @@
 namespace nudge {
 
 void noise_image(uint64_t seed, long index, int D, float* out) {
-  for (int p = 0; p < D; p += 4) {
-    const Philox4 r = counter_random(seed, kStreamNoise, static_cast<uint64_t>(index), static_cast<uint32_t>(p >> 2));
-    for (int j = 0; j < 4 && p + j < D; ++j) out[p + j] = uniform_from_bits(r.v[j]);
-  }
+  counter_uniform_fill(seed, kStreamNoise, static_cast<uint64_t>(index), D, out);
 }
 
 void gauss_image(uint64_t seed, long index, int D, float sigma, float* out) {
