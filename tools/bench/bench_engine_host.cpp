@@ -75,6 +75,22 @@ class NullBackend : public Backend {
   Architecture arch_;
 };
 
+// A private folder under /tmp for the report's files, removed with everything in it; empty path if none could be made.
+class ScratchFolder {
+ public:
+  ScratchFolder() {
+    char name[] = "/tmp/nudge_bench_XXXXXX";
+    if (mkdtemp(name)) path_ = name;
+  }
+  ~ScratchFolder() {
+    if (!path_.empty()) std::filesystem::remove_all(path_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 struct CountingSink : RowSink {
   long rows = 0;
   void row(const RowResult&) override { ++rows; }
@@ -99,12 +115,12 @@ void BM_engine_host(benchmark::State& state) {
     job.step.norm = Norm::Linf;
   }
   const StartImages starts(job, nullptr, 28, 28);
-  char dir_template[] = "/tmp/nudge_bench_XXXXXX";
-  if (report && !mkdtemp(dir_template)) {
+  const ScratchFolder scratch;
+  if (report && scratch.path().empty()) {
     state.SkipWithError("cannot make a temporary folder under /tmp");
     return;
   }
-  const std::string dir = dir_template;
+  const std::string& dir = scratch.path();
   for (auto _ : state) {
     if (report) {
       OptimizeReport sink(dir + "/out", job.count * (kind == 1 ? 10 : 1), 10, 28, 28, job.steps);
@@ -116,7 +132,6 @@ void BM_engine_host(benchmark::State& state) {
       benchmark::DoNotOptimize(sink.rows);
     }
   }
-  if (report) std::filesystem::remove_all(dir);
   state.SetItemsProcessed(state.iterations() * rows);
 }
 
@@ -133,18 +148,17 @@ void BM_engine_overlap(benchmark::State& state) {
   job.target = "2";
   job.count = rows;
   const StartImages starts(job, nullptr, 28, 28);
-  char dir_template[] = "/tmp/nudge_bench_XXXXXX";
-  if (!mkdtemp(dir_template)) {
+  const ScratchFolder scratch;
+  if (scratch.path().empty()) {
     state.SkipWithError("cannot make a temporary folder under /tmp");
     return;
   }
-  const std::string dir = dir_template;
+  const std::string& dir = scratch.path();
   for (auto _ : state) {
     OptimizeReport sink(dir + "/out", rows, 10, 28, 28, job.steps);
     const EngineStats stats = run_optimize(backend, model, job, starts, sink, false);
     sink.finish(nlohmann::json::object(), stats, backend.name());
   }
-  std::filesystem::remove_all(dir);
   state.SetItemsProcessed(state.iterations() * rows);
 }
 
