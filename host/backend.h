@@ -21,8 +21,10 @@ struct AdamConfig {
 };
 
 struct TrainStepResult {
-  double loss_sum = 0;  // summed cross-entropy over the batch
-  int correct = 0;      // argmax == label
+  double loss_sum = 0;  // summed cross-entropy over the batch (TRADES: of the clean images)
+  int correct = 0;      // argmax == label (TRADES: of the clean images)
+  double kl_sum = 0;    // TRADES only: summed KL(p(clean) || p(attacked))
+  int adv_correct = 0;  // TRADES only: attacked images still classified as their label
 };
 
 // The per-entry inputs of one chunk of an optimize job. All pointers are host memory. A backend may read them after
@@ -74,6 +76,11 @@ class Backend {
   // One Adam step on a batch with cross-entropy to the labels. Returns the batch's summed loss and correct count
   // from the forward pass before the update.
   virtual TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) = 0;
+
+  // One Adam step on TRADES' loss (host/trades_loss.h): the batch mean of CE(clean) + beta * KL(p(clean) || p(adv)),
+  // with gradient through both passes. x_clean and x_adv are [n, D], example i attacked into x_adv[i].
+  virtual TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n,
+                                            float beta, const AdamConfig& adam) = 0;
 
   // Loss and its gradient with respect to the input, per image (probs [n,K], loss [n], grad [n,D]).
   virtual void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,

@@ -5,17 +5,13 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define NUDGE_HD __host__ __device__ __forceinline__
-#else
-#define NUDGE_HD inline
-#endif
+#include "host_device.h"
 
 namespace nudge {
 
 // Streams keep the generator's uses apart.
 enum RngStream : uint32_t { kStreamNoise = 1, kStreamGauss = 2, kStreamRandomStart = 3, kStreamJitter = 4,
-                            kStreamInit = 5, kStreamShuffle = 6 };
+                            kStreamInit = 5, kStreamShuffle = 6, kStreamAdvTrain = 7 };
 
 struct Philox4 {
   uint32_t v[4];

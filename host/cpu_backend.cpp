@@ -11,6 +11,7 @@
 #include "errors.h"
 #include "input_step.h"
 #include "losses.h"
+#include "trades_loss.h"
 
 namespace nudge {
 
@@ -19,6 +20,16 @@ namespace {
 // Images per thread per pass when the batch is large: 32 of the reference model's activations (~200 KB) stay in a
 // core's L2.
 constexpr int kMicroBatch = 32;
+
+// The micro-batch for n images on T threads: at most kMicroBatch, and as even as it can be so that no thread idles
+// at the end of a pass (100 images on 2 threads: 4 x 25, not 32, 32, 32, 4). Every image gets its own BLAS calls on
+// these paths, so the split never changes a result.
+int balanced_micro_batch(int n, int T) {
+  if (n <= 0) return kMicroBatch;
+  int pieces = (n + kMicroBatch - 1) / kMicroBatch;
+  pieces = (pieces + T - 1) / T * T;
+  return std::max(1, (n + pieces - 1) / pieces);
+}
 
 class CpuBackend;
 
@@ -105,9 +116,10 @@ class CpuBackend : public Backend {
   void predict(const float* x, int n, float* probs) override {
     const auto params = param_ptrs();
     const int D = input_size(), K = classes();
+    const int mb = balanced_micro_batch(n, threads_);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int b = 0; b < n; b += kMicroBatch) {
-      const int m = std::min(kMicroBatch, n - b);
+    for (int b = 0; b < n; b += mb) {
+      const int m = std::min(mb, n - b);
       CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       for (int i = 0; i < m; ++i) softmax(nw.logits() + i * K, K, probs + static_cast<size_t>(b + i) * K);
@@ -115,52 +127,49 @@ class CpuBackend : public Backend {
   }
 
   TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) override {
-    const auto params = param_ptrs();
     const int D = input_size(), K = classes();
-    const int T = std::min(threads_, n);
-    double loss_sum = 0;
-    int correct = 0;
-#pragma omp parallel num_threads(T) reduction(+ : loss_sum, correct)
-    {
-      const int t = omp_get_thread_num();
-      const int begin = static_cast<int>(static_cast<long>(n) * t / T), end = static_cast<int>(static_cast<long>(n) * (t + 1) / T);
-      const int m = end - begin;
-      std::vector<float>& g = thread_grads_[t];
-      if (m > 0) {
-        CpuNetwork& nw = *nets_[t];
-        nw.forward(params, x + static_cast<size_t>(begin) * D, m);
-        std::vector<float> dlogits(static_cast<size_t>(m) * K), probs(K), onehot(K);
-        for (int i = 0; i < m; ++i) {
-          const int y = labels[begin + i];
-          std::fill(onehot.begin(), onehot.end(), 0.0f);
-          onehot[y] = 1.0f;
-          const float* z = nw.logits() + i * K;
-          loss_sum += loss_forward_backward_one(z, K, onehot.data(), TargetKind::OneHot, y, LossKind::CrossEntropy,
-                                                0.0f, probs.data(), dlogits.data() + i * K);
-          correct += static_cast<int>(std::max_element(z, z + K) - z) == y;
-          // The mean over the whole batch, not this thread's slice.
-          for (int j = 0; j < K; ++j) dlogits[i * K + j] /= static_cast<float>(n);
-        }
-        std::vector<float*> grads;
-        for (size_t off : offsets_) grads.push_back(g.data() + off);
-        nw.backward(params, dlogits.data(), m, &grads, nullptr);
-      } else {
-        std::fill(g.begin(), g.end(), 0.0f);
-      }
-    }
-    ++adam_t_;
-    const float c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
-    const float c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
-    const size_t P = flat_.size();
-#pragma omp parallel for num_threads(threads_) schedule(static)
-    for (size_t i = 0; i < P; ++i) {
-      float g = 0;
-      for (int t = 0; t < T; ++t) g += thread_grads_[t][i];
-      adam_m_[i] = adam.beta1 * adam_m_[i] + (1 - adam.beta1) * g;
-      adam_v_[i] = adam.beta2 * adam_v_[i] + (1 - adam.beta2) * g * g;
-      flat_[i] -= adam.lr * (adam_m_[i] / c1) / (std::sqrt(adam_v_[i] / c2) + adam.eps);
-    }
-    return {loss_sum, correct};
+    return train_on_slices(
+        n, 1, adam,
+        [&](int begin, int m, float* xb) { std::copy_n(x + static_cast<size_t>(begin) * D, static_cast<size_t>(m) * D, xb); },
+        [&](int begin, int m, const float* logits, float* dlogits, TrainStepResult& r) {
+          std::vector<float> probs(K), onehot(K);
+          for (int i = 0; i < m; ++i) {
+            const int y = labels[begin + i];
+            std::fill(onehot.begin(), onehot.end(), 0.0f);
+            onehot[y] = 1.0f;
+            const float* z = logits + i * K;
+            r.loss_sum += loss_forward_backward_one(z, K, onehot.data(), TargetKind::OneHot, y, LossKind::CrossEntropy,
+                                                    0.0f, probs.data(), dlogits + i * K);
+            r.correct += static_cast<int>(std::max_element(z, z + K) - z) == y;
+            // The mean over the whole batch, not this thread's slice.
+            for (int j = 0; j < K; ++j) dlogits[i * K + j] /= static_cast<float>(n);
+          }
+        });
+  }
+
+  TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n, float beta,
+                                    const AdamConfig& adam) override {
+    const int D = input_size(), K = classes();
+    // Each thread's slice goes through its network as [clean images; attacked images], one forward and backward.
+    return train_on_slices(
+        n, 2, adam,
+        [&](int begin, int m, float* xb) {
+          const size_t len = static_cast<size_t>(m) * D;
+          std::copy_n(x_clean + static_cast<size_t>(begin) * D, len, xb);
+          std::copy_n(x_adv + static_cast<size_t>(begin) * D, len, xb + len);
+        },
+        [&](int begin, int m, const float* logits, float* dlogits, TrainStepResult& r) {
+          for (int i = 0; i < m; ++i) {
+            const int y = labels[begin + i];
+            const float *z = logits + i * K, *za = logits + (m + i) * K;
+            const TradesTerms t = trades_loss_one(z, za, K, y, beta, 1.0f / static_cast<float>(n), dlogits + i * K,
+                                                  dlogits + (m + i) * K);
+            r.loss_sum += t.ce;
+            r.kl_sum += t.kl;
+            r.correct += static_cast<int>(std::max_element(z, z + K) - z) == y;
+            r.adv_correct += static_cast<int>(std::max_element(za, za + K) - za) == y;
+          }
+        });
   }
 
   void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
@@ -168,9 +177,10 @@ class CpuBackend : public Backend {
                       float* grad) override {
     const auto params = param_ptrs();
     const int D = input_size(), K = classes();
+    const int mb = balanced_micro_batch(n, threads_);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int b = 0; b < n; b += kMicroBatch) {
-      const int m = std::min(kMicroBatch, n - b);
+    for (int b = 0; b < n; b += mb) {
+      const int m = std::min(mb, n - b);
       CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       std::vector<float> dlogits(static_cast<size_t>(m) * K);
@@ -196,6 +206,60 @@ class CpuBackend : public Backend {
   }
 
  private:
+  // One Adam step whose gradient is summed over per-thread slices of the batch. Thread t takes examples
+  // [begin, begin + m); fill(begin, m, xb) writes its rows_per_example * m input images, and loss(begin, m, logits,
+  // dlogits, r) turns their logits into logit gradients (already scaled for the batch mean) and adds to r.
+  template <class Fill, class Loss>
+  TrainStepResult train_on_slices(int n, int rows_per_example, const AdamConfig& adam, Fill&& fill, Loss&& loss) {
+    const auto params = param_ptrs();
+    const int D = input_size(), K = classes();
+    const int T = std::min(threads_, n);
+    double loss_sum = 0, kl_sum = 0;
+    int correct = 0, adv_correct = 0;
+#pragma omp parallel num_threads(T) reduction(+ : loss_sum, kl_sum, correct, adv_correct)
+    {
+      const int t = omp_get_thread_num();
+      const int begin = static_cast<int>(static_cast<long>(n) * t / T), end = static_cast<int>(static_cast<long>(n) * (t + 1) / T);
+      const int m = end - begin, rows = m * rows_per_example;
+      std::vector<float>& g = thread_grads_[t];
+      if (m > 0) {
+        CpuNetwork& nw = *nets_[t];
+        std::vector<float> xb(static_cast<size_t>(rows) * D), dlogits(static_cast<size_t>(rows) * K);
+        fill(begin, m, xb.data());
+        nw.forward(params, xb.data(), rows);
+        TrainStepResult r;
+        loss(begin, m, nw.logits(), dlogits.data(), r);
+        loss_sum += r.loss_sum;
+        kl_sum += r.kl_sum;
+        correct += r.correct;
+        adv_correct += r.adv_correct;
+        std::vector<float*> grads;
+        for (size_t off : offsets_) grads.push_back(g.data() + off);
+        nw.backward(params, dlogits.data(), rows, &grads, nullptr);
+      } else {
+        std::fill(g.begin(), g.end(), 0.0f);
+      }
+    }
+    ++adam_t_;
+    const float c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
+    const float c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
+    const size_t P = flat_.size();
+#pragma omp parallel for num_threads(threads_) schedule(static)
+    for (size_t i = 0; i < P; ++i) {
+      float g = 0;
+      for (int t = 0; t < T; ++t) g += thread_grads_[t][i];
+      adam_m_[i] = adam.beta1 * adam_m_[i] + (1 - adam.beta1) * g;
+      adam_v_[i] = adam.beta2 * adam_v_[i] + (1 - adam.beta2) * g * g;
+      flat_[i] -= adam.lr * (adam_m_[i] / c1) / (std::sqrt(adam_v_[i] / c2) + adam.eps);
+    }
+    TrainStepResult r;
+    r.loss_sum = loss_sum;
+    r.kl_sum = kl_sum;
+    r.correct = correct;
+    r.adv_correct = adv_correct;
+    return r;
+  }
+
   int threads_;
   Architecture arch_;
   std::vector<ParamSpec> specs_;
@@ -233,13 +297,14 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
   const auto params = backend_.param_ptrs();
   const int count = static_cast<int>(active_.size());
   std::vector<uint8_t> keep(count, 1);
+  const int mb = balanced_micro_batch(count, backend_.threads());
 #pragma omp parallel num_threads(backend_.threads())
   {
     CpuNetwork& nw = backend_.invariant_net(omp_get_thread_num());
     std::vector<float> xb(static_cast<size_t>(kMicroBatch) * D_), gb(xb.size()), dlogits(kMicroBatch * K_), probs(K_);
 #pragma omp for schedule(dynamic, 1)
-    for (int b = 0; b < count; b += kMicroBatch) {
-      const int m = std::min(kMicroBatch, count - b);
+    for (int b = 0; b < count; b += mb) {
+      const int m = std::min(mb, count - b);
       for (int i = 0; i < m; ++i)
         std::copy_n(x_.data() + static_cast<size_t>(active_[b + i]) * D_, D_, xb.data() + static_cast<size_t>(i) * D_);
       nw.forward(params, xb.data(), m);

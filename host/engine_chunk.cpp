@@ -20,15 +20,13 @@ bool better(const ChunkResult& r, int a, int b) {
   return r.best_loss[a] < r.best_loss[b];
 }
 
-// Uniform in the L-inf box of radius eps around x0, then projected into the ball: a pure function of (seed, global
-// entry), four pixels per Philox block as the noise images are.
+}  // namespace
+
 void random_start(uint64_t seed, uint64_t entry, const float* x0, int D, float eps, Norm norm, float* x) {
   counter_uniform_fill(seed, kStreamRandomStart, entry, D, x);
   for (int p = 0; p < D; ++p) x[p] = x0[p] + eps * (2.0f * x[p] - 1.0f);
   project_one(x, x0, D, eps, norm);
 }
-
-}  // namespace
 
 JobLayout job_layout(const OptimizeJob& job, const StartImages& starts, int D, int K) {
   JobLayout l;

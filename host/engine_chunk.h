@@ -41,6 +41,10 @@ struct PreparedChunk {
 void prepare_chunk(const OptimizeJob& job, const StartImages& starts, const JobLayout& layout, long first, long nrows,
                    int threads, PreparedChunk& c);
 
+// Uniform in the L-inf box of radius eps around x0, then projected into the ball (and [0,1]): a pure function of
+// (seed, global entry), four pixels per Philox block as the noise images are.
+void random_start(uint64_t seed, uint64_t entry, const float* x0, int D, float eps, Norm norm, float* x);
+
 // Picks each row's best entry and hands the rows to `sink`, in row order.
 void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayout& layout, const PreparedChunk& chunk,
                const ChunkResult& result, RowSink& sink, int threads);

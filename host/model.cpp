@@ -54,6 +54,7 @@ Model Model::load(const std::string& path) {
       if (!std::isfinite(v)) throw InputError(path + ": tensor " + spec.name + " holds a NaN or infinity");
     m.params.push_back(std::move(t->second));
   }
+  m.metadata = f.metadata;
   if (f.tensors.size() != m.params.size()) {
     for (const auto& nt : f.tensors) {
       bool known = false;

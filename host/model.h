@@ -13,6 +13,8 @@ namespace nudge {
 struct Model {
   Architecture arch;
   std::vector<Tensor> params;  // one per Architecture::params() entry, same order and shape
+  // The file's metadata as loaded (e.g. "nudge.recipe", how the model was trained); save() writes its own.
+  std::map<std::string, std::string> metadata;
 
   // Glorot-uniform weights (limit sqrt(6/(fan_in+fan_out)), as Keras), zero biases; reproducible from `seed`.
   static Model glorot(const Architecture& arch, uint64_t seed);

@@ -1,8 +1,11 @@
 #include "train.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "counter_rng.h"
+#include "errors.h"
 #include "progress.h"
 
 namespace nudge {
@@ -18,19 +21,136 @@ std::vector<int> epoch_order(int count, uint64_t seed, int epoch) {
   return order;
 }
 
-std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt) {
-  backend.load_model(model);
-  const int count = opt.limit > 0 && opt.limit < data.count ? opt.limit : data.count;
-  const int D = data.rows * data.cols;
+namespace {
+
+constexpr uint64_t kCheckSeedSalt = 0x636865636bULL;  // "check": the guard's attack differs from training's
+
+// Sums over an epoch's batches.
+struct EpochSums {
+  double loss = 0, adv_loss = 0;
+  long correct = 0, adv_correct = 0, seen = 0, attack_steps = 0;
+};
+
+// Cross-entropy and correct count of the clean batch from probabilities (the adversarial step trains on other
+// images, so its own loss is not the clean one).
+void add_clean_stats(const std::vector<float>& probs, const int32_t* y, int n, int K, EpochSums& s) {
+  for (int i = 0; i < n; ++i) {
+    const float* p = probs.data() + static_cast<size_t>(i) * K;
+    s.loss -= std::log(std::max(static_cast<double>(p[y[i]]), 1e-45));
+    s.correct += static_cast<int>(std::max_element(p, p + K) - p) == y[i];
+  }
+}
+
+class BatchTrainer {
+ public:
+  BatchTrainer(Backend& backend, const TrainOptions& opt, int D, int K)
+      : backend_(backend), opt_(opt), D_(D), K_(K), adv_(static_cast<size_t>(opt.batch) * D),
+        mixed_(opt.adv.mix_clean ? static_cast<size_t>(opt.batch) * 2 * D : 0),
+        mixed_y_(opt.adv.mix_clean ? 2 * opt.batch : 0), probs_(static_cast<size_t>(opt.batch) * K) {}
+
+  void train(const float* x, const int32_t* y, int n, float lr, float eps, uint64_t attack_seed, EpochSums& s) {
+    AdamConfig adam = opt_.adam;
+    adam.lr = lr;
+    const AdversarialConfig& a = opt_.adv;
+    s.seen += n;
+    if (a.method == AdvMethod::None) {
+      const TrainStepResult r = backend_.train_step(x, y, n, adam);
+      s.loss += r.loss_sum;
+      s.correct += r.correct;
+      return;
+    }
+    attack_training_batch(backend_, a, eps, x, y, n, D_, K_, attack_seed, adv_.data(), scratch_);
+    s.attack_steps += static_cast<long>(n) * (a.method == AdvMethod::Fgsm ? 1 : a.steps);
+    if (a.method == AdvMethod::Trades) {
+      const TrainStepResult r = backend_.train_step_trades(x, adv_.data(), y, n, a.beta, adam);
+      s.loss += r.loss_sum;
+      s.correct += r.correct;
+      s.adv_loss += r.kl_sum;
+      s.adv_correct += r.adv_correct;
+      return;
+    }
+    backend_.predict(x, n, probs_.data());
+    add_clean_stats(probs_, y, n, K_, s);
+    if (a.mix_clean) {
+      const size_t len = static_cast<size_t>(n) * D_;
+      std::copy_n(x, len, mixed_.begin());
+      std::copy_n(adv_.begin(), len, mixed_.begin() + len);
+      std::copy_n(y, n, mixed_y_.begin());
+      std::copy_n(y, n, mixed_y_.begin() + n);
+      const TrainStepResult r = backend_.train_step(mixed_.data(), mixed_y_.data(), 2 * n, adam);
+      // The step's loss covers both halves; the attacked half's share is not separable, so report the mean.
+      s.adv_loss += r.loss_sum / 2;
+      s.adv_correct += r.correct / 2;
+      return;
+    }
+    const TrainStepResult r = backend_.train_step(adv_.data(), y, n, adam);
+    s.adv_loss += r.loss_sum;
+    s.adv_correct += r.correct;
+  }
+
+ private:
+  Backend& backend_;
+  const TrainOptions& opt_;
+  int D_, K_;
+  std::vector<float> adv_, mixed_;
+  std::vector<int32_t> mixed_y_;
+  std::vector<float> probs_;
+  AttackScratch scratch_;
+};
+
+std::string progress_detail(const TrainOptions& opt, const EpochSums& s, int b, int batches, double secs, float lr,
+                            float eps) {
+  char d[256];
+  const double n = std::max<long>(s.seen, 1);
+  if (opt.adv.method == AdvMethod::None) {
+    std::snprintf(d, sizeof d, "batch %d/%d loss %.4f acc %.2f%% %.0f img/s", b, batches, s.loss / n,
+                  100.0 * s.correct / n, s.seen / std::max(secs, 1e-9));
+  } else {
+    std::snprintf(d, sizeof d, "batch %d/%d clean %.4f/%.2f%% %s %.4f/%.2f%% eps %.3f lr %.2g %.0f img/s", b, batches,
+                  s.loss / n, 100.0 * s.correct / n, opt.adv.method == AdvMethod::Trades ? "kl" : "adv",
+                  s.adv_loss / n, 100.0 * s.adv_correct / n, eps, lr, s.seen / std::max(secs, 1e-9));
+  }
+  return d;
+}
+
+}  // namespace
+
+std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt,
+                                    TrainSummary* summary) {
+  const AdversarialConfig& adv = opt.adv;
+  const bool adversarial = adv.method != AdvMethod::None;
+  const int D = data.rows * data.cols, K = model.arch.num_classes();
+  const int check = adversarial ? std::max(0, adv.check_count) : 0;
+  if (check >= data.count) throw InputError("--check-count " + std::to_string(check) + " leaves no training images");
+  const int available = data.count - check;
+  const int count = opt.limit > 0 && opt.limit < available ? opt.limit : available;
   const int batches = (count + opt.batch - 1) / opt.batch;
+
+  // The guard's held-out images: the last `check` of the split.
+  std::vector<float> check_x(static_cast<size_t>(check) * D);
+  std::vector<int32_t> check_y(check);
+  for (int i = 0; i < check; ++i) {
+    data.image_as_float(available + i, check_x.data() + static_cast<size_t>(i) * D);
+    check_y[i] = data.labels[available + i];
+  }
+
+  backend.load_model(model);
+  BatchTrainer trainer(backend, opt, D, K);
   std::vector<float> x(static_cast<size_t>(opt.batch) * D);
   std::vector<int32_t> y(opt.batch);
-  std::vector<EpochStats> stats;
+  TrainSummary local;
+  TrainSummary& sum = summary ? *summary : local;
+  sum = TrainSummary();
+  sum.trained_images = count;
+  sum.check_images = check;
+  sum.kept_epoch = opt.epochs;
+  std::vector<double> robust_history;
+  Model best = model;
   for (int epoch = 1; epoch <= opt.epochs; ++epoch) {
     ProgressBar bar("epoch " + std::to_string(epoch) + "/" + std::to_string(opt.epochs), batches);
     const std::vector<int> order = epoch_order(count, opt.seed, epoch);
-    double loss_sum = 0;
-    long correct = 0, seen = 0;
+    EpochSums s;
+    float lr = opt.adam.lr, eps = 0;
     for (int b = 0; b < batches; ++b) {
       const int n = std::min(opt.batch, count - b * opt.batch);
       for (int i = 0; i < n; ++i) {
@@ -38,33 +158,75 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
         data.image_as_float(idx, x.data() + static_cast<size_t>(i) * D);
         y[i] = data.labels[idx];
       }
-      const TrainStepResult r = backend.train_step(x.data(), y.data(), n, opt.adam);
-      loss_sum += r.loss_sum;
-      correct += r.correct;
-      seen += n;
-      if (opt.progress) {
-        char detail[160];
-        std::snprintf(detail, sizeof detail, "batch %d/%d loss %.4f acc %.2f%% %.0f img/s", b + 1, batches,
-                      loss_sum / seen, 100.0 * correct / seen, seen / std::max(bar.elapsed_seconds(), 1e-9));
-        bar.update(b + 1, detail, b + 1 == batches);
-      }
+      const double t = (epoch - 1) + static_cast<double>(b + 1) / batches;
+      lr = learning_rate_at(opt.lr_schedule, opt.adam.lr, t, opt.epochs);
+      eps = eps_at(adv.eps, t, adv.eps_ramp_epochs);
+      trainer.train(x.data(), y.data(), n, lr, eps, training_attack_seed(opt.seed, epoch - 1, b), s);
+      if (opt.progress) bar.update(b + 1, progress_detail(opt, s, b + 1, batches, bar.elapsed_seconds(), lr, eps), b + 1 == batches);
     }
-    EpochStats s;
-    s.epoch = epoch;
-    s.loss = loss_sum / seen;
-    s.accuracy = static_cast<double>(correct) / seen;
-    s.seconds = bar.elapsed_seconds();
-    s.images_per_s = seen / s.seconds;
-    stats.push_back(s);
-    if (opt.progress) {
-      char line[200];
+    EpochStats st;
+    st.epoch = epoch;
+    st.loss = s.loss / s.seen;
+    st.accuracy = static_cast<double>(s.correct) / s.seen;
+    if (adversarial) {
+      st.adv_loss = s.adv_loss / s.seen;
+      st.adv_accuracy = static_cast<double>(s.adv_correct) / s.seen;
+    }
+    st.lr = lr;
+    st.eps = eps;
+    st.attack_image_steps = s.attack_steps;
+    st.seconds = bar.elapsed_seconds();
+    st.images_per_s = s.seen / st.seconds;
+    char line[320];
+    if (adversarial) {
+      if (check > 0) {
+        const RobustCheck rc = pgd_robust_check(backend, check_x.data(), check_y.data(), check, D, K, adv.eps,
+                                                adv.check_steps, 2.5f * adv.eps / adv.check_steps, adv.check_restarts,
+                                                opt.seed ^ kCheckSeedSalt);
+        st.check_clean = rc.clean_accuracy();
+        st.check_robust = rc.robust_accuracy();
+      }
+      std::snprintf(line, sizeof line,
+                    "epoch %d/%d: clean loss %.4f acc %.2f%%, %s %.4f acc %.2f%%, eps %.3f, %.1fs, %.0f images/s",
+                    epoch, opt.epochs, st.loss, 100 * st.accuracy, adv.method == AdvMethod::Trades ? "kl" : "adv loss",
+                    st.adv_loss, 100 * st.adv_accuracy, eps, st.seconds, st.images_per_s);
+      std::string text = line;
+      if (check > 0) {
+        std::snprintf(line, sizeof line, "; held-out %d: clean %.2f%%, PGD-%d robust %.2f%% at eps %.3f", check,
+                      100 * st.check_clean, adv.check_steps, 100 * st.check_robust, adv.eps);
+        text += line;
+      }
+      if (opt.progress) bar.line(text);
+    } else if (opt.progress) {
       std::snprintf(line, sizeof line, "epoch %d/%d: loss %.4f, train accuracy %.2f%%, %.1fs, %.0f images/s", epoch,
-                    opt.epochs, s.loss, 100 * s.accuracy, s.seconds, s.images_per_s);
+                    opt.epochs, st.loss, 100 * st.accuracy, st.seconds, st.images_per_s);
       bar.line(line);
+    }
+    sum.epochs.push_back(st);
+    if (!adversarial || check == 0) continue;
+    robust_history.push_back(st.check_robust);
+    const GuardVerdict v = guard_verdict(robust_history, adv.collapse_drop);
+    if (v.best_epoch == epoch - 1) {
+      backend.store_model(best);
+      sum.kept_epoch = epoch;
+    }
+    if (adv.guard && v.collapsed) {
+      char msg[320];
+      std::snprintf(msg, sizeof msg,
+                    "guard: held-out robust accuracy fell from %.2f%% (epoch %d) to %.2f%% (epoch %d): catastrophic "
+                    "overfitting; stopped and kept epoch %d's model",
+                    100 * robust_history[v.best_epoch], v.best_epoch + 1, 100 * st.check_robust, epoch,
+                    v.best_epoch + 1);
+      sum.collapsed = true;
+      sum.guard_message = msg;
+      std::fprintf(stderr, "%s\n", msg);
+      model = best;
+      return sum.epochs;
     }
   }
   backend.store_model(model);
-  return stats;
+  sum.kept_epoch = sum.epochs.empty() ? 0 : sum.epochs.back().epoch;
+  return sum.epochs;
 }
 
 }  // namespace nudge

@@ -1,10 +1,15 @@
-// Training a classifier with Adam on mini-batches, through any Backend.
+// Training a classifier with Adam on mini-batches, through any Backend: standard training on the clean images, or
+// adversarial training (host/adversarial.h), where each batch is first attacked and the model then trained on the
+// attacked images (PGD-AT, Fast-AT) or on TRADES' loss.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "adversarial.h"
 #include "backend.h"
 #include "dataset.h"
+#include "train_schedule.h"
 
 namespace nudge {
 
@@ -13,17 +18,35 @@ struct TrainOptions {
   int batch = 32;
   uint64_t seed = 1;
   int limit = 0;  // use only the first `limit` training images (0 = all)
-  AdamConfig adam;
+  AdamConfig adam;  // adam.lr is the schedule's peak
+  LrSchedule lr_schedule = LrSchedule::Constant;
+  AdversarialConfig adv;
   bool progress = true;
 };
 
 struct EpochStats {
   int epoch = 0;
-  double loss = 0, accuracy = 0, seconds = 0, images_per_s = 0;
+  double loss = 0, accuracy = 0, seconds = 0, images_per_s = 0;  // of the clean images
+  double adv_loss = -1, adv_accuracy = -1;  // of the attacked images the model trained on (adversarial only)
+  double lr = 0, eps = 0;                   // at the epoch's last batch
+  long attack_image_steps = 0;              // attack updates applied in the epoch
+  // The guard's check on the held-out images at the full eps (adversarial only, else -1).
+  double check_clean = -1, check_robust = -1;
 };
 
-// Trains `model` in place (the backend holds the working copy; the result is stored back into `model`).
-std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt);
+struct TrainSummary {
+  std::vector<EpochStats> epochs;
+  int trained_images = 0;   // per epoch
+  int check_images = 0;     // held out for the guard's check
+  int kept_epoch = 0;       // the epoch whose model is returned (1-based)
+  bool collapsed = false;   // the guard saw robust accuracy collapse and stopped
+  std::string guard_message;
+};
+
+// Trains `model` in place (the backend holds the working copy; the result is stored back into `model`). With
+// adversarial training and a guard, the last check_count training images are held out.
+std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt,
+                                    TrainSummary* summary = nullptr);
 
 // The order of training images for an epoch: a Fisher-Yates shuffle driven by the counter generator, so it depends
 // only on (seed, epoch).

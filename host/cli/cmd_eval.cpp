@@ -47,6 +47,8 @@ Runner add_eval_command(CLI::App& app) {
       }
       j["per_class_accuracy"] = per_class;
       j["confusion"] = confusion;
+      const auto recipe = model.metadata.find("nudge.recipe");
+      if (recipe != model.metadata.end()) j["recipe"] = nlohmann::json::parse(recipe->second, nullptr, false);
       j["seconds"] = r.seconds;
       j["images_per_s"] = ips;
       std::printf("%s\n", j.dump().c_str());
@@ -54,6 +56,8 @@ Runner add_eval_command(CLI::App& app) {
     }
     std::printf("%s on %s split (%d images, %s): accuracy %.2f%% (%d/%d), %.0f images/s\n", o->model.c_str(),
                 split->c_str(), r.count, backend->name().c_str(), 100 * r.accuracy(), r.correct, r.count, ips);
+    const auto recipe = model.metadata.find("nudge.recipe");
+    if (recipe != model.metadata.end()) std::printf("recipe: %s\n", recipe->second.c_str());
     std::printf("\nclass  accuracy   confusion (rows: true class, columns: predicted)\n");
     for (int c = 0; c < r.classes; ++c) {
       std::printf("%5d  %7.2f%%  ", c, 100 * r.class_accuracy(c));

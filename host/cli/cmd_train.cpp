@@ -1,4 +1,8 @@
-// nudge train: fit a model on the training split, report its test accuracy, save it atomically.
+// nudge train: fit a model on the training split (standard or adversarial training), report its test accuracy, save
+// it atomically with its recipe in the metadata and a JSON training log beside it.
+#include <nlohmann/json.hpp>
+
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -14,11 +18,70 @@
 
 namespace nudge::cli {
 
+namespace {
+
+struct AdvFlags {
+  std::string method, lr_schedule = "constant", guard = "on", log;
+  float eps = 0.3f, adv_lr = -1, beta = 6.0f, collapse_drop = 0.2f;
+  double eps_ramp = 0;
+  int adv_steps = -1, check_count = 500, check_steps = 20, check_restarts = 1;
+  bool mix_clean = false;
+};
+
+CLI::Validator positive_float() {
+  return CLI::Validator(
+      [](std::string& s) {
+        const double v = std::strtod(s.c_str(), nullptr);
+        return std::isfinite(v) && v > 0 ? std::string() : "must be a finite number > 0 (got " + s + ")";
+      },
+      "POSITIVE");
+}
+
+// "data/models/robust.safetensors" -> "data/models/robust.train.json".
+std::string log_path_for(const std::string& model_path) {
+  const std::string ext = ".safetensors";
+  std::string stem = model_path;
+  if (stem.size() > ext.size() && stem.compare(stem.size() - ext.size(), ext.size(), ext) == 0)
+    stem.resize(stem.size() - ext.size());
+  return stem + ".train.json";
+}
+
+nlohmann::json recipe_json(const std::string& arch, const TrainOptions& opt, const TrainSummary& sum) {
+  nlohmann::json r;
+  r["architecture"] = arch;
+  r["method"] = opt.adv.method == AdvMethod::None ? "standard" : to_string(opt.adv.method);
+  r["epochs"] = opt.epochs;
+  r["batch"] = opt.batch;
+  r["optimizer"] = "adam";
+  r["lr"] = opt.adam.lr;
+  r["lr_schedule"] = to_string(opt.lr_schedule);
+  r["seed"] = opt.seed;
+  r["data"] = "MNIST train, first " + std::to_string(sum.trained_images) + " images";
+  if (opt.adv.method != AdvMethod::None) {
+    const AdversarialConfig& a = opt.adv;
+    r["norm"] = "linf";
+    r["eps"] = a.eps;
+    r["eps_ramp_epochs"] = a.eps_ramp_epochs;
+    r["attack_steps"] = a.method == AdvMethod::Fgsm ? 1 : a.steps;
+    r["attack_step_size"] = a.step_size;
+    if (a.method == AdvMethod::Trades) r["beta"] = a.beta;
+    if (a.method != AdvMethod::Trades) r["mix_clean"] = a.mix_clean;
+    r["held_out_check"] = {{"images", sum.check_images}, {"attack", "pgd"}, {"steps", a.check_steps},
+                           {"restarts", a.check_restarts}, {"guard", a.guard}, {"collapse_drop", a.collapse_drop}};
+    r["kept_epoch"] = sum.kept_epoch;
+    r["collapsed"] = sum.collapsed;
+  }
+  return r;
+}
+
+}  // namespace
+
 Runner add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "train a CNN on the training split and save it");
   auto o = std::make_shared<CommonOptions>();
   o->out = "model.safetensors";
   auto t = std::make_shared<TrainOptions>();
+  auto f = std::make_shared<AdvFlags>();
   auto arch = std::make_shared<std::string>(Architecture::reference_string());
   add_common_options(*cmd, *o, false, "where to write the trained model (safetensors)");
   cmd->add_option("--arch", *arch, "architecture string")->capture_default_str();
@@ -26,10 +89,32 @@ Runner add_train_command(CLI::App& app) {
   const int kMaxInt = std::numeric_limits<int>::max();
   cmd->add_option("--epochs", t->epochs, "epochs")->capture_default_str()->check(CLI::Range(1, kMaxInt));
   cmd->add_option("--batch", t->batch, "batch size")->capture_default_str()->check(CLI::Range(1, kMaxInt));
-  cmd->add_option("--lr", t->adam.lr, "Adam learning rate")->capture_default_str()->check(CLI::Validator(
-      [](std::string& s) { return std::strtod(s.c_str(), nullptr) > 0 ? std::string() : "must be > 0 (got " + s + ")"; },
-      "POSITIVE"));
+  cmd->add_option("--lr", t->adam.lr, "Adam learning rate (the peak of a cyclic schedule)")->capture_default_str()->check(positive_float());
+  cmd->add_option("--lr-schedule", f->lr_schedule, "constant | step (/10 at 1/2 and 3/4 of the epochs) | cyclic (0 -> lr at 2/5 -> 0)")
+      ->capture_default_str()->check(CLI::IsMember({"constant", "step", "cyclic"}));
   cmd->add_option("--limit", t->limit, "train on the first N images only (0 = all)")->capture_default_str()->check(CLI::Range(0, kMaxInt));
+  auto* adv = cmd->add_option("--adversarial", f->method, "adversarial training: pgd (Madry) | trades | fgsm (Fast-AT)")
+                  ->check(CLI::IsMember({"pgd", "trades", "fgsm"}));
+  auto needs_adv = [&](CLI::Option* opt) { opt->needs(adv); };
+  needs_adv(cmd->add_option("--eps", f->eps, "L-inf radius of the training attack")->capture_default_str()->check(positive_float()));
+  needs_adv(cmd->add_option("--eps-ramp", f->eps_ramp, "grow eps linearly from 0 over the first EPOCHS epochs")
+                ->capture_default_str()->check(CLI::Range(0.0, 1e6)));
+  needs_adv(cmd->add_option("--adv-steps", f->adv_steps, "attack steps per batch (default: pgd 10, trades 10, fgsm 1)")
+                ->check(CLI::Range(1, 100000)));
+  needs_adv(cmd->add_option("--adv-lr", f->adv_lr, "attack step size (default: 2.5 eps / steps; fgsm 1.25 eps)")->check(positive_float()));
+  needs_adv(cmd->add_option("--beta", f->beta, "TRADES: weight of the KL term")->capture_default_str()->check(positive_float()));
+  needs_adv(cmd->add_flag("--mix-clean", f->mix_clean, "pgd/fgsm: train on the clean and the attacked batch, half each"));
+  needs_adv(cmd->add_option("--check-count", f->check_count, "held-out training images for the per-epoch robust check (0 = none)")
+                ->capture_default_str()->check(CLI::Range(0, 59999)));
+  needs_adv(cmd->add_option("--check-steps", f->check_steps, "PGD steps of the check (step 2.5 eps / steps)")
+                ->capture_default_str()->check(CLI::Range(1, 100000)));
+  needs_adv(cmd->add_option("--check-restarts", f->check_restarts, "random restarts of the check")
+                ->capture_default_str()->check(CLI::Range(1, 1000)));
+  needs_adv(cmd->add_option("--guard", f->guard, "on: stop and keep the best epoch when the check's robust accuracy collapses")
+                ->capture_default_str()->check(CLI::IsMember({"on", "off"})));
+  needs_adv(cmd->add_option("--collapse-drop", f->collapse_drop, "a fall of robust accuracy below the best epoch's by this much is a collapse")
+                ->capture_default_str()->check(CLI::Range(0.0, 1.0)));
+  cmd->add_option("--log", f->log, "JSON training log (default: beside the model, NAME.train.json)");
   return [=]() {
     const Architecture a = Architecture::parse(*arch);
     const Dataset train = load_dataset(o->data, "train");
@@ -39,27 +124,86 @@ Runner add_train_command(CLI::App& app) {
                        std::to_string(a.input.w) + " does not fit the data's 1x" + std::to_string(train.rows) + "x" +
                        std::to_string(train.cols) + " images");
     if (a.num_classes() < 10) throw InputError("architecture has " + std::to_string(a.num_classes()) + " outputs; the data has 10 classes");
-    // Opened now so that an unwritable destination fails before training, not after it.
-    AtomicFile out(o->out);
-    auto backend = make_backend(o->device);
-    std::fprintf(stderr, "nudge train: %s, %d params, %d images x %d epochs, batch %d, on %s\n", a.to_string().c_str(),
-                 static_cast<int>(a.param_count()), t->limit ? std::min(t->limit, train.count) : train.count, t->epochs,
-                 t->batch, backend->name().c_str());
     TrainOptions opt = *t;
     opt.seed = o->seed;
+    opt.lr_schedule = parse_lr_schedule(f->lr_schedule);
+    if (!f->method.empty()) {
+      AdversarialConfig& ad = opt.adv;
+      ad.method = parse_adv_method(f->method);
+      ad.eps = f->eps;
+      ad.eps_ramp_epochs = f->eps_ramp;
+      ad.steps = f->adv_steps > 0 ? f->adv_steps : ad.method == AdvMethod::Fgsm ? 1 : 10;
+      if (ad.method == AdvMethod::Fgsm && ad.steps != 1) throw InputError("--adversarial fgsm takes one step (got --adv-steps " + std::to_string(ad.steps) + ")");
+      ad.step_size = f->adv_lr > 0 ? f->adv_lr : ad.method == AdvMethod::Fgsm ? 1.25f * ad.eps : 2.5f * ad.eps / ad.steps;
+      ad.beta = f->beta;
+      if (f->mix_clean && ad.method == AdvMethod::Trades) throw InputError("--mix-clean is for pgd and fgsm; TRADES always trains on both");
+      ad.mix_clean = f->mix_clean;
+      ad.check_count = f->check_count;
+      ad.check_steps = f->check_steps;
+      ad.check_restarts = f->check_restarts;
+      ad.guard = f->guard == "on";
+      ad.collapse_drop = f->collapse_drop;
+      if (ad.check_count >= train.count) throw InputError("--check-count " + std::to_string(ad.check_count) + " leaves no training images");
+    }
+    const std::string log = f->log.empty() ? log_path_for(o->out) : f->log;
+    // Opened now so that an unwritable destination fails before training, not after it.
+    AtomicFile out(o->out);
+    AtomicFile log_file(log);
+    auto backend = make_backend(o->device);
+    const int images = std::min(t->limit ? t->limit : train.count, train.count - (opt.adv.method == AdvMethod::None ? 0 : opt.adv.check_count));
+    std::fprintf(stderr, "nudge train: %s, %d params, %d images x %d epochs, batch %d, %s, on %s\n", a.to_string().c_str(),
+                 static_cast<int>(a.param_count()), images, t->epochs, t->batch,
+                 opt.adv.method == AdvMethod::None ? "standard training"
+                     : ("adversarial " + std::string(to_string(opt.adv.method)) + " eps " + std::to_string(opt.adv.eps).substr(0, 5) +
+                        ", " + std::to_string(opt.adv.method == AdvMethod::Fgsm ? 1 : opt.adv.steps) + " steps of " +
+                        std::to_string(opt.adv.step_size).substr(0, 6)).c_str(),
+                 backend->name().c_str());
     Model model = Model::glorot(a, o->seed);
-    const auto stats = train_model(*backend, model, train, opt);
+    TrainSummary sum;
+    train_model(*backend, model, train, opt, &sum);
     double seconds = 0;
-    for (const auto& s : stats) seconds += s.seconds;
+    long attack_steps = 0;
+    for (const auto& s : sum.epochs) {
+      seconds += s.seconds;
+      attack_steps += s.attack_image_steps;
+    }
     backend->load_model(model);
     const EvalResult ev = evaluate_model(*backend, test, a.num_classes());
+    const nlohmann::json recipe = recipe_json(a.to_string(), opt, sum);
     out.write(model.serialize({{"nudge.test_accuracy", std::to_string(ev.accuracy())},
                                {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" +
                                                    std::to_string(opt.batch) + " lr=" + std::to_string(opt.adam.lr) +
-                                                   " seed=" + std::to_string(opt.seed)}}));
+                                                   " seed=" + std::to_string(opt.seed)},
+                               {"nudge.recipe", recipe.dump()}}));
+    nlohmann::json j;
+    j["model"] = o->out;
+    j["recipe"] = recipe;
+    j["device"] = backend->name();
+    j["seconds"] = seconds;
+    j["attack_image_steps"] = attack_steps;
+    j["test_accuracy"] = ev.accuracy();
+    if (!sum.guard_message.empty()) j["guard"] = sum.guard_message;
+    for (const auto& s : sum.epochs) {
+      nlohmann::json e = {{"epoch", s.epoch}, {"seconds", s.seconds}, {"images_per_s", s.images_per_s},
+                          {"clean_loss", s.loss}, {"clean_accuracy", s.accuracy}, {"lr", s.lr}};
+      if (opt.adv.method != AdvMethod::None) {
+        e["eps"] = s.eps;
+        e[opt.adv.method == AdvMethod::Trades ? "kl" : "adv_loss"] = s.adv_loss;
+        e["adv_accuracy"] = s.adv_accuracy;
+        e["attack_image_steps"] = s.attack_image_steps;
+        if (s.check_robust >= 0) {
+          e["check_clean_accuracy"] = s.check_clean;
+          e["check_robust_accuracy"] = s.check_robust;
+        }
+      }
+      j["epochs"].push_back(e);
+    }
+    log_file.write(j.dump(2) + "\n");
     out.commit();
-    std::printf("trained %d epochs in %.1fs; test accuracy %.2f%% (%d/%d); saved %s\n", opt.epochs, seconds,
-                100 * ev.accuracy(), ev.correct, ev.count, o->out.c_str());
+    log_file.commit();
+    std::printf("trained %d epochs in %.1fs; test accuracy %.2f%% (%d/%d); saved %s (log %s)%s\n",
+                static_cast<int>(sum.epochs.size()), seconds, 100 * ev.accuracy(), ev.correct, ev.count,
+                o->out.c_str(), log.c_str(), sum.collapsed ? "; the guard stopped training (see the log)" : "");
     return 0;
   };
 }

@@ -17,6 +17,7 @@
 #include "cuda/nvtx.h"
 #include "errors.h"
 #include "softmax_loss.cuh"
+#include "trades_loss.cuh"
 
 namespace nudge {
 
@@ -161,16 +162,7 @@ class CudaBackend : public Backend {
     for (size_t off : offsets_) grads.push_back(grads_.get() + off);
     net_->backward(params, dlogits_.get(), n, &grads, nullptr);
 
-    ++adam_t_;
-    AdamStep step;
-    step.lr = adam.lr;
-    step.beta1 = adam.beta1;
-    step.beta2 = adam.beta2;
-    step.eps = adam.eps;
-    // The same float expressions as the CPU backend, so the bias corrections agree bit for bit.
-    step.c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
-    step.c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
-    adam_update_cuda(params_.get(), grads_.get(), adam_m_.get(), adam_v_.get(), params_.size(), step, s);
+    adam_step(adam, s);
 
     host_loss_.resize(n);
     host_correct_.resize(n);
@@ -181,6 +173,57 @@ class CudaBackend : public Backend {
     for (int i = 0; i < n; ++i) {
       r.loss_sum += host_loss_[i];
       r.correct += host_correct_[i];
+    }
+    return r;
+  }
+
+  TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n, float beta,
+                                    const AdamConfig& adam) override {
+    require_model("train_step_trades");
+    if (n <= 0) throw InternalError("train_step_trades: empty batch");
+    NvtxRange range("train_step_trades");
+    const int D = arch_.input.size(), K = arch_.num_classes();
+    check_classes(labels, nullptr, n, K, "train_step_trades labels");
+    const cudaStream_t s = ctx_.stream();
+    const auto params = param_ptrs();
+    // Clean and attacked images form one batch of 2n: one forward and one backward give both passes' gradients.
+    ensure_batch(2 * n);
+    const size_t len = static_cast<size_t>(n) * D;
+    upload(x_.get(), x_clean, len, s);
+    upload(x_.get() + len, x_adv, len, s);
+    upload(cls_.get(), labels, n, s);
+    net_->forward(params, x_.get(), 2 * n);
+
+    TradesLossParams tp;
+    tp.logits = net_->logits();
+    tp.labels = cls_.get();
+    tp.n = n;
+    tp.K = K;
+    tp.beta = beta;
+    tp.scale = 1.0f / static_cast<float>(n);
+    tp.dlogits = dlogits_.get();
+    tp.ce = loss_.get();
+    tp.kl = loss_.get() + n;
+    tp.clean_correct = correct_.get();
+    tp.adv_correct = correct_.get() + n;
+    trades_loss_cuda(tp, s);
+
+    std::vector<float*> grads;
+    for (size_t off : offsets_) grads.push_back(grads_.get() + off);
+    net_->backward(params, dlogits_.get(), 2 * n, &grads, nullptr);
+    adam_step(adam, s);
+
+    host_loss_.resize(2 * n);
+    host_correct_.resize(2 * n);
+    download(host_loss_.data(), loss_.get(), 2 * n, s);
+    download(host_correct_.data(), correct_.get(), 2 * n, s);
+    ctx_.synchronize();
+    TrainStepResult r;
+    for (int i = 0; i < n; ++i) {
+      r.loss_sum += host_loss_[i];
+      r.kl_sum += host_loss_[n + i];
+      r.correct += host_correct_[i];
+      r.adv_correct += host_correct_[n + i];
     }
     return r;
   }
@@ -273,6 +316,19 @@ class CudaBackend : public Backend {
   }
 
   // Per-batch device buffers for up to n images, and the network's activations for them.
+  void adam_step(const AdamConfig& adam, cudaStream_t s) {
+    ++adam_t_;
+    AdamStep step;
+    step.lr = adam.lr;
+    step.beta1 = adam.beta1;
+    step.beta2 = adam.beta2;
+    step.eps = adam.eps;
+    // The same float expressions as the CPU backend, so the bias corrections agree bit for bit.
+    step.c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
+    step.c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
+    adam_update_cuda(params_.get(), grads_.get(), adam_m_.get(), adam_v_.get(), params_.size(), step, s);
+  }
+
   void ensure_batch(int n) {
     if (n <= batch_capacity_) return;
     ctx_.synchronize();

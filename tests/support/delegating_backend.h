@@ -20,6 +20,10 @@ class DelegatingBackend : public Backend {
   TrainStepResult train_step(const float* x, const int32_t* y, int n, const AdamConfig& a) override {
     return inner_->train_step(x, y, n, a);
   }
+  TrainStepResult train_step_trades(const float* xc, const float* xa, const int32_t* y, int n, float beta,
+                                    const AdamConfig& a) override {
+    return inner_->train_step_trades(xc, xa, y, n, beta, a);
+  }
   void input_gradient(const float* x, int n, const float* t, const int32_t* k, const int32_t* c, LossKind l, float kappa,
                       float* p, float* lo, float* g) override {
     inner_->input_gradient(x, n, t, k, c, l, kappa, p, lo, g);

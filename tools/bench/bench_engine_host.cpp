@@ -63,6 +63,9 @@ class NullBackend : public Backend {
     std::fill(probs, probs + static_cast<size_t>(n) * arch_.num_classes(), 1.0f / arch_.num_classes());
   }
   TrainStepResult train_step(const float*, const int32_t*, int, const AdamConfig&) override { return {}; }
+  TrainStepResult train_step_trades(const float*, const float*, const int32_t*, int, float, const AdamConfig&) override {
+    return {};
+  }
   void input_gradient(const float*, int, const float*, const int32_t*, const int32_t*, LossKind, float, float*, float*,
                       float*) override {}
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig&) override {
