@@ -3,6 +3,7 @@
 // and state wherever it computes.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -86,6 +87,14 @@ class Backend {
   virtual void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
                               const int32_t* target_class, LossKind loss, float kappa, float* probs, float* loss_out,
                               float* grad) = 0;
+
+  // For losses that are not a LossKind (the attacks' DLR and margin losses, FAB's linearisation): forwards x [n, D],
+  // hands each slice's logits to `dlogits_of(first, m, logits, dlogits)` (rows first..first+m-1; logits [m, K] in,
+  // dlogits [m, K] out, ignored when grad is null) and writes to grad [n, D] the input gradient of
+  // sum_j dlogits_j * z_j, i.e. the chain rule through the network. grad null: forward only. The callback may run on
+  // several threads at once, for disjoint rows.
+  using LogitGradient = std::function<void(int first, int m, const float* logits, float* dlogits)>;
+  virtual void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) = 0;
 
   virtual std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) = 0;
 

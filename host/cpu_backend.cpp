@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 
 #include "cpu_network.h"
 #include "errors.h"
@@ -32,6 +33,27 @@ int balanced_micro_batch(int n, int T) {
 }
 
 class CpuBackend;
+
+// Carries the first exception out of an OpenMP loop body (an exception must not leave a parallel region): a caller's
+// callback may throw.
+class FirstException {
+ public:
+  template <class F>
+  void run(F&& f) {
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(nudge_first_exception)
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void rethrow() {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::exception_ptr error_;
+};
 
 class CpuOptimizeChunk : public OptimizeChunk {
  public:
@@ -192,6 +214,25 @@ class CpuBackend : public Backend {
       }
       nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
     }
+  }
+
+  void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
+    const auto params = param_ptrs();
+    const int D = input_size(), K = classes();
+    const int mb = balanced_micro_batch(n, threads_);
+    FirstException relay;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int b = 0; b < n; b += mb) {
+      relay.run([&] {
+        const int m = std::min(mb, n - b);
+        CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
+        nw.forward(params, x + static_cast<size_t>(b) * D, m);
+        std::vector<float> dlogits(static_cast<size_t>(m) * K, 0.0f);
+        dlogits_of(b, m, nw.logits(), dlogits.data());
+        if (grad) nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
+      });
+    }
+    relay.rethrow();
   }
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {

@@ -24,5 +24,6 @@ Runner add_eval_command(CLI::App& app);
 Runner add_predict_command(CLI::App& app);
 Runner add_optimize_command(CLI::App& app);
 Runner add_visualize_command(CLI::App& app);
+Runner add_robustness_command(CLI::App& app);
 
 }  // namespace nudge::cli

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   runners["predict"] = add_predict_command(app);
   runners["optimize"] = add_optimize_command(app);
   runners["visualize"] = add_visualize_command(app);
+  runners["robustness"] = add_robustness_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

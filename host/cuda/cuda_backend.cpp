@@ -228,6 +228,32 @@ class CudaBackend : public Backend {
     return r;
   }
 
+  // The logits go to the host for the caller's loss and the logit gradients come back: two transfers and a
+  // synchronisation per slice of kSliceImages. Attacks that run here (nudge robustness) pay that per iteration.
+  void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
+    require_model("logit_backprop");
+    NvtxRange range("logit_backprop");
+    const int D = arch_.input.size(), K = arch_.num_classes();
+    const cudaStream_t s = ctx_.stream();
+    const auto params = param_ptrs();
+    for (int b = 0; b < n; b += kSliceImages) {
+      const int m = std::min(kSliceImages, n - b);
+      ensure_batch(m);
+      upload(x_.get(), x + static_cast<size_t>(b) * D, static_cast<size_t>(m) * D, s);
+      net_->forward(params, x_.get(), m);
+      host_logits_.resize(static_cast<size_t>(m) * K);
+      host_dlogits_.assign(static_cast<size_t>(m) * K, 0.0f);
+      download(host_logits_.data(), net_->logits(), static_cast<size_t>(m) * K, s);
+      ctx_.synchronize();
+      dlogits_of(b, m, host_logits_.data(), host_dlogits_.data());
+      if (!grad) continue;
+      upload(dlogits_.get(), host_dlogits_.data(), static_cast<size_t>(m) * K, s);
+      net_->backward(params, dlogits_.get(), m, nullptr, dx_.get());
+      download(grad + static_cast<size_t>(b) * D, dx_.get(), static_cast<size_t>(m) * D, s);
+      ctx_.synchronize();
+    }
+  }
+
   void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
                       const int32_t* target_class, LossKind loss, float kappa, float* probs, float* loss_out,
                       float* grad) override {
@@ -357,7 +383,7 @@ class CudaBackend : public Backend {
   int batch_capacity_ = 0;
   DeviceBuffer<float> x_, dx_, target_, probs_, dlogits_, loss_;
   DeviceBuffer<int32_t> kind_, cls_, correct_;
-  std::vector<float> host_loss_;
+  std::vector<float> host_loss_, host_logits_, host_dlogits_;
   std::vector<int32_t> host_correct_;
 };
 

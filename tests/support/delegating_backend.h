@@ -24,6 +24,9 @@ class DelegatingBackend : public Backend {
                                     const AdamConfig& a) override {
     return inner_->train_step_trades(xc, xa, y, n, beta, a);
   }
+  void logit_backprop(const float* x, int n, const LogitGradient& f, float* g) override {
+    inner_->logit_backprop(x, n, f, g);
+  }
   void input_gradient(const float* x, int n, const float* t, const int32_t* k, const int32_t* c, LossKind l, float kappa,
                       float* p, float* lo, float* g) override {
     inner_->input_gradient(x, n, t, k, c, l, kappa, p, lo, g);

@@ -68,6 +68,7 @@ class NullBackend : public Backend {
   }
   void input_gradient(const float*, int, const float*, const int32_t*, const int32_t*, LossKind, float, float*, float*,
                       float*) override {}
+  void logit_backprop(const float*, int, const LogitGradient&, float*) override {}
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig&) override {
     return std::make_unique<NullChunk>(in, arch_.input.size(), arch_.num_classes(), device_us_);
   }

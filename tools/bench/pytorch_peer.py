@@ -3,6 +3,12 @@
 
   train     the nudge training recipe on MNIST from the IDX files: Glorot-uniform weights and zero biases, Adam
             lr 1e-3 betas 0.9/0.999 eps 1e-7, batch 32, reshuffled each epoch; reports wall time and test accuracy.
+  adv-train adversarial training, the recipe of `nudge train --adversarial`: pgd (uniform random start in the
+            L-inf eps-ball, --adv-steps sign steps of --adv-lr ascending the cross-entropy, the last iterate), fgsm
+            (Fast-AT: one step of 1.25 eps from the random start) or trades (x + 0.001 N(0,1), sign steps ascending
+            KL(p(x) || p(x')), loss CE + beta KL); Adam with a cyclic (0 -> lr at 2/5 -> 0) or constant learning
+            rate per iteration, eps ramped linearly over --eps-ramp epochs, the model in eval mode for the attack
+            (this network has no dropout or batch norm); reports wall time, images/s and test accuracy.
   optimize  N uniform-noise images in [0,1), targets i mod 10, Adam lr 0.1 eps 1e-7 on the pixels, clamped to [0,1]
             after each step, cross-entropy, a fixed number of steps with no early stop; reports image-steps/s
             (N * steps / seconds) for each batch size of a sweep (N is processed batch by batch) and the best.
@@ -17,6 +23,7 @@ Weights come from nudge's safetensors file, parsed here with struct + json + num
 The last line printed is one JSON object with the results. Examples:
   python3 tools/bench/pytorch_peer.py optimize --n 8192 --steps 20 --threads 2
   python3 tools/bench/pytorch_peer.py train --epochs 1
+  python3 tools/bench/pytorch_peer.py adv-train --method pgd --epochs 1 --limit 10000
   python3 tools/bench/pytorch_peer.py optimize --device cuda --batch 4096,16384,65536 --n 65536 --compile
 """
 import argparse
@@ -218,6 +225,104 @@ def run_train(args, device):
             "train_seconds": total, "train_images_per_s": count * args.epochs / total,
             "test_accuracy": correct / x_test.shape[0], "per_epoch": epochs}
 
+def lr_at(schedule, lr, t, epochs):
+    """host/train_schedule.cpp's learning_rate_at for constant and cyclic."""
+    if schedule == "constant":
+        return lr
+    peak = 0.4 * epochs
+    f = t / peak if t <= peak else (epochs - t) / (epochs - peak)
+    return lr * min(max(f, 0.0), 1.0)
+
+
+def adv_attack(net, method, x, y, eps, steps, alpha):
+    """The training attack on one batch; returns the attacked images (no gradient)."""
+    if method == "trades":
+        with torch.no_grad():
+            p_clean = F.softmax(net(x), dim=1)
+        xa = (x + 0.001 * torch.randn_like(x)).detach()
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            kl = F.kl_div(F.log_softmax(net(xa), dim=1), p_clean, reduction="sum")
+            (g,) = torch.autograd.grad(kl, xa)
+            xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0.0, 1.0)
+        return xa.detach()
+    xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0.0, 1.0)
+    for _ in range(1 if method == "fgsm" else steps):
+        xa.requires_grad_(True)
+        loss = F.cross_entropy(net(xa), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xa)
+        xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0.0, 1.0)
+    return xa.detach()
+
+
+def run_adv_train(args, device):
+    torch.manual_seed(args.seed)
+    x_train, y_train = load_split(args.data, "train")
+    x_test, y_test = load_split(args.data, "test")
+    count = min(args.limit, x_train.shape[0]) if args.limit > 0 else x_train.shape[0]
+    x_train, y_train = x_train[:count].to(device), y_train[:count].to(device)
+    x_test, y_test = x_test.to(device), y_test.to(device)
+    model = ReferenceCnn()
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-7)
+    steps = 1 if args.method == "fgsm" else args.adv_steps
+    alpha = args.adv_lr if args.adv_lr > 0 else (1.25 * args.eps if args.method == "fgsm" else 2.5 * args.eps / steps)
+    batches = (count + args.train_batch - 1) // args.train_batch
+    gen = torch.Generator().manual_seed(args.seed)
+    total, epochs = 0.0, []
+    for epoch in range(args.epochs):
+        order = torch.randperm(count, generator=gen).to(device)
+        sync(device)
+        t0 = time.perf_counter()
+        clean_correct = adv_correct = 0
+        for b in range(batches):
+            t = epoch + (b + 1) / batches
+            lr = lr_at(args.lr_schedule, args.lr, t, args.epochs)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            eps = args.eps * min(t / args.eps_ramp, 1.0) if args.eps_ramp > 0 else args.eps
+            idx = order[b * args.train_batch:(b + 1) * args.train_batch]
+            xb, yb = x_train[idx], y_train[idx]
+            model.eval()
+            xa = adv_attack(model, args.method, xb, yb, eps, steps, alpha)
+            model.train()
+            if args.method == "trades":
+                logits = model(xb)
+                logits_adv = model(xa)
+                loss = F.cross_entropy(logits, yb) + args.beta * F.kl_div(
+                    F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+                clean_correct += int((logits.detach().argmax(1) == yb).sum())
+            else:
+                with torch.no_grad():
+                    clean_correct += int((model(xb).argmax(1) == yb).sum())
+                logits_adv = model(xa)
+                loss = F.cross_entropy(logits_adv, yb)
+            adv_correct += int((logits_adv.detach().argmax(1) == yb).sum())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync(device)
+        seconds = time.perf_counter() - t0
+        total += seconds
+        epochs.append({"epoch": epoch + 1, "seconds": seconds, "images_per_s": count / seconds,
+                       "clean_accuracy": clean_correct / count, "adv_accuracy": adv_correct / count})
+        print(f"epoch {epoch + 1}/{args.epochs}: clean acc {clean_correct / count:.4f}  adv acc "
+              f"{adv_correct / count:.4f}  {seconds:.1f} s  {count / seconds:.0f} images/s", file=sys.stderr)
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(x_test[b:b + 4096]).argmax(1) == y_test[b:b + 4096]).sum())
+                      for b in range(0, x_test.shape[0], 4096))
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+    return {"mode": "adv-train", "method": args.method, "eps": args.eps, "attack_steps": steps, "alpha": alpha,
+            "epochs": args.epochs, "batch": args.train_batch, "images": count, "train_seconds": total,
+            "train_images_per_s": count * args.epochs / total, "test_accuracy": correct / x_test.shape[0],
+            "per_epoch": epochs}
+
 
 def optimize_batch(net, x0, targets, steps):
     """Adam on the pixels of one batch; returns the final images. Cross-entropy summed over the batch, so each
@@ -277,7 +382,7 @@ def run_optimize(args, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["train", "optimize"])
+    ap.add_argument("mode", choices=["train", "adv-train", "optimize"])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (PyTorch 2.x)")
@@ -288,6 +393,16 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=5, help="train: epochs (default 5)")
     ap.add_argument("--train-batch", type=int, default=32, help="train: batch size (default 32)")
+    ap.add_argument("--method", choices=["pgd", "fgsm", "trades"], default="pgd", help="adv-train: the attack")
+    ap.add_argument("--eps", type=float, default=0.3, help="adv-train: L-inf radius (default 0.3)")
+    ap.add_argument("--eps-ramp", type=float, default=0.0, help="adv-train: eps ramp epochs (default 0)")
+    ap.add_argument("--adv-steps", type=int, default=10, help="adv-train: attack steps (default 10)")
+    ap.add_argument("--adv-lr", type=float, default=-1, help="adv-train: step size (default 2.5 eps/steps; fgsm 1.25 eps)")
+    ap.add_argument("--beta", type=float, default=6.0, help="adv-train trades: KL weight (default 6)")
+    ap.add_argument("--lr", type=float, default=5e-3, help="adv-train: Adam learning rate, the cyclic peak (default 5e-3)")
+    ap.add_argument("--lr-schedule", choices=["constant", "cyclic"], default="cyclic")
+    ap.add_argument("--limit", type=int, default=0, help="adv-train: first N training images (0 = all)")
+    ap.add_argument("--save", default="", help="adv-train: torch.save the state dict here")
     ap.add_argument("--n", type=int, default=8192, help="optimize: images (default 8192)")
     ap.add_argument("--steps", type=int, default=20, help="optimize: Adam steps (default 20)")
     ap.add_argument("--batch", default="256,1024,4096", help="optimize: batch sizes to sweep (default 256,1024,4096)")
@@ -308,7 +423,8 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
     device = torch.device(args.device)
 
-    result = run_train(args, device) if args.mode == "train" else run_optimize(args, device)
+    runs = {"train": run_train, "adv-train": run_adv_train, "optimize": run_optimize}
+    result = runs[args.mode](args, device)
     where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     result.update({"torch": torch.__version__, "device": where, "threads": args.threads, "tf32": args.tf32,
                    "channels_last": args.channels_last})

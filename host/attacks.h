@@ -1,0 +1,89 @@
+// The robustness attacks of `nudge robustness` (AutoAttack's four, Croce & Hein 2020, implemented from the papers):
+// APGD with the CE or DLR loss, untargeted or targeted (attack_apgd.cpp), and Square, a score-based random search
+// (Andriushchenko et al. 2020; attack_square.cpp). They run on any Backend through logit_backprop, on a set of
+// entries (a point at one eps), and every random draw is keyed by (seed, attack, restart or target, point, eps,
+// step), so an entry's result does not depend on which other entries share its batch, on chunking, on threads or on
+// shards.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "optimize_types.h"
+
+namespace nudge {
+
+enum class AttackId : uint32_t { ApgdCe = 1, ApgdT = 2, FabT = 3, Square = 4, ApgdDlr = 5 };
+const char* attack_name(AttackId a);  // "apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr"
+
+// The entries an evaluation attacks: point i at radius eps[i].
+struct AttackSet {
+  int D = 0, K = 0;
+  Norm norm = Norm::Linf;
+  std::vector<float> x0;         // [n, D] clean images
+  std::vector<int32_t> label;    // [n]
+  std::vector<float> eps;        // [n]
+  std::vector<uint32_t> point;   // [n] the point's index in the job (keys its random draws, with eps)
+  std::vector<int32_t> ranked;   // [n, K] classes by the clean logit, largest first (APGD-T's targets)
+  int size() const { return static_cast<int>(label.size()); }
+};
+
+// What broke an entry: the first adversarial iterate found, misclassified when it was found.
+struct AttackRecord {
+  std::vector<uint8_t> broken;   // [n]
+  std::vector<float> adv;        // [n, D] the adversarial example of broken entries
+  std::vector<int32_t> attack;   // [n] AttackId, 0 while robust
+  std::vector<int32_t> restart;  // [n] restart (APGD-T, FAB-T: target rank 1..k)
+  std::vector<int32_t> step;     // [n] iteration (Square: query) that found it
+  void resize(int n, int D);
+};
+
+// A uniform in [0,1) for draw j of `step` of (attack, restart) on the entry keyed by (point, eps).
+float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point, float eps, uint32_t step, uint32_t j);
+
+// ---- APGD ----------------------------------------------------------------------------------------------------------
+enum class ApgdLoss { Ce, Dlr, DlrTargeted };
+
+struct ApgdConfig {
+  int iterations = 100;
+  int restarts = 1;          // untargeted: restarts; targeted: restarts per target
+  int targets = 9;           // targeted: the 2nd..(targets+1)-th most likely clean classes, one after another
+  ApgdLoss loss = ApgdLoss::Ce;
+  double rho = 0.75;         // a checkpoint halves the step when the loss rose in fewer than rho of its steps
+  double momentum = 0.75;    // alpha of the update x + alpha (z - x) + (1 - alpha)(x - x_prev)
+  int chunk = 2048;          // entries attacked at once (bounds memory: ~6 images of state each)
+};
+
+// The iterations after which APGD checks its step size: w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22 and
+// p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), for p_j <= 1: 22, 41, 57, 70, 80, 87, 93, 99 for N = 100.
+std::vector<int> apgd_checkpoints(int iterations);
+
+// The step-size rule at a checkpoint: halve when the loss rose in fewer than rho of the `steps` steps since the last
+// checkpoint, or when the step was not halved at the last checkpoint and the best loss has not improved since.
+bool apgd_halve_step(int increases, int steps, double rho, bool halved_last, float best_loss_last, float best_loss);
+
+// Attacks entries `todo` of `set` (those still robust) and records what breaks. Returns image-steps (forward and
+// backward passes) spent. An entry stops the moment it is misclassified.
+long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const ApgdConfig& cfg,
+              AttackId id, uint64_t seed, AttackRecord& rec);
+
+// ---- Square (L-inf) ------------------------------------------------------------------------------------------------
+struct SquareConfig {
+  int queries = 5000;        // forward passes per entry, the initial one included
+  double p_init = 0.8;       // fraction of the image the first squares cover
+  int restarts = 1;
+  int chunk = 4096;
+};
+
+// The fraction p of pixels a square covers at iteration `it` of `queries`: p_init halved at 10, 50, 200, 500, 1000,
+// 2000, 4000, 6000 and 8000 of 10,000 (the schedule scaled to the budget).
+double square_p(double p_init, int it, int queries);
+// The side of the square: round(sqrt(p * H * W)), at least 1 and at most H - 1.
+int square_side(double p, int H, int W);
+
+// Returns queries (forward passes) spent. H x W single-channel images.
+long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const SquareConfig& cfg,
+                int H, int W, uint64_t seed, AttackRecord& rec);
+
+}  // namespace nudge

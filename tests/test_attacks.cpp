@@ -1,0 +1,292 @@
+// The robustness attacks and their cascade: APGD's checkpoint schedule and step-halving rule against the paper's
+// formulas, the attack losses' gradients against central differences, Square's schedule and query accounting, the
+// cascade's bookkeeping (a broken point is never attacked again), invariance to chunking and to the eps sweep, and the
+// re-check that refuses a planted bad example.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attack_losses.h"
+#include "attacks.h"
+#include "cpu_backend.h"
+#include "dataset.h"
+#include "delegating_backend.h"
+#include "errors.h"
+#include "model.h"
+#include "robustness.h"
+
+namespace nudge {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kMnist = NUDGE_SOURCE_DIR "/data/mnist";
+const std::string kModel = NUDGE_SOURCE_DIR "/data/models/mnist_cnn.safetensors";
+
+bool have_mnist() { return fs::exists(kMnist + "/t10k-images-idx3-ubyte") && fs::exists(kMnist + "/t10k-labels-idx1-ubyte"); }
+#define REQUIRE_MNIST() \
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not fetched: run data/fetch_mnist.sh"
+
+TEST(Apgd, CheckpointsFollowThePapersFormula) {
+  for (int N : {100, 1000, 250}) {
+    // p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), checkpoints at ceil(p_j N) while
+    // p_j <= 1 (N = 250 gives 55, 103, 143, 175, 200, 218, 233, 248).
+    std::vector<int> expect;
+    double prev = 0, p = 0.22;
+    while (p <= 1.0 + 1e-9) {
+      expect.push_back(static_cast<int>(std::ceil(p * N - 1e-9)));
+      const double next = p + std::max(p - prev - 0.03, 0.06);
+      prev = p;
+      p = next;
+    }
+    EXPECT_EQ(apgd_checkpoints(N), expect) << "N = " << N;
+  }
+  EXPECT_EQ(apgd_checkpoints(100), (std::vector<int>{22, 41, 57, 70, 80, 87, 93, 99}));
+  EXPECT_EQ(apgd_checkpoints(250), (std::vector<int>{55, 103, 143, 175, 200, 218, 233, 248}));
+}
+
+TEST(Apgd, StepHalvesOnOscillationOrStall) {
+  // 19 steps since the last checkpoint, rho 0.75: the loss must have risen in at least 14.25 of them.
+  EXPECT_TRUE(apgd_halve_step(14, 19, 0.75, true, 1.0f, 2.0f));   // rose in 14 < 14.25: oscillating
+  EXPECT_FALSE(apgd_halve_step(15, 19, 0.75, true, 1.0f, 2.0f));  // rose often and improved
+  EXPECT_TRUE(apgd_halve_step(19, 19, 0.75, false, 2.0f, 2.0f));  // not halved last time and no improvement: stall
+  EXPECT_FALSE(apgd_halve_step(19, 19, 0.75, false, 1.0f, 2.0f)); // improved
+  EXPECT_FALSE(apgd_halve_step(19, 19, 0.75, true, 2.0f, 2.0f));  // halved last time: a stall alone does not halve again
+}
+
+// Independent double-precision definitions of the losses, for central differences.
+double ref_dlr(const std::vector<double>& z, int y, int t) {
+  std::vector<double> s = z;
+  std::sort(s.rbegin(), s.rend());
+  if (t < 0) {
+    double other = -1e300;
+    for (int j = 0; j < static_cast<int>(z.size()); ++j)
+      if (j != y) other = std::max(other, z[j]);
+    return -(z[y] - other) / (s[0] - s[2] + 1e-12);
+  }
+  return -(z[y] - z[t]) / (s[0] - 0.5 * (s[2] + s[3]) + 1e-12);
+}
+double ref_ce(const std::vector<double>& z, int y) {
+  double m = *std::max_element(z.begin(), z.end()), s = 0;
+  for (double v : z) s += std::exp(v - m);
+  return m + std::log(s) - z[y];
+}
+
+TEST(AttackLosses, GradientsMatchCentralDifferences) {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> g(0.0, 2.0);
+  const int K = 10;
+  for (int trial = 0; trial < 30; ++trial) {
+    std::vector<double> z(K);
+    for (double& v : z) v = g(rng);
+    const int y = trial % K, t = (trial + 3) % K;
+    std::vector<float> zf(z.begin(), z.end()), d(K);
+    // Re-read z from the float copy so both sides see the same logits.
+    for (int j = 0; j < K; ++j) z[j] = zf[j];
+    for (int kind = 0; kind < 3; ++kind) {
+      const float loss = kind == 0 ? attack_ce(zf.data(), K, y, d.data())
+                       : kind == 1 ? attack_dlr(zf.data(), K, y, d.data())
+                                   : attack_dlr_targeted(zf.data(), K, y, t, d.data());
+      auto f = [&](const std::vector<double>& v) { return kind == 0 ? ref_ce(v, y) : ref_dlr(v, y, kind == 1 ? -1 : t); };
+      EXPECT_NEAR(loss, f(z), 1e-5 * (1 + std::fabs(f(z))));
+      // h small enough not to reorder the sorted logits (random normals are ~1e-2 apart at the closest, here).
+      const double h = 1e-6;
+      for (int j = 0; j < K; ++j) {
+        std::vector<double> up = z, down = z;
+        up[j] += h;
+        down[j] -= h;
+        const double numeric = (f(up) - f(down)) / (2 * h);
+        EXPECT_NEAR(d[j], numeric, 1e-4 + 1e-4 * std::fabs(numeric)) << "loss " << kind << " trial " << trial << " j " << j;
+      }
+    }
+  }
+}
+
+TEST(AttackLosses, MarginAndTopFour) {
+  const float z[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.0f, 0.0f};
+  int top[4];
+  top4_indices(z, 6, top);
+  EXPECT_EQ(top[0], 1);
+  EXPECT_EQ(top[1], 3);  // ties keep the lower index first
+  EXPECT_EQ(top[2], 4);
+  EXPECT_EQ(top[3], 0);
+  EXPECT_FLOAT_EQ(attack_margin(z, 6, 4), 2.0f - 3.0f);
+  EXPECT_FLOAT_EQ(attack_margin(z, 6, 1), 0.0f);  // a tie is not a success
+}
+
+TEST(Square, ScheduleAndSquareSides) {
+  EXPECT_DOUBLE_EQ(square_p(0.8, 0, 10000), 0.8);
+  EXPECT_DOUBLE_EQ(square_p(0.8, 10, 10000), 0.8);
+  EXPECT_DOUBLE_EQ(square_p(0.8, 11, 10000), 0.4);
+  EXPECT_DOUBLE_EQ(square_p(0.8, 201, 10000), 0.1);
+  EXPECT_DOUBLE_EQ(square_p(0.8, 9000, 10000), 0.8 / 512);
+  EXPECT_DOUBLE_EQ(square_p(0.8, 6, 5000), 0.4);  // scaled to the budget: 6/5000 is 12 of 10,000
+  EXPECT_EQ(square_side(0.8, 28, 28), 25);   // round(sqrt(0.8 * 784)) = round(25.04)
+  EXPECT_EQ(square_side(0.4, 28, 28), 18);   // round(17.71)
+  EXPECT_EQ(square_side(0.8 / 512, 28, 28), 1);
+  EXPECT_EQ(square_side(1.0, 28, 28), 27);   // at most H - 1
+}
+
+// Counts the rows forwarded through logit_backprop.
+class CountingBackend : public testing_support::DelegatingBackend {
+ public:
+  using DelegatingBackend::DelegatingBackend;
+  void logit_backprop(const float* x, int n, const LogitGradient& f, float* g) override {
+    rows += n;
+    DelegatingBackend::logit_backprop(x, n, f, g);
+  }
+  long rows = 0;
+};
+
+struct Points {
+  std::vector<float> x;
+  std::vector<int32_t> y;
+};
+Points first_test_points(int n) {
+  const Dataset test = load_dataset(kMnist, "test");
+  Points p;
+  p.x.resize(static_cast<size_t>(n) * 784);
+  p.y.resize(n);
+  for (int i = 0; i < n; ++i) {
+    test.image_as_float(i, p.x.data() + static_cast<size_t>(i) * 784);
+    p.y[i] = test.labels[i];
+  }
+  return p;
+}
+
+RobustnessConfig small_config(std::vector<float> eps, std::vector<AttackId> attacks) {
+  RobustnessConfig c;
+  c.eps = std::move(eps);
+  c.attacks = std::move(attacks);
+  c.apgd_ce.iterations = c.apgd_t.iterations = 10;
+  c.apgd_ce.loss = ApgdLoss::Ce;
+  c.apgd_t.loss = ApgdLoss::DlrTargeted;
+  c.apgd_t.targets = 3;
+  c.square.queries = 60;
+  c.seed = 5;
+  c.progress = false;
+  return c;
+}
+
+TEST(Square, SpendsEveryQueryOnAnEntryItCannotBreak) {
+  REQUIRE_MNIST();
+  Points p = first_test_points(4);
+  CountingBackend backend;
+  backend.load_model(Model::load(kModel));
+  AttackSet set;
+  set.D = 784;
+  set.K = 10;
+  set.x0 = p.x;
+  set.label = p.y;
+  set.eps.assign(4, 1e-4f);  // far too small to flip the reference model
+  set.point = {0, 1, 2, 3};
+  AttackRecord rec;
+  rec.resize(4, 784);
+  SquareConfig cfg;
+  cfg.queries = 37;
+  const long spent = run_square(backend, set, {0, 1, 2, 3}, cfg, 28, 28, 1, rec);
+  EXPECT_EQ(spent, 4 * 37);
+  EXPECT_EQ(backend.rows, 4 * 37);
+  for (int e = 0; e < 4; ++e) EXPECT_FALSE(rec.broken[e]);
+}
+
+TEST(Cascade, NeverAttacksABrokenPointAndReportsConsistentCounts) {
+  REQUIRE_MNIST();
+  Points p = first_test_points(12);
+  CountingBackend backend;
+  backend.load_model(Model::load(kModel));
+  const RobustnessConfig cfg = small_config({0.05f, 0.15f}, {AttackId::ApgdCe, AttackId::ApgdT, AttackId::Square});
+  const RobustnessResult r = evaluate_robustness(backend, p.x.data(), p.y.data(), 12, 28, 28, 10, cfg);
+  ASSERT_EQ(r.stages.size(), 3u);
+  for (int j = 0; j < 2; ++j) {
+    EXPECT_EQ(r.stages[0].attacked[j], r.clean_correct);
+    for (size_t s = 1; s < 3; ++s) EXPECT_EQ(r.stages[s].attacked[j], r.stages[s - 1].robust_after[j]) << "stage " << s;
+    EXPECT_LE(r.stages[2].robust_after[j], r.stages[1].robust_after[j]);
+  }
+  // APGD-CE at eps 0.15 on a plain model breaks something, so later stages ran on fewer entries than the first.
+  EXPECT_LT(r.stages[0].robust_after[1], r.clean_correct);
+  // Rows forwarded: the clean pass, then each stage's own accounting, and the re-check's predict is not counted.
+  long cost = 0;
+  for (const StageStats& s : r.stages) cost += s.cost;
+  EXPECT_EQ(backend.rows, 12 + cost);
+  for (int i = 0; i < 12; ++i)
+    for (int j = 0; j < 2; ++j) {
+      const size_t e = static_cast<size_t>(i) * 2 + j;
+      if (r.robust[e]) {
+        EXPECT_EQ(r.attack[e], 0);
+      }
+      if (r.attack[e]) {
+        EXPECT_LE(r.linf[e], cfg.eps[j] * (1 + 1e-6f));
+        EXPECT_FALSE(r.robust[e]);
+      }
+    }
+}
+
+void expect_same_points(const RobustnessResult& a, const RobustnessResult& b, int ja, int jb, int Ea, int Eb) {
+  ASSERT_EQ(a.points, b.points);
+  for (int i = 0; i < a.points; ++i) {
+    const size_t ea = static_cast<size_t>(i) * Ea + ja, eb = static_cast<size_t>(i) * Eb + jb;
+    EXPECT_EQ(a.robust[ea], b.robust[eb]) << "point " << i;
+    EXPECT_EQ(a.attack[ea], b.attack[eb]) << "point " << i;
+    EXPECT_EQ(a.restart[ea], b.restart[eb]) << "point " << i;
+    EXPECT_EQ(a.step[ea], b.step[eb]) << "point " << i;
+    EXPECT_TRUE(std::equal(a.images.begin() + ea * a.D, a.images.begin() + (ea + 1) * a.D, b.images.begin() + eb * b.D))
+        << "point " << i;
+  }
+}
+
+TEST(Cascade, ResultsDoNotDependOnChunksOrTheSweep) {
+  REQUIRE_MNIST();
+  Points p = first_test_points(6);
+  auto backend = make_cpu_backend();
+  backend->load_model(Model::load(kModel));
+  const std::vector<AttackId> attacks{AttackId::ApgdCe, AttackId::ApgdT, AttackId::Square};
+  RobustnessConfig both = small_config({0.05f, 0.1f}, attacks);
+  const RobustnessResult whole = evaluate_robustness(*backend, p.x.data(), p.y.data(), 6, 28, 28, 10, both);
+  RobustnessConfig chunked = both;
+  chunked.chunk = 3;
+  chunked.apgd_ce.chunk = chunked.apgd_t.chunk = 2;
+  chunked.square.chunk = 5;
+  const RobustnessResult pieces = evaluate_robustness(*backend, p.x.data(), p.y.data(), 6, 28, 28, 10, chunked);
+  for (int j = 0; j < 2; ++j) expect_same_points(whole, pieces, j, j, 2, 2);
+  for (int j = 0; j < 2; ++j) {
+    const RobustnessConfig single = small_config({both.eps[j]}, attacks);
+    const RobustnessResult one = evaluate_robustness(*backend, p.x.data(), p.y.data(), 6, 28, 28, 10, single);
+    expect_same_points(whole, one, j, 0, 2, 1);
+  }
+}
+
+TEST(Recheck, RefusesAPlantedBadExample) {
+  REQUIRE_MNIST();
+  Points p = first_test_points(1);
+  auto backend = make_cpu_backend();
+  backend->load_model(Model::load(kModel));
+  AttackSet set;
+  set.D = 784;
+  set.K = 10;
+  set.x0 = p.x;
+  set.label = p.y;
+  set.eps = {0.3f};
+  set.point = {0};
+  AttackRecord rec;
+  rec.resize(1, 784);
+  rec.broken[0] = 1;
+  rec.attack[0] = static_cast<int32_t>(AttackId::ApgdCe);
+  rec.adv = p.x;  // the clean image: the model gets it right
+  EXPECT_THROW(recheck_adversarial(*backend, set, rec), InternalError);
+  rec.adv[100] = std::min(1.0f, p.x[100] + 0.31f) == p.x[100] + 0.31f ? p.x[100] + 0.31f : p.x[100] - 0.31f;
+  EXPECT_THROW(recheck_adversarial(*backend, set, rec), InternalError);
+  rec.adv = p.x;
+  rec.adv[5] = 1.5f;
+  EXPECT_THROW(recheck_adversarial(*backend, set, rec), InternalError);
+  rec.broken[0] = 0;  // nothing reported, nothing to check
+  EXPECT_NO_THROW(recheck_adversarial(*backend, set, rec));
+}
+
+}  // namespace
+}  // namespace nudge
