@@ -68,6 +68,22 @@ bool apgd_halve_step(int increases, int steps, double rho, bool halved_last, flo
 long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const ApgdConfig& cfg,
               AttackId id, uint64_t seed, AttackRecord& rec);
 
+// ---- FAB-T (L-inf) -------------------------------------------------------------------------------------------------
+struct FabConfig {
+  int iterations = 100;      // per target
+  int targets = 9;           // the 2nd..(targets+1)-th most likely clean classes, one after another
+  float alpha_max = 0.1f, eta = 1.05f, beta = 0.9f;
+  int chunk = 2048;
+};
+
+// The smallest L-inf step d with w.d = c and lo <= d <= hi (the box [0,1] around a point), written to d[D]; returns
+// its norm. When the box cannot reach the plane, d goes to the box's limits toward it (the closest the box allows).
+float linf_plane_box_projection(const float* w, double c, const float* lo, const float* hi, int D, float* d);
+
+// Returns image-steps spent (a forward and backward pass per entry and iteration).
+long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const FabConfig& cfg,
+                      uint64_t seed, AttackRecord& rec);
+
 // ---- Square (L-inf) ------------------------------------------------------------------------------------------------
 struct SquareConfig {
   int queries = 5000;        // forward passes per entry, the initial one included

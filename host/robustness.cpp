@@ -70,7 +70,7 @@ void run_stage(Backend& backend, const AttackSet& set, const std::vector<int>& t
     case AttackId::ApgdT: st.cost += run_apgd(backend, set, todo, cfg.apgd_t, a, cfg.seed, rec); return;
     case AttackId::ApgdDlr: st.cost += run_apgd(backend, set, todo, cfg.apgd_dlr, a, cfg.seed, rec); return;
     case AttackId::Square: st.cost += run_square(backend, set, todo, cfg.square, H, W, cfg.seed, rec); return;
-    case AttackId::FabT: throw InputError("fab-t is not implemented yet: use --attacks apgd-ce,apgd-t,square");
+    case AttackId::FabT: st.cost += run_fab_targeted(backend, set, todo, cfg.fab_t, cfg.seed, rec); return;
   }
 }
 

@@ -18,6 +18,7 @@ struct RobustnessConfig {
   ApgdConfig apgd_ce;                // loss Ce
   ApgdConfig apgd_t;                 // loss DlrTargeted
   ApgdConfig apgd_dlr;               // loss Dlr
+  FabConfig fab_t;
   SquareConfig square;
   uint64_t seed = 0;
   int chunk = 4096;                  // points evaluated at once (memory); results do not depend on it

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -285,6 +286,136 @@ TEST(Recheck, RefusesAPlantedBadExample) {
   rec.adv[5] = 1.5f;
   EXPECT_THROW(recheck_adversarial(*backend, set, rec), InternalError);
   rec.broken[0] = 0;  // nothing reported, nothing to check
+  EXPECT_NO_THROW(recheck_adversarial(*backend, set, rec));
+}
+
+}  // namespace
+}  // namespace nudge
+
+namespace nudge {
+namespace {
+
+// The smallest t with sum_j |w_j| min(t, b_j) >= |c| by bisection: an oracle for the sorted closed form.
+double projection_norm_by_bisection(const std::vector<float>& w, double c, const std::vector<float>& lo,
+                                    const std::vector<float>& hi) {
+  auto reach = [&](double t) {
+    double s = 0;
+    for (size_t j = 0; j < w.size(); ++j) {
+      const double dir = (c >= 0) == (w[j] >= 0) ? 1.0 : -1.0;
+      s += std::fabs(w[j]) * std::min(t, std::max(0.0, static_cast<double>(dir > 0 ? hi[j] : -lo[j])));
+    }
+    return s;
+  };
+  double a = 0, b = 2;
+  for (int i = 0; i < 200; ++i) {
+    const double m = 0.5 * (a + b);
+    (reach(m) >= std::fabs(c) ? b : a) = m;
+  }
+  return b;
+}
+
+TEST(Fab, LinfProjectionOntoAHyperplaneHasTheClosedFormAnswer) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int D = 50;
+  std::vector<float> w(D), lo(D, -10.0f), hi(D, 10.0f), d(D);
+  for (float& v : w) v = g(rng);
+  double l1 = 0;
+  for (float v : w) l1 += std::fabs(v);
+  // A box that never binds: d = c sign(w) / |w|_1, of norm |c| / |w|_1.
+  const double c = -0.7;
+  const float norm = linf_plane_box_projection(w.data(), c, lo.data(), hi.data(), D, d.data());
+  EXPECT_NEAR(norm, std::fabs(c) / l1, 1e-6);
+  double dot = 0;
+  for (int j = 0; j < D; ++j) {
+    dot += static_cast<double>(w[j]) * d[j];
+    EXPECT_NEAR(d[j], c * ((w[j] > 0) - (w[j] < 0)) / l1, 1e-6);
+  }
+  EXPECT_NEAR(dot, c, 1e-5);
+  // A box that binds (a point near the corners of [0,1]^D): still on the plane, and as short as bisection says.
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int trial = 0; trial < 10; ++trial) {
+    for (int j = 0; j < D; ++j) {
+      const float x = u(rng) < 0.6f ? 0.0f : u(rng);
+      lo[j] = -x;
+      hi[j] = 1.0f - x;
+    }
+    const double cc = (trial % 2 ? 1 : -1) * 2.0;
+    const float n2 = linf_plane_box_projection(w.data(), cc, lo.data(), hi.data(), D, d.data());
+    double dd = 0, mx = 0;
+    for (int j = 0; j < D; ++j) {
+      dd += static_cast<double>(w[j]) * d[j];
+      mx = std::max(mx, std::fabs(static_cast<double>(d[j])));
+      EXPECT_GE(d[j], lo[j] - 1e-6f);
+      EXPECT_LE(d[j], hi[j] + 1e-6f);
+    }
+    EXPECT_NEAR(dd, cc, 1e-4) << "trial " << trial;
+    EXPECT_NEAR(n2, mx, 1e-6);
+    EXPECT_NEAR(n2, projection_norm_by_bisection(w, cc, lo, hi), 1e-5) << "trial " << trial;
+  }
+}
+
+// On a linear model the boundary between the label and a target is exactly a hyperplane, so FAB-T's answer is
+// checkable: its example can be no closer than the box-constrained L-inf distance to the nearest such boundary, and
+// FAB should land within its extrapolation factor of it.
+TEST(Fab, OnALinearModelFindsTheNearestBoundary) {
+  REQUIRE_MNIST();
+  Points p = first_test_points(3);
+  const Architecture arch = Architecture::parse("1x28x28:flatten,dense10");
+  Model lin = Model::glorot(arch, 11);
+  auto backend = make_cpu_backend();
+  backend->load_model(lin);
+  const float* W = lin.params[0].ptr();
+  const float* bias = lin.params[1].ptr();
+  std::vector<float> probs(30);
+  backend->predict(p.x.data(), 3, probs.data());
+  AttackSet set;
+  set.D = 784;
+  set.K = 10;
+  set.x0 = p.x;
+  set.eps.assign(3, 1.0f);  // any distance counts: FAB's own minimum-norm search decides
+  set.point = {0, 1, 2};
+  for (int i = 0; i < 3; ++i) {
+    const float* pr = probs.data() + i * 10;
+    set.label.push_back(static_cast<int32_t>(std::max_element(pr, pr + 10) - pr));  // the model's own class
+    std::vector<int32_t> order(10);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return pr[a] > pr[b]; });
+    set.ranked.insert(set.ranked.end(), order.begin(), order.end());
+  }
+  AttackRecord rec;
+  rec.resize(3, 784);
+  FabConfig cfg;
+  cfg.targets = 9;
+  cfg.iterations = 100;
+  // With eps 1 the first misclassified iterate already counts; to measure the minimum, shrink eps to the
+  // smallest target distance times 1.06 (eta's overshoot, plus a little).
+  for (int i = 0; i < 3; ++i) {
+    const float* x0 = p.x.data() + static_cast<size_t>(i) * 784;
+    const int y = set.label[i];
+    double best = 1e30;
+    std::vector<float> w(784), lo(784), hi(784), d(784);
+    for (int t = 0; t < 10; ++t) {
+      if (t == y) continue;
+      double g = bias[y] - bias[t];
+      for (int j = 0; j < 784; ++j) {
+        w[j] = W[y * 784 + j] - W[t * 784 + j];
+        g += static_cast<double>(w[j]) * x0[j];
+        lo[j] = -x0[j];
+        hi[j] = 1.0f - x0[j];
+      }
+      best = std::min(best, projection_norm_by_bisection(w, -g, lo, hi));
+    }
+    set.eps[i] = static_cast<float>(best * 1.06);
+  }
+  run_fab_targeted(*backend, set, {0, 1, 2}, cfg, 1, rec);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(rec.broken[i]) << "point " << i << ": FAB-T found nothing within 1.06x the nearest boundary";
+    double norm = 0;
+    for (int j = 0; j < 784; ++j)
+      norm = std::max(norm, std::fabs(static_cast<double>(rec.adv[static_cast<size_t>(i) * 784 + j]) - p.x[static_cast<size_t>(i) * 784 + j]));
+    EXPECT_GE(norm, set.eps[i] / 1.06 * (1 - 1e-4)) << "closer than the nearest boundary: impossible";
+  }
   EXPECT_NO_THROW(recheck_adversarial(*backend, set, rec));
 }
 

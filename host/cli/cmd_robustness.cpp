@@ -25,7 +25,7 @@ namespace {
 
 struct RobustnessFlags {
   std::string split = "test", range, indices, eps = "0.3", norm = "linf", attacks = "standard";
-  int count = 1000, apgd_iters = 100, apgd_restarts = 1, targets = 9, square_queries = 5000, square_restarts = 1,
+  int count = 1000, apgd_iters = 100, fab_iters = 100, apgd_restarts = 1, targets = 9, square_queries = 5000, square_restarts = 1,
       chunk = 4096;
 };
 
@@ -61,7 +61,7 @@ void write_results_csv(const std::string& path, const RobustnessResult& r, const
 }  // namespace
 
 Runner add_robustness_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("robustness", "robust accuracy under a cascade of attacks (APGD-CE, APGD-T, Square) over an eps sweep");
+  auto* cmd = app.add_subcommand("robustness", "robust accuracy under a cascade of attacks (APGD-CE, APGD-T, FAB-T, Square) over an eps sweep");
   auto o = std::make_shared<CommonOptions>();
   o->out = "out/robustness";
   auto f = std::make_shared<RobustnessFlags>();
@@ -77,7 +77,8 @@ Runner add_robustness_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--apgd-iters", f->apgd_iters, "APGD iterations per restart and target")->capture_default_str()->check(CLI::Range(1, 1000000));
   cmd->add_option("--apgd-restarts", f->apgd_restarts, "APGD restarts (APGD-T: per target)")->capture_default_str()->check(CLI::Range(1, 10000));
-  cmd->add_option("--targets", f->targets, "APGD-T target classes (the most likely ones besides the label)")->capture_default_str()->check(CLI::Range(1, 1000));
+  cmd->add_option("--fab-iters", f->fab_iters, "FAB-T iterations per target")->capture_default_str()->check(CLI::Range(1, 1000000));
+  cmd->add_option("--targets", f->targets, "APGD-T and FAB-T target classes (the most likely ones besides the label)")->capture_default_str()->check(CLI::Range(1, 1000));
   cmd->add_option("--square-queries", f->square_queries, "Square: forward passes per point")->capture_default_str()->check(CLI::Range(1, 100000000));
   cmd->add_option("--square-restarts", f->square_restarts, "Square restarts")->capture_default_str()->check(CLI::Range(1, 10000));
   cmd->add_option("--chunk", f->chunk, "points evaluated at once (memory; results do not depend on it)")->capture_default_str()->check(CLI::Range(1, kMaxInt));
@@ -86,16 +87,17 @@ Runner add_robustness_command(CLI::App& app) {
     cfg.eps = parse_float_list(f->eps, "--eps");
     cfg.norm = parse_norm(f->norm);
     cfg.attacks = parse_attack_list(f->attacks);
-    if (std::find(cfg.attacks.begin(), cfg.attacks.end(), AttackId::FabT) != cfg.attacks.end())
-      throw InputError("fab-t is not implemented yet; --attacks standard needs it: run --attacks apgd-ce,apgd-t,square");
-    if (cfg.norm == Norm::L2 && std::find(cfg.attacks.begin(), cfg.attacks.end(), AttackId::Square) != cfg.attacks.end())
-      throw InputError("square is implemented for --norm linf only");
+    for (AttackId a : {AttackId::Square, AttackId::FabT})
+      if (cfg.norm == Norm::L2 && std::find(cfg.attacks.begin(), cfg.attacks.end(), a) != cfg.attacks.end())
+        throw InputError(std::string(attack_name(a)) + " is implemented for --norm linf only (--attacks apgd-ce,apgd-t runs L2)");
     cfg.apgd_ce.iterations = cfg.apgd_t.iterations = cfg.apgd_dlr.iterations = f->apgd_iters;
     cfg.apgd_ce.restarts = cfg.apgd_t.restarts = cfg.apgd_dlr.restarts = f->apgd_restarts;
     cfg.apgd_ce.loss = ApgdLoss::Ce;
     cfg.apgd_dlr.loss = ApgdLoss::Dlr;
     cfg.apgd_t.loss = ApgdLoss::DlrTargeted;
     cfg.apgd_t.targets = f->targets;
+    cfg.fab_t.iterations = f->fab_iters;
+    cfg.fab_t.targets = f->targets;
     cfg.square.queries = f->square_queries;
     cfg.square.restarts = f->square_restarts;
     cfg.chunk = f->chunk;
@@ -105,7 +107,7 @@ Runner add_robustness_command(CLI::App& app) {
     const Dataset data = load_dataset(o->data, f->split);
     check_model_fits(model, o->model, data.rows, data.cols, 10);
     const int K = model.arch.num_classes();
-    if (std::find(cfg.attacks.begin(), cfg.attacks.end(), AttackId::ApgdT) != cfg.attacks.end() && f->targets > K - 1)
+    if (f->targets > K - 1)
       throw InputError("--targets " + std::to_string(f->targets) + ": the model has only " + std::to_string(K - 1) + " classes besides the label");
     std::vector<int> idx = !f->range.empty() ? parse_range(f->range, "--range")
                          : !f->indices.empty() ? parse_index_list(f->indices, "--indices") : std::vector<int>();
@@ -145,6 +147,7 @@ Runner add_robustness_command(CLI::App& app) {
     s["path"] = "layers (logit_backprop)";
     s["settings"] = {{"apgd_iterations", f->apgd_iters}, {"apgd_restarts", f->apgd_restarts},
                      {"apgd_t_targets", f->targets}, {"square_queries", f->square_queries},
+                     {"fab_t_iterations", f->fab_iters}, {"fab_t", {{"alpha_max", cfg.fab_t.alpha_max}, {"eta", cfg.fab_t.eta}, {"beta", cfg.fab_t.beta}}},
                      {"square_p_init", cfg.square.p_init}, {"apgd_rho", cfg.apgd_ce.rho},
                      {"apgd_momentum", cfg.apgd_ce.momentum}};
     s["clean_accuracy"] = static_cast<double>(r.clean_correct) / n;
