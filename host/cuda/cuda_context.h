@@ -3,6 +3,7 @@
 // workspace, and the switches read from the environment. One per backend; nothing of it is global.
 //   NUDGE_CUDA_SYNC=1   synchronize after every op and name it in errors (cuda_check.h)
 //   NUDGE_ALLOW_TF32=1  let cuBLAS and cuDNN use TF32 tensor cores (default: full FP32, to match the CPU)
+//   NUDGE_CUDA_LOG=f    append each cuDNN algorithm choice (once per pass, shape and batch bucket) to file f
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
