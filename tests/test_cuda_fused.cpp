@@ -162,6 +162,7 @@ struct EmulationOptions {
   int blocks = 3;
   int steps_per_launch = 1;
   bool reverse_threads = false;
+  std::vector<int32_t>* start_class = nullptr;  // when given: FusedParams::start_class, starting at -1
 };
 
 ChunkResult run_emulated(const Job& job, const StepConfig& cfg, int steps, const EmulationOptions& opt) {
@@ -179,6 +180,7 @@ ChunkResult run_emulated(const Job& job, const StepConfig& cfg, int steps, const
   std::vector<uint8_t> goal(n, 0), keep(n, 0);
   for (int i = 0; i < n; ++i) rows[i] = i;
   int count = n;
+  if (opt.start_class) opt.start_class->assign(n, -1);
 
   auto launch = [&](int k, bool final_eval) {
     if (count == 0 || (k == 0 && !final_eval)) return;
@@ -205,6 +207,7 @@ ChunkResult run_emulated(const Job& job, const StepConfig& cfg, int steps, const
     p.success_step = success.data();
     const bool compact = cfg.early_stop && k > 0 && !final_eval;
     p.keep = compact ? keep.data() : nullptr;
+    p.start_class = opt.start_class ? opt.start_class->data() : nullptr;
     p.loss = cfg.loss;
     p.optimizer = cfg.optimizer;
     p.norm = cfg.norm;
@@ -447,6 +450,45 @@ TEST(FusedEmulation, EarlyStopMatchesCpu) {
   }
 }
 
+// The start classes (FusedParams::start_class) come from each entry's first evaluation and nothing later: the CPU
+// backend's argmax on the start images, wherever that argmax is not within rounding of a tie (the emulation sums
+// in another order than the CPU backend).
+std::vector<int32_t> cpu_start_classes(const Job& job, std::vector<bool>* near_tie) {
+  auto cpu = make_cpu_backend();
+  cpu->load_model(reference_model());
+  std::vector<float> probs(static_cast<size_t>(job.n) * kK);
+  cpu->predict(job.start.data(), job.n, probs.data());
+  std::vector<int32_t> cls(job.n);
+  near_tie->assign(job.n, false);
+  for (int i = 0; i < job.n; ++i) {
+    const float* q = probs.data() + static_cast<size_t>(i) * kK;
+    cls[i] = static_cast<int32_t>(std::max_element(q, q + kK) - q);
+    for (int k = 0; k < kK; ++k)
+      if (k != cls[i] && q[cls[i]] - q[k] < kDecisionMargin) (*near_tie)[i] = true;
+  }
+  return cls;
+}
+
+TEST(FusedEmulation, ReportsEachEntrysClassAtItsFirstEvaluation) {
+  const Job job = make_job(11, 105, Targets::Mixed, 0.3f);
+  std::vector<bool> near_tie;
+  const std::vector<int32_t> expect = cpu_start_classes(job, &near_tie);
+  for (bool early_stop : {false, true}) {
+    SCOPED_TRACE(early_stop ? "early stop" : "no early stop");
+    const StepConfig cfg = step_config(LossKind::CrossEntropy, InputOptimizer::Adam, Norm::Linf, 0.05f, early_stop);
+    std::vector<int32_t> got;
+    EmulationOptions opt;
+    opt.tile = 4;
+    opt.steps_per_launch = 3;  // later steps of the same launch must not overwrite it
+    opt.start_class = &got;
+    run_emulated(job, cfg, 6, opt);
+    ASSERT_EQ(got.size(), expect.size());
+    for (int i = 0; i < job.n; ++i) {
+      if (!near_tie[i]) EXPECT_EQ(got[i], expect[i]) << "entry " << i;
+    }
+  }
+}
+
 // ---- on the device ------------------------------------------------------------------------------------------------
 
 #define REQUIRE_DEVICE()                                         \
@@ -676,6 +718,7 @@ TEST(FusedEmulation, OneStepMatchesCpu) { NUDGE_GPU_SKIP("built without CUDA"); 
 TEST(FusedEmulation, EveryOptimizerAndRandomStartMatchCpuBeforeTheFirstUpdate) { NUDGE_GPU_SKIP("built without CUDA"); }
 TEST(FusedEmulation, ThreadOrderTileSizeAndStepsPerLaunchChangeNothing) { NUDGE_GPU_SKIP("built without CUDA"); }
 TEST(FusedEmulation, EarlyStopMatchesCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedEmulation, ReportsEachEntrysClassAtItsFirstEvaluation) { NUDGE_GPU_SKIP("built without CUDA"); }
 TEST(FusedChunk, OneStepMatchesCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
 TEST(FusedChunk, SizesThatDoNotDivideTheTileMatchCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
 TEST(FusedChunk, SameSuccessSetAsCpu) { NUDGE_GPU_SKIP("built without CUDA"); }

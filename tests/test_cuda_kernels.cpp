@@ -40,6 +40,7 @@
 #include "maxpool.cuh"
 #include "noise.cuh"
 #include "optimize_track.cuh"
+#include "row_argmax.cuh"
 #include "softmax_loss.cuh"
 #endif
 
@@ -537,6 +538,54 @@ TEST_F(CudaKernels, NoiseBitIdentical) {
   std::vector<float> got = out.download();
   got.resize(D);
   EXPECT_TRUE(all_equal("noise_image(7)", got, img));
+}
+
+// An optimize chunk's start images made on the device (ChunkState, GeneratedStarts) against StartImages::fill on
+// the host, through the entry -> image mapping: rows of 3 entries, 4 rows per image, from row 5 on.
+TEST_F(CudaKernels, EntryStartImagesBitIdentical) {
+  const int D = 787, n = 50;  // D not a multiple of 4: the last Philox block's tail
+  for (bool gray : {false, true}) {
+    SCOPED_TRACE(gray ? "gray" : "noise");
+    cuda::EntryStarts st;
+    st.gray = gray;
+    st.gray_value = 0.37f;
+    st.seed = 0x1234567890ull + randint(0, 1000);
+    st.first_row = 5;
+    st.entries_per_row = 3;
+    st.rows_per_source = 4;
+    std::vector<float> ref(static_cast<size_t>(n) * D);
+    for (int i = 0; i < n; ++i) {
+      const long image = (st.first_row + i / st.entries_per_row) / st.rows_per_source;
+      float* row = ref.data() + static_cast<size_t>(i) * D;
+      if (gray) std::fill(row, row + D, st.gray_value);
+      else noise_image(st.seed, image, D, row);
+    }
+    GuardedBuffer<float> out(ref.size());
+    cuda::entry_start_images_cuda(out.get(), n, D, st, 0);
+    // Exact: the same integer generator and 24-bit floats, or a copy of one value.
+    EXPECT_TRUE(all_equal("start images", out.download(), ref));
+    EXPECT_TRUE(out.guard_intact());
+  }
+}
+
+TEST_F(CudaKernels, RowArgmax) {
+  const int rows = 300, K = 10;
+  std::vector<float> probs = uniform(static_cast<size_t>(rows) * K, 0.0f, 1.0f);
+  // Ties: rows 0..9 have their maximum twice (the first one must win), row 10 is constant.
+  for (int r = 0; r < 10; ++r) probs[r * K + r] = probs[r * K + (r + 3) % K] = 2.0f;
+  for (int k = 0; k < K; ++k) probs[10 * K + k] = 0.5f;
+  const std::vector<int32_t> entry = sample(rows, rows + 50);
+  std::vector<int32_t> ref(rows + 50, -7);
+  for (int r = 0; r < rows; ++r) {
+    const float* q = probs.data() + static_cast<size_t>(r) * K;
+    ref[entry[r]] = static_cast<int32_t>(std::max_element(q, q + K) - q);
+  }
+  GuardedBuffer<float> p_d(probs);
+  GuardedBuffer<int32_t> e_d(entry), out(std::vector<int32_t>(rows + 50, -7));
+  cuda::row_argmax_cuda(p_d.get(), rows, K, e_d.get(), out.get(), 0);
+  // Exact: comparisons only, the first maximum as std::max_element; untouched slots stay as they were.
+  EXPECT_TRUE(all_equal("argmax", out.download(), ref));
+  EXPECT_TRUE(out.guard_intact());
 }
 
 TEST_F(CudaKernels, AdamUpdate) {

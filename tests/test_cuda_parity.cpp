@@ -555,6 +555,39 @@ TEST_P(CudaOptimizeParity, ChunkWithoutEarlyStop) {
   }
 }
 
+// A chunk without random starts reports each entry's class at its first evaluation (ChunkResult::start_class), which
+// the engine takes instead of a predict pass: it must be the model's argmax on the start image (the CPU's, except
+// where the CPU's top two probabilities are within 1e-4, the probabilities' tolerance). With random starts (init)
+// the first iterate is not the start image and nothing is reported.
+TEST_P(CudaOptimizeParity, ChunkReportsStartClasses) {
+  const FixedJob& j = fixed_job();
+  gpu_->load_model(j.model);
+  cpu_->load_model(j.model);
+  std::vector<float> probs(static_cast<size_t>(j.n) * K_);
+  cpu_->predict(j.start.data(), j.n, probs.data());
+  auto chunk = gpu_->begin_optimize(j.input(), j.cfg);
+  for (int s = 0; s < 3; ++s) chunk->step();
+  const ChunkResult r = chunk->finish();
+  EXPECT_EQ(gpu_->optimize_path_used(), path_name());
+  ASSERT_EQ(r.start_class.size(), static_cast<size_t>(j.n));
+  int compared = 0;
+  for (int i = 0; i < j.n; ++i) {
+    const float* q = probs.data() + static_cast<size_t>(i) * K_;
+    const int top = static_cast<int>(std::max_element(q, q + K_) - q);
+    bool tie = false;
+    for (int k = 0; k < K_; ++k) tie |= k != top && q[top] - q[k] < 1e-4f;
+    if (tie) continue;
+    ++compared;
+    EXPECT_EQ(r.start_class[i], top) << "entry " << i;
+  }
+  EXPECT_GE(compared, j.n * 3 / 4);
+
+  ChunkInput with_init = j.input();
+  with_init.init = j.start.data();
+  auto c2 = gpu_->begin_optimize(with_init, j.cfg);
+  EXPECT_TRUE(c2->finish().start_class.empty()) << "a random start is not the start image";
+}
+
 // The engine begins chunk k+1 (its upload queued on the copy stream) while chunk k still computes, so several chunk
 // lifetimes overlap on the device. Run one job in small chunks and in one: the same rows in the same order and the
 // same outcomes. The fused path computes each entry alone, so there everything must match exactly; layer by layer,

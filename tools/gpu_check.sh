@@ -237,9 +237,10 @@ stage_info() {
   note "| NUDGE_REQUIRE_GPU | ${NUDGE_REQUIRE_GPU:-unset} |"
 }
 
-# ctest status lines ("  3/57 Test  #12: Suite.Name ......***Failed    0.31 sec") -> "name<TAB>status".
+# ctest status lines ("  3/57 Test  #12: Suite.Name [# GetParam() = fused] ......***Failed    0.31 sec") ->
+# "name<TAB>status".
 ctest_results() {
-  sed -nE 's/^ *[0-9]+\/[0-9]+ +Test +#[0-9]+: ([^ ]+) \.* *(\*\*\*)?(Passed|Failed|Skipped|Timeout|Not Run|Exception[^ ]*|SEGFAULT|Subprocess aborted).*/\1\t\3/p' "$@"
+  sed -nE 's/^ *[0-9]+\/[0-9]+ +Test +#[0-9]+: ([^ ]+) .*(\*\*\*| )(Passed|Failed|Skipped|Timeout|Not Run|Exception|SEGFAULT|Subprocess aborted).*/\1\t\3/p' "$@"
 }
 
 # The names of the tests whose output in ctest's LastTest.log says they were a skip turned into a failure.
@@ -373,7 +374,7 @@ stage_bench() {
   local b="$build/tools/bench/bench_cuda_optimize" ok=0 rc
   note ""
   if [ -x "$b" ]; then
-    timeout -k 5 30 "$b" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_counters_tabular=true \
+    timeout -k 5 25 "$b" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_counters_tabular=true \
       >"$logs/bench.log" 2>&1
     rc=$?
     note "**Benchmarks** (\`bench_cuda_optimize\`, median of 3; exit $rc):"
@@ -397,7 +398,7 @@ stage_bench() {
       >"$logs/optimize-$path.log" 2>&1
     rc=$?
     note ""
-    note "**nudge optimize** (\`--init noise --count 100000 --target all --steps 20 --path $path\`, bound ${secs} s): exit $rc; $(tail -1 "$logs/optimize-$path.log")"
+    note "**nudge optimize** (\`--init noise --count 100000 --target all --steps 20 --path $path\`: 100,000 rows, bound ${secs} s): exit $rc; $(tail -1 "$logs/optimize-$path.log")"
     [ "$rc" -eq 0 ] || ok=1
   done
   if [ -s "$logs/cudnn-algorithms.log" ]; then
@@ -424,7 +425,7 @@ stage_bench() {
       timeout -k 5 18 "$py" "$root/tools/bench/pytorch_peer.py" optimize --device cuda --n 65536 --steps 20 \
         --batch 16384,65536 >"$logs/peer-$mode.log" 2>&1
     else
-      timeout -k 5 30 "$py" "$root/tools/bench/pytorch_peer.py" optimize --device cuda --compile --n 65536 --steps 20 \
+      timeout -k 5 35 "$py" "$root/tools/bench/pytorch_peer.py" optimize --device cuda --compile --n 65536 --steps 20 \
         --batch 65536 >"$logs/peer-$mode.log" 2>&1
     fi
     rc=$?
@@ -449,7 +450,7 @@ stage_profile() {
   fi
   local model="$root/data/models/mnist_cnn.safetensors" path rc filter secs ok=0
   for path in fused layers; do
-    # 16,384 entries fill the card. Fused: three of its launches after the first. Layers: past the first step
+    # 16,384 entries (target all: one row per image) fill the card. Fused: three of its launches after the first. Layers: past the first step
     # (algorithm choice), thirty kernels, about two steps.
     if [ "$path" = fused ]; then
       filter=(--kernel-name regex:fused --launch-skip 1 --launch-count 3)
@@ -576,7 +577,8 @@ rehearse() {
   find "$dir/out" -type f -printf '  %P  %s bytes\n'
   echo "logs tarball:"
   tar tzf "$dir/out/gpu-logs.tar.gz" 2>/dev/null | sed 's/^/  /'
-  echo "embedded path: $alias_root -> $(readlink "$alias_root")"
+  echo "embedded path: $alias_root -> $(readlink "$alias_root") (during the rehearsal; now back to $root)"
+  ln -sfn "$root" "$alias_root"  # later builds here go through the alias too
   [ "$files" -le 8 ] || {
     echo "rehearsal: FAIL: more than 8 files under OUT"
     return 2

@@ -45,6 +45,11 @@ class CudaContext {
   // they would serve (cudaFreeHost synchronizes the device), and one host thread drives a context's compute.
   int32_t* readback_slot() const { return readback_.get(); }
   int device() const { return device_; }
+  // Where optimize chunks' device memory comes from: released chunks' blocks are kept and reused by the next
+  // chunks of the job, so after the first two (the engine keeps two alive at once) a chunk allocates and frees
+  // nothing on the device (cudaFree would synchronize it). A chunk returns its blocks only after synchronizing its
+  // streams, so a reused block is never still in use.
+  ReusePool& chunk_pool() { return chunk_pool_; }
 
   // Scratch memory for cuDNN, at least `bytes`; grows (after synchronizing, since queued work may still use the old
   // buffer) and never shrinks. Valid until the next call.
@@ -75,6 +80,8 @@ class CudaContext {
   DeviceBuffer<unsigned char> workspace_;
   size_t workspace_limit_ = 0;
   std::string description_;
+  CudaMallocAllocator device_allocator_;
+  ReusePool chunk_pool_{device_allocator_};  // after device_allocator_: destroyed (trimmed) before it
 };
 
 }  // namespace nudge::cuda
