@@ -60,6 +60,7 @@ budget="${GPU_CHECK_BUDGET:-480}"
 # Inside the tests stage: the CUDA suites, then the rest, each under its own bound; per-test timeout at pack time.
 cuda_tests_box=72 other_tests_box=68 card_test_timeout=60
 cuda_test_regex='^(Cuda|Fused|BothPaths/Cuda|OptimizeFixture)'
+test_jobs="${GPU_CHECK_TEST_JOBS:-8}"  # ctest -j on the card's 16 cores (each test up to 2 OpenMP threads)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # --pack: build here and stage the bundle
@@ -261,14 +262,18 @@ count_group() {  # file-of-results, label
 
 stage_tests() {
   local all="$work/tests-all.tsv" cuda="$work/tests-cuda.tsv" rest="$work/tests-other.tsv" rc1 rc2
+  # The two ctest bounds share the stage's box in the budget's proportions (72 + 68 of 150), so that when the box is
+  # cut (the budget nearly spent) ctest still stops first and the summary below counts what ran.
+  local stage_box=${GPU_CHECK_STAGE_BOX:-${box[tests]}}
+  local cuda_tests_box=$((stage_box * cuda_tests_box / box[tests])) other_tests_box=$((stage_box * other_tests_box / box[tests]))
   # The CUDA suites first: they are what the card is for, and what a short box must not cut.
   (cd "$build" && OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 timeout -k 5 "$cuda_tests_box" \
-    ctest -R "$cuda_test_regex" --output-on-failure -j8) >"$logs/ctest-cuda.log" 2>&1
+    ctest -R "$cuda_test_regex" --output-on-failure -j"$test_jobs") >"$logs/ctest-cuda.log" 2>&1
   rc1=$?
   cp "$build/Testing/Temporary/LastTest.log" "$logs/ctest-cuda-output.log" 2>/dev/null
   skip_failures >"$work/skip-failures.txt"
   (cd "$build" && OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 timeout -k 5 "$other_tests_box" \
-    ctest -E "$cuda_test_regex" --output-on-failure -j8) >"$logs/ctest-other.log" 2>&1
+    ctest -E "$cuda_test_regex" --output-on-failure -j"$test_jobs") >"$logs/ctest-other.log" 2>&1
   rc2=$?
   cp "$build/Testing/Temporary/LastTest.log" "$logs/ctest-other-output.log" 2>/dev/null
   # The summary comes from the status lines ctest printed, so a run stopped by its box still counts what ran.
@@ -279,7 +284,7 @@ stage_tests() {
   listed_cuda=$(cd "$build" && ctest -N -R "$cuda_test_regex" 2>/dev/null | grep -Eo 'Total Tests: [0-9]+' | grep -Eo '[0-9]+')
   listed_all=$(cd "$build" && ctest -N 2>/dev/null | grep -Eo 'Total Tests: [0-9]+' | grep -Eo '[0-9]+')
   note ""
-  note "**Tests** (ctest; CUDA suites under a ${cuda_tests_box} s bound, then the rest under ${other_tests_box} s; per-test timeout ${card_test_timeout} s; ctest exit $rc1, $rc2$([ "$rc1" = 124 ] && echo ', CUDA suites stopped at their bound')$([ "$rc2" = 124 ] && echo ', other suites stopped at their bound')):"
+  note "**Tests** (ctest -j$test_jobs; CUDA suites under a ${cuda_tests_box} s bound, then the rest under ${other_tests_box} s; per-test timeout ${card_test_timeout} s; ctest exit $rc1, $rc2$([ "$rc1" = 124 ] && echo ', CUDA suites stopped at their bound')$([ "$rc2" = 124 ] && echo ', other suites stopped at their bound')):"
   note ""
   note "| group | ran | passed | failed | skipped | of which timeout |"
   note "| --- | --- | --- | --- | --- | --- |"
@@ -377,12 +382,19 @@ stage_bench() {
     timeout -k 5 25 "$b" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_counters_tabular=true \
       >"$logs/bench.log" 2>&1
     rc=$?
-    note "**Benchmarks** (\`bench_cuda_optimize\`, median of 3; exit $rc):"
+    # Google Benchmark exits 0 when a benchmark reports an error: count those as a failure.
+    local errors
+    errors=$(grep -c 'ERROR OCCURRED' "$logs/bench.log")
+    note "**Benchmarks** (\`bench_cuda_optimize\`, median of 3; exit $rc, $errors benchmark errors):"
     note ""
     note '```'
-    grep -E '^(BM_|-{5}|Benchmark)' "$logs/bench.log" | grep -Ev '_(mean|stddev|cv) ' | while IFS= read -r l; do note "$l"; done
+    if [ "$errors" -gt 0 ]; then
+      grep -m1 'ERROR OCCURRED' "$logs/bench.log" | while IFS= read -r l; do note "$l"; done
+    else
+      grep -E '^(BM_|-{5}|Benchmark)' "$logs/bench.log" | grep -Ev '_(mean|stddev|cv) ' | while IFS= read -r l; do note "$l"; done
+    fi
     note '```'
-    [ "$rc" -eq 0 ] || ok=1
+    [ "$rc" -eq 0 ] && [ "$errors" -eq 0 ] || ok=1
   else
     note "**Benchmarks**: $b not built"
     ok=1
@@ -488,7 +500,7 @@ run_stage() {
     return 1
   fi
   say "stage $s (box ${b} s)"
-  timeout -k 5 "$b" bash "$self" --stage "$s"
+  GPU_CHECK_STAGE_BOX=$b timeout -k 5 "$b" bash "$self" --stage "$s"
   rc=$?
   local used=$(($(now) - t0))
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
@@ -567,7 +579,9 @@ rehearse() {
   say "rehearsal in $dir/repo (OUT=$dir/out), NUDGE_REQUIRE_GPU=${GPU_CHECK_REQUIRE_GPU:-1}"
   local t0 rc files
   t0=$(now)
-  (cd "$dir/repo" && env -u LD_LIBRARY_PATH OUT="$dir/out" GPU_CHECK_WORK="$dir/work" bash tools/gpu_check.sh "$@")
+  # Two test jobs: this machine has two cores (the card's default is 8 of 16).
+  (cd "$dir/repo" && env -u LD_LIBRARY_PATH OUT="$dir/out" GPU_CHECK_WORK="$dir/work" \
+    GPU_CHECK_TEST_JOBS="${GPU_CHECK_TEST_JOBS:-2}" bash tools/gpu_check.sh "$@")
   rc=$?
   files=$(find "$dir/out" -type f | wc -l)
   echo
