@@ -2,7 +2,7 @@
 # The one command for a lent GPU machine, in two halves, and a rehearsal of the second half here.
 #
 #   tools/gpu_check.sh --pack        HERE (the build machine): builds build-gpu/ (Release, NUDGE_CUDA=ON, per-test
-#                                    timeout sized to the card's suite) through the alias path $alias (see Paths),
+#                                    timeout sized to the card's suite) through the alias path (see Paths),
 #                                    stages build-gpu/bundle/ (the ctest tree, binaries, the shared libraries the GPU
 #                                    machine may lack, MNIST test and train splits) and packs build-gpu/bundle.tar.gz.
 #                                    Carry only that file: carry ["build-gpu/bundle.tar.gz"].
@@ -32,8 +32,9 @@
 # tarball for an instant), so a killed call still returns all of them. The report also goes to stdout at the end.
 #
 # Paths: CMake and the test binaries embed the absolute path of the tree they were built in (ctest files,
-# NUDGE_SOURCE_DIR, NUDGE_BINARY). --pack builds through the alias $alias, a symbolic link to this tree; the GPU
-# half points that link at the tree it runs in, so the embedded paths lead there, on the card and in a rehearsal.
+# NUDGE_SOURCE_DIR, NUDGE_BINARY). --pack builds through the alias /tmp/nudge-gpu-check-root, a symbolic link to
+# this tree; the GPU half points that link at the tree it runs in, so the embedded paths lead there, on the card and
+# in a rehearsal.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
