@@ -112,8 +112,9 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   // the model's argmax on the very start image.
   auto set_start_classes = [&](PreparedChunk& lp, const ChunkResult& res) {
     lp.start_class.resize(lp.nrows);
-    const bool reported = res.start_class.size() == static_cast<size_t>(lp.n) &&
-                          std::all_of(res.start_class.begin(), res.start_class.end(), [K](int32_t c) { return c >= 0 && c < K; });
+    const bool reported =
+        res.start_class.size() == static_cast<size_t>(lp.n) &&
+        std::all_of(res.start_class.begin(), res.start_class.end(), [K](int32_t c) { return c >= 0 && c < K; });
     if (reported) {
       for (long r = 0; r < lp.nrows; ++r) lp.start_class[r] = res.start_class[static_cast<size_t>(r) * per_row];
       return;

@@ -70,8 +70,8 @@ ChunkState::ChunkState(const ChunkInput& in, const StepConfig& cfg, int D_, int 
                             active_next.bytes() + count_dev.bytes() + keep.bytes() + start_class.bytes();
   for (const ChunkBuffer& b : chunk_state_buffers(n, D, K, adam, active_list, !in.init)) planned += b.bytes;
   if (planned != made)
-    throw InternalError(owner + ": the chunk's buffers (" + std::to_string(made) + " bytes) differ from chunk_state_buffers (" +
-                        std::to_string(planned) + ")");
+    throw InternalError(owner + ": the chunk's buffers (" + std::to_string(made) +
+                        " bytes) differ from chunk_state_buffers (" + std::to_string(planned) + ")");
   // Blocking sync: a waiting host thread yields its core to the engine's other threads instead of spinning.
   CUDA_CHECK(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming | cudaEventBlockingSync));
 }

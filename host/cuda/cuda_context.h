@@ -1,6 +1,7 @@
 // Everything the CUDA backend holds per device: the stream all compute goes to, a second stream for uploads that
 // overlap it (an optimize chunk's inputs, staged through pinned memory), the cuBLAS and cuDNN handles, the cuDNN
-// workspace, and the switches read from the environment. One per backend; nothing of it is global.
+// workspace, the pool optimize chunks take their memory from, and the switches read from the environment. One per
+// card, shared by every backend of the process (cuda_backend.cpp, shared_context), and only through them.
 //   NUDGE_CUDA_SYNC=1   synchronize after every op and name it in errors (cuda_check.h)
 //   NUDGE_ALLOW_TF32=1  let cuBLAS and cuDNN use TF32 tensor cores (default: full FP32, to match the CPU)
 //   NUDGE_CUDA_LOG=f    append each cuDNN algorithm choice (once per pass, shape and batch bucket) to file f

@@ -105,8 +105,10 @@ void CudaNetwork::reserve(int n, bool weight_gradients) {
   };
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     const LayerSpec& l = arch_.layers[i];
-    if (owns_buffer(static_cast<int>(i))) act_[i] = make(static_cast<float*>(nullptr), N * l.out.size(), "network activations");
-    if (l.kind == LayerKind::MaxPool) argmax_[i] = make(static_cast<int32_t*>(nullptr), N * l.out.size(), "max-pool indices");
+    if (owns_buffer(static_cast<int>(i)))
+      act_[i] = make(static_cast<float*>(nullptr), N * l.out.size(), "network activations");
+    if (l.kind == LayerKind::MaxPool)
+      argmax_[i] = make(static_cast<int32_t*>(nullptr), N * l.out.size(), "max-pool indices");
   }
   grad_a_ = make(static_cast<float*>(nullptr), N * widest_layer(arch_), "backward scratch");
   grad_b_ = make(static_cast<float*>(nullptr), N * widest_layer(arch_), "backward scratch");

@@ -58,7 +58,9 @@ const char* algo_name(Pass pass, int algo) {
   static const char* const bwd_data[] = {"ALGO_0", "ALGO_1", "FFT", "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED"};
   static const char* const bwd_filter[] = {"ALGO_0", "ALGO_1", "FFT", "ALGO_3", "WINOGRAD", "WINOGRAD_NONFUSED",
                                            "FFT_TILING"};
-  const auto pick = [algo](const char* const* names, int count) { return algo >= 0 && algo < count ? names[algo] : "?"; };
+  const auto pick = [algo](const char* const* names, int count) {
+    return algo >= 0 && algo < count ? names[algo] : "?";
+  };
   switch (pass) {
     case Pass::Forward: return pick(fwd, 8);
     case Pass::BackwardData: return pick(bwd_data, 6);

@@ -46,7 +46,9 @@ class DeviceBuffer {
   DeviceBuffer(size_t count, const char* what, DeviceAllocator& from)
       : ptr_(count ? static_cast<T*>(from.allocate(count * sizeof(T), what)) : nullptr), count_(count), from_(&from) {}
   DeviceBuffer(DeviceBuffer&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), count_(std::exchange(o.count_, 0)), from_(std::exchange(o.from_, nullptr)) {}
+      : ptr_(std::exchange(o.ptr_, nullptr)),
+        count_(std::exchange(o.count_, 0)),
+        from_(std::exchange(o.from_, nullptr)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
       give_back();
