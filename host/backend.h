@@ -28,6 +28,20 @@ struct TrainStepResult {
   int adv_correct = 0;  // TRADES only: attacked images still classified as their label
 };
 
+// Start images a backend may make itself instead of reading ChunkInput::start (which holds the same images all the
+// same, for backends that read it): entry i starts from image (first_row + i / entries_per_row) / rows_per_source
+// of the job's generator, bit for bit what StartImages::fill makes (noise: counter_uniform(seed, kStreamNoise,
+// image, pixel); gray: the value). Gauss is not offered: its Box-Muller takes double log/cos/sin, whose device
+// versions may round differently from the host's, and the start must be the very image the report describes.
+struct GeneratedStarts {
+  enum class Kind { None, Noise, Gray };
+  Kind kind = Kind::None;
+  uint64_t seed = 0;
+  float gray = 0.5f;
+  long first_row = 0;
+  int entries_per_row = 1, rows_per_source = 1;
+};
+
 // The per-entry inputs of one chunk of an optimize job. All pointers are host memory. A backend may read them after
 // begin_optimize returns (the CUDA backend stages them in the background), so they must stay valid until the
 // chunk's finish() has returned, or the chunk is destroyed.
@@ -39,6 +53,7 @@ struct ChunkInput {
   const int32_t* target_kind = nullptr; // [n] TargetKind
   const int32_t* target_class = nullptr;// [n] one-hot target, or true label for untargeted
   const float* eps = nullptr;           // [n] radius, read when config.norm != None
+  GeneratedStarts generated;            // how a backend may make `start` itself (Kind::None: read `start`)
 };
 
 struct ChunkResult {
@@ -47,6 +62,9 @@ struct ChunkResult {
   std::vector<float> best_loss;       // [n]
   std::vector<int32_t> success_step;  // [n] index of the first iterate that met the goal (0 = the start), -1 never
   std::vector<int32_t> updates;       // [n] updates applied to the entry (less than the budget if it stopped early)
+  // [n] or empty: the argmax of each entry's first evaluation, given by a chunk whose first iterate is the start
+  // image (no init); the engine takes it as the start image's class instead of a predict pass of its own.
+  std::vector<int32_t> start_class;
 };
 
 // A chunk of entries being optimized; its state lives on the backend's device.

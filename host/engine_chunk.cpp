@@ -49,6 +49,7 @@ ChunkInput PreparedChunk::input(bool random_start) const {
   in.target_kind = kind.data();
   in.target_class = cls.data();
   in.eps = eps.data();
+  in.generated = generated;
   return in;
 }
 
@@ -68,6 +69,15 @@ void prepare_chunk(const OptimizeJob& job, const StartImages& starts, const JobL
   c.start_of_row.resize(static_cast<size_t>(nrows) * D);
   c.row_target.resize(nrows);
   c.start_class.clear();
+  c.generated = GeneratedStarts{};
+  if (job.init == InitKind::Noise || job.init == InitKind::Gray) {
+    c.generated.kind = job.init == InitKind::Noise ? GeneratedStarts::Kind::Noise : GeneratedStarts::Kind::Gray;
+    c.generated.seed = job.seed;
+    c.generated.gray = job.gray_value;
+    c.generated.first_row = first;
+    c.generated.entries_per_row = per_row;
+    c.generated.rows_per_source = tps;
+  }
 
   // Each start image is made once, into its first row in the chunk; its other rows (targets) copy it.
   const long first_source = first / tps, last_source = (first + nrows - 1) / tps;

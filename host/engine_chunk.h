@@ -31,6 +31,7 @@ struct PreparedChunk {
   std::vector<float> start_of_row;    // [nrows, D]
   std::vector<RowTarget> row_target;  // [nrows]
   std::vector<int> start_class;       // [nrows] the model's class for each start image (set by the engine)
+  GeneratedStarts generated;          // noise and gray starts: how a GPU makes x0 itself (no upload)
 
   ChunkInput input(bool random_start) const;
 };

@@ -106,10 +106,32 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   std::future<PreparedChunk> preparing;
   SerialWorker preparer, writer;
 
+  // The model's verdict on each row's start image, for the "classified correctly before" denominator: from the
+  // chunk's own first evaluation where it reports one (a GPU chunk without random starts evaluates the start image
+  // first anyway), else from a predict pass (the CPU backend, random starts, the host-regularised chunk). Either is
+  // the model's argmax on the very start image.
+  auto set_start_classes = [&](PreparedChunk& lp, const ChunkResult& res) {
+    lp.start_class.resize(lp.nrows);
+    const bool reported =
+        res.start_class.size() == static_cast<size_t>(lp.n) &&
+        std::all_of(res.start_class.begin(), res.start_class.end(), [K](int32_t c) { return c >= 0 && c < K; });
+    if (reported) {
+      for (long r = 0; r < lp.nrows; ++r) lp.start_class[r] = res.start_class[static_cast<size_t>(r) * per_row];
+      return;
+    }
+    std::vector<float> start_probs(static_cast<size_t>(lp.nrows) * K);
+    backend.predict(lp.start_of_row.data(), static_cast<int>(lp.nrows), start_probs.data());
+    for (long r = 0; r < lp.nrows; ++r) {
+      const float* q = start_probs.data() + r * K;
+      lp.start_class[r] = static_cast<int>(std::max_element(q, q + K) - q);
+    }
+  };
+
   // Finishes the current chunk and hands its rows to the writer (after the previous chunk's rows).
   auto retire_current = [&] {
     ChunkResult res = current->chunk->finish();
     current->chunk.reset();  // its device memory is free from here
+    set_start_classes(current->prepared, res);
     ++stats.chunks;
     if (!regularized) stats.path = backend.optimize_path_used();
     for (int i = 0; i < current->prepared.n; ++i) stats.image_steps += res.updates[i];
@@ -133,7 +155,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     }
   };
 
-  // Begins a prepared chunk, predicts its start images' classes and sends the following rows to the preparer.
+  // Begins a prepared chunk and sends the following rows to the preparer.
   // Out of memory while another chunk is live: returns null and keeps the chunk in `deferred`, to begin once that
   // one is finished. Out of memory alone (a device short of memory): halves the chunk and carries on.
   std::unique_ptr<PreparedChunk> deferred;
@@ -161,15 +183,6 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     if (next_first < rows) {
       const long nrows = rows_from(next_first);
       preparing = preparer.submit([&, next_first, nrows] { return prepare(next_first, nrows); });
-    }
-    // The model's verdict on the start images, for the "classified correctly before" denominator (on a GPU, ahead of
-    // the current chunk's steps: it is small).
-    std::vector<float> start_probs(static_cast<size_t>(lp.nrows) * K);
-    backend.predict(lp.start_of_row.data(), static_cast<int>(lp.nrows), start_probs.data());
-    lp.start_class.resize(lp.nrows);
-    for (long r = 0; r < lp.nrows; ++r) {
-      const float* q = start_probs.data() + r * K;
-      lp.start_class[r] = static_cast<int>(std::max_element(q, q + K) - q);
     }
     return live;
   };

@@ -505,6 +505,13 @@ FUSED_HD void run_step(Block& blk, const FusedParams& p, const Smem& s, int ni, 
                                 scratch + kScDZ + t * 16);
     const bool met = goal_met(probs, tgt, kind, cls, p.stop_prob, p.stop_kl);
     const int steps = p.steps_done[e];
+    if (p.start_class && steps == 0) {
+      // The first iterate's class, for the report's "classified before" column: no second network pass for it.
+      int best = 0;
+      for (int j = 1; j < kK; ++j)
+        if (probs[j] > probs[best]) best = j;
+      p.start_class[e] = best;
+    }
     const bool improved = !p.goal_reached[e] && (met || loss < p.best_loss[e]);
     if (improved) {
       p.best_loss[e] = loss;

@@ -58,6 +58,8 @@ struct FusedParams {
   float* best_images = nullptr;         // [entries, D]
   int32_t* success_step = nullptr;      // [entries] start at -1
   uint8_t* keep = nullptr;              // [count] out: 1 if the row's entry is still active after the launch; or null
+  int32_t* start_class = nullptr;       // [entries] out, or null: argmax of the first evaluation (steps_done 0, so x
+                                        // is still the first iterate), first maximum on ties as std::max_element
 
   LossKind loss = LossKind::CrossEntropy;
   InputOptimizer optimizer = InputOptimizer::Adam;

@@ -355,8 +355,12 @@ TEST(Cli, TrainOneEpochWritesALoadableModel) {
   const Model m = Model::load(out);
   EXPECT_EQ(m.arch.to_string(), Architecture::parse(kTinyArch).to_string());
   EXPECT_EQ(m.params.size(), m.arch.params().size());
-  for (const auto& e : fs::directory_iterator(box.work() / "models"))
-    EXPECT_EQ(e.path().filename().string(), "m.safetensors") << "stray file " << e.path();
+  // The model and its training log, nothing else (no temporaries left behind).
+  for (const auto& e : fs::directory_iterator(box.work() / "models")) {
+    const std::string name = e.path().filename().string();
+    EXPECT_TRUE(name == "m.safetensors" || name == "m.train.json") << "stray file " << e.path();
+  }
+  EXPECT_NE(slurp(box.path("models/m.train.json")).find("\"epochs\""), std::string::npos);
 }
 
 }  // namespace

@@ -12,9 +12,23 @@
 // CUDA build checks the kernel's logic (indexing, phases, bookkeeping) even on a machine without one, and running
 // each phase's threads in reverse order exposes any two threads of a phase that touch the same data.
 //
-// Tolerances: 1e-4 relative on probabilities (the brief's bound); losses 1e-4 relative + 1e-5; images 2e-5 absolute
-// after one SGD step of lr 0.05 (gradient differences of FP32 reordering are ~1e-6 of the gradient's scale).
-// NUDGE_PRINT_ERRORS=1 prints the measured maxima for tightening them from the first GPU runs.
+// Tolerances, and where equality is exact (each comparison below names its case):
+//   - exact: the emulation against itself in another thread order, tile or launch split, and the device against
+//     itself likewise: each image's arithmetic is the same instruction sequence wherever it runs, so any
+//     difference is a bug (a race, a wrong index), never rounding.
+//   - exact: before the first update (finish() right away) the emulation against the CPU: forward pass and loss
+//     only, both compiled by the host compiler from code that does the same operations in the same order.
+//   - bounded: the device against the CPU or against its host emulation. nvcc contracts a*b+c into FMAs (one
+//     rounding instead of two) and the host build (x86-64 baseline, no FMA in the ISA) cannot, so the two differ
+//     by rounding in every multiply-add: ~1 ulp per operation, compounded over the ~100-term sums of a layer,
+//     i.e. ~1e-6 of each tensor's scale. Probabilities: 1e-4 relative (~100x that); losses 1e-4 relative + 1e-5;
+//     images after one SGD step of lr 0.05: 2e-5 absolute (lr x a gradient error of ~1e-6 of a gradient scale of
+//     O(10) is ~5e-7; 40x margin), 5e-5 after two steps (the second gradient is taken at iterates that already
+//     differ).
+//   - counts (success steps, updates) exact except at a decision within rounding of its threshold: an entry whose
+//     goal margin at the start or at the reported iterate of the reference is under kDecisionMargin is left out of
+//     the count comparison (borderline(), counted and printed), as inputs near ReLU kinks are in the parity tests.
+// NUDGE_PRINT_ERRORS=1 prints the measured maxima for tightening the bounds from the first GPU runs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -28,15 +42,16 @@
 
 #include "backend.h"
 #include "cpu_backend.h"
+#include "losses.h"
 #include "model.h"
 #include "optimize_types.h"
+#include "cuda_test_util.h"
 #include "start_images.h"
 
 #if NUDGE_HAVE_CUDA
 #include "cuda/cuda_context.h"
 #include "cuda/fused_chunk.h"
 #include "cuda_backend.h"
-#include "cuda_test_util.h"
 #include "fused_optimize.cuh"
 #endif
 
@@ -147,6 +162,7 @@ struct EmulationOptions {
   int blocks = 3;
   int steps_per_launch = 1;
   bool reverse_threads = false;
+  std::vector<int32_t>* start_class = nullptr;  // when given: FusedParams::start_class, starting at -1
 };
 
 ChunkResult run_emulated(const Job& job, const StepConfig& cfg, int steps, const EmulationOptions& opt) {
@@ -164,6 +180,7 @@ ChunkResult run_emulated(const Job& job, const StepConfig& cfg, int steps, const
   std::vector<uint8_t> goal(n, 0), keep(n, 0);
   for (int i = 0; i < n; ++i) rows[i] = i;
   int count = n;
+  if (opt.start_class) opt.start_class->assign(n, -1);
 
   auto launch = [&](int k, bool final_eval) {
     if (count == 0 || (k == 0 && !final_eval)) return;
@@ -190,6 +207,7 @@ ChunkResult run_emulated(const Job& job, const StepConfig& cfg, int steps, const
     p.success_step = success.data();
     const bool compact = cfg.early_stop && k > 0 && !final_eval;
     p.keep = compact ? keep.data() : nullptr;
+    p.start_class = opt.start_class ? opt.start_class->data() : nullptr;
     p.loss = cfg.loss;
     p.optimizer = cfg.optimizer;
     p.norm = cfg.norm;
@@ -269,13 +287,68 @@ void expect_equal(const std::vector<T>& got, const std::vector<T>& ref, const st
   if (bad) ADD_FAILURE() << what << ": " << bad << " of " << ref.size() << " elements differ; first:" << first;
 }
 
-// A chunk result against the CPU's: numbers within the tolerances, counts exactly.
-void expect_matches_cpu(const ChunkResult& got, const ChunkResult& cpu, double image_atol, const std::string& what) {
+// A goal decision closer to its threshold than this (in probability, or KL, units) can go either way under the
+// device's rounding: 1e-4 is the probabilities' own tolerance (relative 1e-4 of values <= 1).
+constexpr double kDecisionMargin = 1e-4;
+
+// How far probabilities p are from meeting entry i's goal under cfg (positive: met), in the goal's own units; the
+// goal tests are host/optimize_types.h's.
+double goal_margin(const Job& job, const StepConfig& cfg, int i, const float* p) {
+  const int cls = job.cls[i];
+  float other = 0;
+  for (int k = 0; k < kK; ++k)
+    if (k != cls) other = std::max(other, p[k]);
+  switch (static_cast<TargetKind>(job.kind[i])) {
+    case TargetKind::OneHot: return cfg.stop_prob > 0 ? p[cls] - cfg.stop_prob : p[cls] - other;
+    case TargetKind::Untargeted:
+      return cfg.stop_prob > 0 ? std::min<double>(other - p[cls], (1.0 - cfg.stop_prob) - p[cls]) : other - p[cls];
+    case TargetKind::Soft: return cfg.stop_kl - kl_divergence(job.dist.data() + static_cast<size_t>(i) * kK, p, kK);
+  }
+  return 0;
+}
+
+// Entries whose count comparison is not principled: a goal decision of the reference within kDecisionMargin of its
+// threshold, at the start iterate or at the reported one. (The intermediate iterates of a multi-step job are not
+// seen here; the jobs are short, and a flip there shows as a count mismatch with the margins printed.)
+std::vector<bool> borderline(const Job& job, const StepConfig& cfg, const ChunkResult& ref) {
+  const ChunkResult start = run_cpu(job, cfg, 0);
+  std::vector<bool> b(job.n);
+  for (int i = 0; i < job.n; ++i)
+    b[i] = std::fabs(goal_margin(job, cfg, i, start.best_probs.data() + static_cast<size_t>(i) * kK)) <
+               kDecisionMargin ||
+           std::fabs(goal_margin(job, cfg, i, ref.best_probs.data() + static_cast<size_t>(i) * kK)) < kDecisionMargin;
+  return b;
+}
+
+// A chunk result against the reference's: numbers within the tolerances (see the file comment), counts exactly
+// except for the borderline entries (all entries count when `skip` is null).
+void expect_matches_cpu(const ChunkResult& got, const ChunkResult& cpu, double image_atol, const std::string& what,
+                        const std::vector<bool>* skip = nullptr) {
   expect_close(got.best_probs, cpu.best_probs, 1e-4, 1e-9, what + " best_probs");
   expect_close(got.best_loss, cpu.best_loss, 1e-4, 1e-5, what + " best_loss");
   expect_close(got.best_images, cpu.best_images, 0.0, image_atol, what + " best_images");
-  expect_equal(got.success_step, cpu.success_step, what + " success_step");
-  expect_equal(got.updates, cpu.updates, what + " updates");
+  if (!skip) {
+    expect_equal(got.success_step, cpu.success_step, what + " success_step");
+    expect_equal(got.updates, cpu.updates, what + " updates");
+    return;
+  }
+  std::vector<int32_t> gs, cs, gu, cu;
+  int left_out = 0;
+  for (size_t i = 0; i < cpu.success_step.size(); ++i) {
+    if ((*skip)[i]) {
+      ++left_out;
+      continue;
+    }
+    gs.push_back(got.success_step[i]);
+    cs.push_back(cpu.success_step[i]);
+    gu.push_back(got.updates[i]);
+    cu.push_back(cpu.updates[i]);
+  }
+  std::printf("[   INFO   ] %s: %d of %zu entries borderline (goal margin < %g), left out of the count comparison\n",
+              what.c_str(), left_out, cpu.success_step.size(), kDecisionMargin);
+  EXPECT_LE(left_out, static_cast<int>(cpu.success_step.size()) / 4) << what << ": too many borderline entries";
+  expect_equal(gs, cs, what + " success_step (clear entries)");
+  expect_equal(gu, cu, what + " updates (clear entries)");
 }
 
 // Bit for bit.
@@ -377,12 +450,52 @@ TEST(FusedEmulation, EarlyStopMatchesCpu) {
   }
 }
 
+// The start classes (FusedParams::start_class) come from each entry's first evaluation and nothing later: the CPU
+// backend's argmax on the start images, wherever that argmax is not within rounding of a tie (the emulation sums
+// in another order than the CPU backend).
+std::vector<int32_t> cpu_start_classes(const Job& job, std::vector<bool>* near_tie) {
+  auto cpu = make_cpu_backend();
+  cpu->load_model(reference_model());
+  std::vector<float> probs(static_cast<size_t>(job.n) * kK);
+  cpu->predict(job.start.data(), job.n, probs.data());
+  std::vector<int32_t> cls(job.n);
+  near_tie->assign(job.n, false);
+  for (int i = 0; i < job.n; ++i) {
+    const float* q = probs.data() + static_cast<size_t>(i) * kK;
+    cls[i] = static_cast<int32_t>(std::max_element(q, q + kK) - q);
+    for (int k = 0; k < kK; ++k)
+      if (k != cls[i] && q[cls[i]] - q[k] < kDecisionMargin) (*near_tie)[i] = true;
+  }
+  return cls;
+}
+
+TEST(FusedEmulation, ReportsEachEntrysClassAtItsFirstEvaluation) {
+  const Job job = make_job(11, 105, Targets::Mixed, 0.3f);
+  std::vector<bool> near_tie;
+  const std::vector<int32_t> expect = cpu_start_classes(job, &near_tie);
+  for (bool early_stop : {false, true}) {
+    SCOPED_TRACE(early_stop ? "early stop" : "no early stop");
+    const StepConfig cfg = step_config(LossKind::CrossEntropy, InputOptimizer::Adam, Norm::Linf, 0.05f, early_stop);
+    std::vector<int32_t> got;
+    EmulationOptions opt;
+    opt.tile = 4;
+    opt.steps_per_launch = 3;  // later steps of the same launch must not overwrite it
+    opt.start_class = &got;
+    run_emulated(job, cfg, 6, opt);
+    ASSERT_EQ(got.size(), expect.size());
+    for (int i = 0; i < job.n; ++i) {
+      if (near_tie[i]) continue;
+      EXPECT_EQ(got[i], expect[i]) << "entry " << i;
+    }
+  }
+}
+
 // ---- on the device ------------------------------------------------------------------------------------------------
 
 #define REQUIRE_DEVICE()                                         \
   do {                                                           \
     std::string why_;                                            \
-    if (!cuda_device_usable(&why_)) GTEST_SKIP() << why_;        \
+    if (!cuda_device_usable(&why_)) NUDGE_GPU_SKIP(why_);       \
   } while (0)
 
 cuda::CudaContext& context() {
@@ -394,7 +507,7 @@ cuda::CudaContext& context() {
   do {                                                                               \
     REQUIRE_DEVICE();                                                                \
     std::string why_;                                                                \
-    if (!cuda::fused_device_supports(context(), &why_)) GTEST_SKIP() << why_;        \
+    if (!cuda::fused_device_supports(context(), &why_)) NUDGE_GPU_SKIP(why_);       \
   } while (0)
 
 ChunkResult run_fused(const Job& job, const StepConfig& cfg, int steps, const cuda::FusedChunkOptions& opt = {}) {
@@ -409,11 +522,13 @@ TEST(FusedChunk, OneStepMatchesCpu) {
     Job j = job;
     j.eps.assign(j.n, c.eps);
     const ChunkResult cpu = run_cpu(j, c.cfg, 1);
+    const std::vector<bool> skip = borderline(j, c.cfg, cpu);
     for (int tile : {0, 8, 3}) {
       cuda::FusedChunkOptions opt;
       opt.tile = tile;
+      // Bounded (FMA contraction on the device; file comment).
       expect_matches_cpu(run_fused(j, c.cfg, 1, opt), cpu, 2e-5,
-                         std::string(c.name) + " tile " + std::to_string(tile));
+                         std::string(c.name) + " tile " + std::to_string(tile), &skip);
     }
   }
 }
@@ -424,12 +539,13 @@ TEST(FusedChunk, SizesThatDoNotDivideTheTileMatchCpu) {
   for (int n : {1, 37, 1000}) {
     const Job job = make_job(n, 202 + n, Targets::Mixed, 0.05f);
     const ChunkResult cpu = run_cpu(job, cfg, 2);
+    const std::vector<bool> skip = borderline(job, cfg, cpu);
     for (int tile : {0, 8}) {
       cuda::FusedChunkOptions opt;
       opt.tile = tile;
-      // Two SGD steps: the second gradient is taken at slightly different first iterates.
+      // Two SGD steps: the second gradient is taken at slightly different first iterates (bounded, file comment).
       expect_matches_cpu(run_fused(job, cfg, 2, opt), cpu, 5e-5,
-                         "n " + std::to_string(n) + " tile " + std::to_string(tile));
+                         "n " + std::to_string(n) + " tile " + std::to_string(tile), &skip);
     }
   }
 }
@@ -440,19 +556,32 @@ TEST(FusedChunk, SameSuccessSetAsCpu) {
   const Job job = make_job(64, 203, Targets::Mixed, 0.25f);
   StepConfig cfg = step_config(LossKind::CrossEntropy, InputOptimizer::Adam, Norm::Linf, 0.01f, true);
   cfg.stop_prob = 0.0f;
-  constexpr int kSteps = 40;
-  const ChunkResult cpu = run_cpu(job, cfg, kSteps);
+  constexpr int kSteps = 40, kSlack = 8;
+  // Over 40 Adam steps the device's trajectory drifts from the CPU's by rounding (FMA contraction; Adam's early
+  // steps are close to sign steps, which turn a near-zero gradient's rounding into a whole step), so a success step
+  // moves by a few steps (the parity tests allow max(2, 10%)). Exact agreement of the success set is principled
+  // only for entries whose CPU success step is clear of the budget's end by kSlack steps either way; the CPU run
+  // with kSteps + kSlack steps says which (with early stopping, a longer budget changes nothing before kSteps).
+  const ChunkResult cpu = run_cpu(job, cfg, kSteps + kSlack);
   const ChunkResult gpu = run_fused(job, cfg, kSteps);
-  int successes = 0, differ = 0;
+  int successes = 0, differ = 0, clear = 0;
   for (int i = 0; i < job.n; ++i) {
-    successes += cpu.success_step[i] >= 0;
-    EXPECT_EQ(gpu.success_step[i] >= 0, cpu.success_step[i] >= 0)
-        << "entry " << i << ": fused success step " << gpu.success_step[i] << ", cpu " << cpu.success_step[i];
-    differ += gpu.success_step[i] != cpu.success_step[i];
+    const int cs = cpu.success_step[i];
+    if (cs > kSteps - kSlack) continue;  // borderline: succeeds near the budget's end, or just after it
+    ++clear;
+    successes += cs >= 0;
+    EXPECT_EQ(gpu.success_step[i] >= 0, cs >= 0)
+        << "entry " << i << ": fused success step " << gpu.success_step[i] << ", cpu " << cs;
+    if (cs >= 0 && gpu.success_step[i] >= 0) {
+      EXPECT_LE(std::abs(gpu.success_step[i] - cs), std::max(2, cs / 10)) << "entry " << i;
+      differ += gpu.success_step[i] != cs;
+    }
   }
-  std::printf("[   INFO   ] %d of %d entries succeed; %d success steps differ from the CPU's\n", successes, job.n,
-              differ);
-  EXPECT_GT(successes, job.n / 2) << "the job should mostly succeed, or it checks little";
+  std::printf("[   INFO   ] %d of %d entries clear of the budget's end; %d of them succeed; %d success steps differ from "
+              "the CPU's\n",
+              clear, job.n, successes, differ);
+  EXPECT_GE(clear, job.n * 3 / 4) << "too many borderline entries: the job checks little";
+  EXPECT_GT(successes, clear / 2) << "the job should mostly succeed, or it checks little";
 }
 
 TEST(FusedChunk, TileStepsPerLaunchAndBatchCompositionChangeNothing) {
@@ -576,24 +705,29 @@ TEST(FusedKernel, DeviceMatchesItsHostEmulation) {
   opt.tile = 4;
   EmulationOptions eopt;
   eopt.tile = 4;
-  expect_matches_cpu(run_fused(job, cfg, 2, opt), run_emulated(job, cfg, 2, eopt), 5e-5, "device vs emulation");
+  // Not exact although the source is the same: the device contracts multiply-adds into FMAs and the host build
+  // cannot (file comment), so this is the two-SGD-step bound, with borderline decisions left out of the counts.
+  const ChunkResult emu = run_emulated(job, cfg, 2, eopt);
+  const std::vector<bool> skip = borderline(job, cfg, emu);
+  expect_matches_cpu(run_fused(job, cfg, 2, opt), emu, 5e-5, "device vs emulation", &skip);
 }
 
 #else  // !NUDGE_HAVE_CUDA
 
-TEST(FusedPath, SupportsTheReferenceArchitectureOnly) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedEmulation, OneStepMatchesCpu) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedEmulation, EveryOptimizerAndRandomStartMatchCpuBeforeTheFirstUpdate) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedEmulation, ThreadOrderTileSizeAndStepsPerLaunchChangeNothing) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedEmulation, EarlyStopMatchesCpu) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedChunk, OneStepMatchesCpu) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedChunk, SizesThatDoNotDivideTheTileMatchCpu) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedChunk, SameSuccessSetAsCpu) { GTEST_SKIP() << "built without CUDA"; }
-TEST(FusedChunk, TileStepsPerLaunchAndBatchCompositionChangeNothing) { GTEST_SKIP() << "built without CUDA"; }
+TEST(FusedPath, SupportsTheReferenceArchitectureOnly) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedEmulation, OneStepMatchesCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedEmulation, EveryOptimizerAndRandomStartMatchCpuBeforeTheFirstUpdate) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedEmulation, ThreadOrderTileSizeAndStepsPerLaunchChangeNothing) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedEmulation, EarlyStopMatchesCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedEmulation, ReportsEachEntrysClassAtItsFirstEvaluation) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedChunk, OneStepMatchesCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedChunk, SizesThatDoNotDivideTheTileMatchCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedChunk, SameSuccessSetAsCpu) { NUDGE_GPU_SKIP("built without CUDA"); }
+TEST(FusedChunk, TileStepsPerLaunchAndBatchCompositionChangeNothing) { NUDGE_GPU_SKIP("built without CUDA"); }
 TEST(FusedKernel, WritesEveryResultNothingPastTheEndAndLeavesStoppedEntriesAlone) {
-  GTEST_SKIP() << "built without CUDA";
+  NUDGE_GPU_SKIP("built without CUDA");
 }
-TEST(FusedKernel, DeviceMatchesItsHostEmulation) { GTEST_SKIP() << "built without CUDA"; }
+TEST(FusedKernel, DeviceMatchesItsHostEmulation) { NUDGE_GPU_SKIP("built without CUDA"); }
 
 #endif
 

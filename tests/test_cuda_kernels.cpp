@@ -40,6 +40,7 @@
 #include "maxpool.cuh"
 #include "noise.cuh"
 #include "optimize_track.cuh"
+#include "row_argmax.cuh"
 #include "softmax_loss.cuh"
 #endif
 
@@ -117,6 +118,7 @@ TEST_F(CudaKernels, BiasAddAndRelu) {
 
   GuardedBuffer<float> inplace(x);
   cuda::bias_add_cuda(inplace.get(), bd.get(), N, C, P, 0);
+  // Exact: one float add (and a max) per element on both sides; nothing to contract or reorder.
   EXPECT_TRUE(all_equal("bias_add", inplace.download(), with_bias));
   EXPECT_TRUE(inplace.guard_intact());
 
@@ -144,6 +146,7 @@ TEST_F(CudaKernels, ReluBackward) {
   cpu::relu_backward(y.data(), dy.data(), n, ref.data());
   GuardedBuffer<float> yd(y), dyd(dy), dxd(n);
   cuda::relu_backward_cuda(yd.get(), dyd.get(), dxd.get(), n, 0);
+  // Exact: a select per element.
   EXPECT_TRUE(all_equal("relu_backward", dxd.download(), ref));
   EXPECT_TRUE(dxd.guard_intact());
   cuda::relu_backward_cuda(yd.get(), dyd.get(), dyd.get(), n, 0);  // in place
@@ -199,6 +202,7 @@ TEST_F(CudaKernels, MaxPoolForwardBackward) {
       GuardedBuffer<float> xd(x), yd(out_n), dyd(dy), dxd(in_n);
       GuardedBuffer<int32_t> ad(out_n);
       cuda::maxpool_forward_cuda(xd.get(), N, C, H, W, p, yd.get(), ad.get(), 0);
+      // Exact: comparisons and copies only (ties broken by the same first-index rule).
       EXPECT_TRUE(all_equal("maxpool y", yd.download(), y_ref));
       EXPECT_TRUE(all_equal("maxpool argmax", ad.download(), a_ref));
       cuda::maxpool_backward_cuda(dyd.get(), ad.get(), N, C, H, W, p, dxd.get(), 0);
@@ -424,6 +428,10 @@ TEST_F(CudaLossKernels, OptimizeTrack) {
     p.success_step = success_d.get();
     p.keep = keep_d.get();
     cuda::optimize_track_cuda(p, 0);
+    // Exact: the kernel compares and copies the values it is given; its one computed quantity, the soft goal's
+    // KL, is a double sum of double logs (CUDA's log is within 1 ulp, glibc's within 1 ulp) rounded to float and
+    // then compared, so a flip needs the double sum within a few double ulps (~1e-16 relative) of a float rounding
+    // point or of stop_kl: odds ~2^-28 per row, not rounding that a bound could describe.
     EXPECT_TRUE(all_equal("keep", keep_d.download(), keep_ref));
     EXPECT_TRUE(all_equal("goal_reached", reached_d.download(), reached));
     EXPECT_TRUE(all_equal("success_step", success_d.download(), success));
@@ -518,6 +526,7 @@ TEST_F(CudaKernels, NoiseBitIdentical) {
       ref[static_cast<size_t>(i) * D + p] = counter_uniform(seed, kStreamNoise, first + i, static_cast<uint32_t>(p));
   GuardedBuffer<float> out(ref.size());
   cuda::noise_images_cuda(out.get(), n, D, seed, first, 0);
+  // Exact: integer Philox from the same header (host/counter_rng.h) and a float formed from 24 bits.
   EXPECT_TRUE(all_equal("noise", out.download(), ref));
   EXPECT_TRUE(out.guard_intact());
 
@@ -529,6 +538,54 @@ TEST_F(CudaKernels, NoiseBitIdentical) {
   std::vector<float> got = out.download();
   got.resize(D);
   EXPECT_TRUE(all_equal("noise_image(7)", got, img));
+}
+
+// An optimize chunk's start images made on the device (ChunkState, GeneratedStarts) against StartImages::fill on
+// the host, through the entry -> image mapping: rows of 3 entries, 4 rows per image, from row 5 on.
+TEST_F(CudaKernels, EntryStartImagesBitIdentical) {
+  const int D = 787, n = 50;  // D not a multiple of 4: the last Philox block's tail
+  for (bool gray : {false, true}) {
+    SCOPED_TRACE(gray ? "gray" : "noise");
+    cuda::EntryStarts st;
+    st.gray = gray;
+    st.gray_value = 0.37f;
+    st.seed = 0x1234567890ull + randint(0, 1000);
+    st.first_row = 5;
+    st.entries_per_row = 3;
+    st.rows_per_source = 4;
+    std::vector<float> ref(static_cast<size_t>(n) * D);
+    for (int i = 0; i < n; ++i) {
+      const long image = (st.first_row + i / st.entries_per_row) / st.rows_per_source;
+      float* row = ref.data() + static_cast<size_t>(i) * D;
+      if (gray) std::fill(row, row + D, st.gray_value);
+      else noise_image(st.seed, image, D, row);
+    }
+    GuardedBuffer<float> out(ref.size());
+    cuda::entry_start_images_cuda(out.get(), n, D, st, 0);
+    // Exact: the same integer generator and 24-bit floats, or a copy of one value.
+    EXPECT_TRUE(all_equal("start images", out.download(), ref));
+    EXPECT_TRUE(out.guard_intact());
+  }
+}
+
+TEST_F(CudaKernels, RowArgmax) {
+  const int rows = 300, K = 10;
+  std::vector<float> probs = uniform(static_cast<size_t>(rows) * K, 0.0f, 1.0f);
+  // Ties: rows 0..9 have their maximum twice (the first one must win), row 10 is constant.
+  for (int r = 0; r < 10; ++r) probs[r * K + r] = probs[r * K + (r + 3) % K] = 2.0f;
+  for (int k = 0; k < K; ++k) probs[10 * K + k] = 0.5f;
+  const std::vector<int32_t> entry = sample(rows, rows + 50);
+  std::vector<int32_t> ref(rows + 50, -7);
+  for (int r = 0; r < rows; ++r) {
+    const float* q = probs.data() + static_cast<size_t>(r) * K;
+    ref[entry[r]] = static_cast<int32_t>(std::max_element(q, q + K) - q);
+  }
+  GuardedBuffer<float> p_d(probs);
+  GuardedBuffer<int32_t> e_d(entry), out(std::vector<int32_t>(rows + 50, -7));
+  cuda::row_argmax_cuda(p_d.get(), rows, K, e_d.get(), out.get(), 0);
+  // Exact: comparisons only, the first maximum as std::max_element; untouched slots stay as they were.
+  EXPECT_TRUE(all_equal("argmax", out.download(), ref));
+  EXPECT_TRUE(out.guard_intact());
 }
 
 TEST_F(CudaKernels, AdamUpdate) {
@@ -568,6 +625,7 @@ TEST_F(CudaKernels, GatherRows) {
   GuardedBuffer<float> src_d(src), dst(ref.size());
   GuardedBuffer<int32_t> rows_d(rows);
   cuda::gather_rows_cuda(src_d.get(), rows_d.get(), count, D, dst.get(), 0);
+  // Exact: copies.
   EXPECT_TRUE(all_equal("gather", dst.download(), ref));
   EXPECT_TRUE(dst.guard_intact());
 }
@@ -589,6 +647,7 @@ TEST_F(CudaKernels, CompactActive) {
       ASSERT_EQ(got_count, static_cast<int>(ref.size()));
       std::vector<int32_t> got = out.download();
       got.resize(got_count);
+      // Exact: integer compaction.
       EXPECT_TRUE(all_equal("compacted", got, ref));
       EXPECT_TRUE(out.guard_intact());
     }
@@ -600,9 +659,9 @@ class CudaLibraries : public CudaKernels {
  protected:
   void SetUp() override {
     CudaKernels::SetUp();
-    if (IsSkipped()) return;
+    if (IsSkipped() || HasFatalFailure()) return;
     ctx_ = std::make_unique<cuda::CudaContext>(0);
-    if (ctx_->allow_tf32()) GTEST_SKIP() << "NUDGE_ALLOW_TF32 is set: FP32 parity does not apply";
+    if (ctx_->allow_tf32()) NUDGE_GPU_SKIP("NUDGE_ALLOW_TF32 is set: FP32 parity does not apply");
   }
   std::unique_ptr<cuda::CudaContext> ctx_;
 };
@@ -702,7 +761,7 @@ TEST_F(CudaLibraries, StagedUploaderDeliversEveryByteInStreamOrder) {
 
 #else  // !NUDGE_HAVE_CUDA
 
-TEST(CudaKernels, Skipped) { GTEST_SKIP() << "built without CUDA"; }
+TEST(CudaKernels, Skipped) { NUDGE_GPU_SKIP("built without CUDA"); }
 
 #endif
 

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -37,6 +38,13 @@
 #endif
 
 namespace nudge {
+
+// gtest names a parameter with this in test listings ("GetParam() = fused"). Outside the anonymous namespace, so
+// that argument-dependent lookup finds it.
+inline void PrintTo(OptimizePath p, std::ostream* os) {
+  *os << (p == OptimizePath::Fused ? "fused" : p == OptimizePath::Layers ? "layers" : "auto");
+}
+
 namespace {
 
 #if NUDGE_HAVE_CUDA
@@ -263,7 +271,7 @@ TEST_F(CudaBackendParity, NetworkForwardBackward) {
   cpu_net.backward(cpu_params, dlogits.data(), n, &cpu_grad_ptrs, dx_cpu.data());
 
   cuda::CudaContext ctx(0);
-  if (ctx.allow_tf32()) GTEST_SKIP() << "NUDGE_ALLOW_TF32 is set: FP32 parity does not apply";
+  if (ctx.allow_tf32()) NUDGE_GPU_SKIP("NUDGE_ALLOW_TF32 is set: FP32 parity does not apply");
   std::vector<std::unique_ptr<test::GuardedBuffer<float>>> params, grads;
   std::vector<const float*> gpu_params;
   std::vector<float*> gpu_grads;
@@ -483,9 +491,27 @@ TEST(OptimizeFixture, HasClearSuccessesAndFailures) {
   EXPECT_GE(j.n - successes, 20);
 }
 
-TEST_F(CudaBackendParity, OptimizeChunkSameSuccessSet) {
+// The optimize parity tests run on both GPU paths, each selected explicitly (Auto would take the fused kernel on the
+// reference architecture and leave the layer-by-layer chunk, the only GPU path of every other architecture,
+// unchecked). Each test also checks that the path it asked for is the one that ran.
+class CudaOptimizeParity : public CudaBackendParity, public ::testing::WithParamInterface<OptimizePath> {
+ protected:
+  void SetUp() override {
+    CudaBackendParity::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    gpu_->set_optimize_path(GetParam());
+  }
+  std::string path_name() const { return GetParam() == OptimizePath::Fused ? "fused" : "layers"; }
+};
+
+std::string path_param_name(const ::testing::TestParamInfo<OptimizePath>& info) {
+  return info.param == OptimizePath::Fused ? "Fused" : "Layers";
+}
+
+TEST_P(CudaOptimizeParity, ChunkSameSuccessSet) {
   const FixedJob& j = fixed_job();
   const ChunkResult rc = run_job(*cpu_, j), rg = run_job(*gpu_, j);
+  EXPECT_EQ(gpu_->optimize_path_used(), path_name());
   ASSERT_EQ(rg.success_step.size(), rc.success_step.size());
   int moved = 0;
   double worst_prob = 0;
@@ -504,19 +530,20 @@ TEST_F(CudaBackendParity, OptimizeChunkSameSuccessSet) {
     for (int k = 0; k < K; ++k)
       worst_prob = std::max(worst_prob, std::fabs(static_cast<double>(rg.best_probs[i * K + k]) - rc.best_probs[i * K + k]));
   }
-  std::printf("[   INFO   ] success steps differ for %d of %d entries; max best-probability difference %.3g\n", moved,
-              j.n, worst_prob);
+  std::printf("[   INFO   ] %s: success steps differ for %d of %d entries; max best-probability difference %.3g\n",
+              path_name().c_str(), moved, j.n, worst_prob);
   EXPECT_LE(moved, j.n / 8);
 }
 
 // Without early stopping every entry takes the whole budget, and no step synchronizes with the host.
-TEST_F(CudaBackendParity, OptimizeChunkWithoutEarlyStop) {
+TEST_P(CudaOptimizeParity, ChunkWithoutEarlyStop) {
   FixedJob j = fixed_job();  // a copy
   j.cfg.early_stop = false;
   j.cfg.norm = Norm::L2;
   for (float& e : j.eps) e *= 10.0f;
   j.steps = 10;
   const ChunkResult rc = run_job(*cpu_, j), rg = run_job(*gpu_, j);
+  EXPECT_EQ(gpu_->optimize_path_used(), path_name());
   EXPECT_TRUE(all_equal("updates", rg.updates, rc.updates));
   for (int i = 0; i < j.n; ++i) {
     EXPECT_EQ(rg.updates[i], j.steps) << "entry " << i;
@@ -528,12 +555,45 @@ TEST_F(CudaBackendParity, OptimizeChunkWithoutEarlyStop) {
   }
 }
 
+// A chunk without random starts reports each entry's class at its first evaluation (ChunkResult::start_class), which
+// the engine takes instead of a predict pass: it must be the model's argmax on the start image (the CPU's, except
+// where the CPU's top two probabilities are within 1e-4, the probabilities' tolerance). With random starts (init)
+// the first iterate is not the start image and nothing is reported.
+TEST_P(CudaOptimizeParity, ChunkReportsStartClasses) {
+  const FixedJob& j = fixed_job();
+  gpu_->load_model(j.model);
+  cpu_->load_model(j.model);
+  std::vector<float> probs(static_cast<size_t>(j.n) * K_);
+  cpu_->predict(j.start.data(), j.n, probs.data());
+  auto chunk = gpu_->begin_optimize(j.input(), j.cfg);
+  for (int s = 0; s < 3; ++s) chunk->step();
+  const ChunkResult r = chunk->finish();
+  EXPECT_EQ(gpu_->optimize_path_used(), path_name());
+  ASSERT_EQ(r.start_class.size(), static_cast<size_t>(j.n));
+  int compared = 0;
+  for (int i = 0; i < j.n; ++i) {
+    const float* q = probs.data() + static_cast<size_t>(i) * K_;
+    const int top = static_cast<int>(std::max_element(q, q + K_) - q);
+    bool tie = false;
+    for (int k = 0; k < K_; ++k) tie |= k != top && q[top] - q[k] < 1e-4f;
+    if (tie) continue;
+    ++compared;
+    EXPECT_EQ(r.start_class[i], top) << "entry " << i;
+  }
+  EXPECT_GE(compared, j.n * 3 / 4);
+
+  ChunkInput with_init = j.input();
+  with_init.init = j.start.data();
+  auto c2 = gpu_->begin_optimize(with_init, j.cfg);
+  EXPECT_TRUE(c2->finish().start_class.empty()) << "a random start is not the start image";
+}
+
 // The engine begins chunk k+1 (its upload queued on the copy stream) while chunk k still computes, so several chunk
 // lifetimes overlap on the device. Run one job in small chunks and in one: the same rows in the same order and the
 // same outcomes. The fused path computes each entry alone, so there everything must match exactly; layer by layer,
 // cuDNN may pick another algorithm for another batch size, so probabilities agree to rounding and an entry whose
 // goal is crossed by a hair may flip.
-TEST_F(CudaBackendParity, EngineWithOverlappingChunksMatchesOneChunk) {
+TEST_P(CudaOptimizeParity, EngineWithOverlappingChunksMatchesOneChunk) {
   struct Rows : RowSink {
     std::vector<long> index;
     std::vector<int> success_step;
@@ -552,14 +612,14 @@ TEST_F(CudaBackendParity, EngineWithOverlappingChunksMatchesOneChunk) {
   job.step.early_stop = true;
   job.step.stop_prob = 0.9f;
   const StartImages starts(job, nullptr, 28, 28);
-  for (OptimizePath path : {OptimizePath::Layers, OptimizePath::Fused}) {
-    SCOPED_TRACE(path == OptimizePath::Fused ? "fused" : "layers");
-    gpu_->set_optimize_path(path);
+  const OptimizePath path = GetParam();
+  {
     Rows small, whole;
     job.chunk = 48;  // 9 chunks
     run_optimize(*gpu_, model_, job, starts, small, false);
     job.chunk = 400;
     run_optimize(*gpu_, model_, job, starts, whole, false);
+    EXPECT_EQ(gpu_->optimize_path_used(), path_name());
     ASSERT_EQ(small.index.size(), 400u);
     ASSERT_EQ(whole.index.size(), 400u);
     for (size_t i = 0; i < small.index.size(); ++i) ASSERT_EQ(small.index[i], static_cast<long>(i));
@@ -585,9 +645,12 @@ TEST_F(CudaBackendParity, EngineWithOverlappingChunksMatchesOneChunk) {
   }
 }
 
+INSTANTIATE_TEST_SUITE_P(BothPaths, CudaOptimizeParity, ::testing::Values(OptimizePath::Fused, OptimizePath::Layers),
+                         path_param_name);
+
 #else  // !NUDGE_HAVE_CUDA
 
-TEST(CudaParity, Skipped) { GTEST_SKIP() << "built without CUDA"; }
+TEST(CudaParity, Skipped) { NUDGE_GPU_SKIP("built without CUDA"); }
 
 #endif
 

@@ -28,7 +28,9 @@ class ChunkState {
  public:
   // owner names the buffers in out-of-memory messages ("optimize chunk", "fused chunk"). active_list: allocate the
   // active list (identity at first) and keep flags.
-  ChunkState(const ChunkInput& in, const StepConfig& cfg, int D, int K, bool active_list, const std::string& owner);
+  // Buffers come from `from` (the context's chunk_pool()), exactly those of chunk_state_buffers().
+  ChunkState(const ChunkInput& in, const StepConfig& cfg, int D, int K, bool active_list, const std::string& owner,
+             DeviceAllocator& from);
   ~ChunkState();
   ChunkState(const ChunkState&) = delete;
   ChunkState& operator=(const ChunkState&) = delete;
@@ -54,6 +56,9 @@ class ChunkState {
   // The active list (entry indices) and its double buffer, the new count, per-row keep flags; with active_list only.
   DeviceBuffer<int32_t> active, active_next, count_dev;
   DeviceBuffer<uint8_t> keep;
+  // Each entry's class at its first evaluation (-1 until then), when the first iterate is the start image (no
+  // init): returned as ChunkResult::start_class, so the engine needs no predict pass of its own. Else empty.
+  DeviceBuffer<int32_t> start_class;
 
  private:
   void queue_upload(CudaContext& ctx, const ChunkInput& in);

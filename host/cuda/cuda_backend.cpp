@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -24,6 +27,21 @@ namespace nudge {
 namespace cuda {
 
 namespace {
+
+// One context per card for every backend of the process (an ensemble's or a judge's models are backends of their
+// own): a context is two streams, cuBLAS and cuDNN handles with their algorithm cache, the cuDNN workspace, pinned
+// staging and an upload thread, none of which a second copy on the same card would make faster. The backends of a
+// job are driven from one host thread, as a context's compute must be. Alive while any backend holds it.
+std::shared_ptr<CudaContext> shared_context(int device) {
+  static std::mutex mutex;
+  static std::map<int, std::weak_ptr<CudaContext>> live;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::weak_ptr<CudaContext>& slot = live[device];
+  if (std::shared_ptr<CudaContext> ctx = slot.lock()) return ctx;
+  auto ctx = std::make_shared<CudaContext>(device);
+  slot = ctx;
+  return ctx;
+}
 
 // Images per pass for predict and input_gradient: enough to fill an H100 (a few thousand images already saturate
 // it for the reference model) while keeping this network's activations at ~1 GB, so it never crowds out a chunk.
@@ -56,12 +74,12 @@ void check_classes(const int32_t* cls, const int32_t* kind, int n, int K, const 
 
 class CudaBackend : public Backend {
  public:
-  CudaBackend() : ctx_(0) {}
+  CudaBackend() : ctx_(shared_context(0)) {}
   // Queued work may read the buffers about to be freed. (A chunk from begin_optimize must not outlive its backend.)
-  ~CudaBackend() override { cudaStreamSynchronize(ctx_.stream()); }
+  ~CudaBackend() override { cudaStreamSynchronize(ctx_->stream()); }
 
   // The optimize path that ran is reported separately (optimize_path_used), since it can differ per job.
-  std::string name() const override { return "cuda (" + ctx_.description() + ")"; }
+  std::string name() const override { return "cuda (" + ctx_->description() + ")"; }
   bool is_gpu() const override { return true; }
 
   void load_model(const Model& model) override {
@@ -80,14 +98,15 @@ class CudaBackend : public Backend {
     }
     const bool same_arch = loaded_ && model.arch == arch_;
     loaded_ = false;
-    ctx_.synchronize();  // queued work may still read the old parameters
+    fused_packed_ = false;
+    ctx_->synchronize();  // queued work may still read the old parameters
     if (params_.size() != total) {
       params_ = DeviceBuffer<float>(total, "model parameters");
       grads_ = DeviceBuffer<float>(total, "parameter gradients");
       adam_m_ = DeviceBuffer<float>(total, "Adam m");
       adam_v_ = DeviceBuffer<float>(total, "Adam v");
     }
-    const cudaStream_t s = ctx_.stream();
+    const cudaStream_t s = ctx_->stream();
     for (size_t i = 0; i < specs.size(); ++i) upload(params_.get() + offsets[i], model.params[i].ptr(), model.params[i].size(), s);
     CUDA_CHECK(cudaMemsetAsync(adam_m_.get(), 0, total * sizeof(float), s));
     CUDA_CHECK(cudaMemsetAsync(adam_v_.get(), 0, total * sizeof(float), s));
@@ -96,10 +115,10 @@ class CudaBackend : public Backend {
     specs_ = specs;
     offsets_ = offsets;
     if (!same_arch) {
-      net_ = std::make_unique<CudaNetwork>(ctx_, arch_);
+      net_ = std::make_unique<CudaNetwork>(*ctx_, arch_);
       batch_capacity_ = 0;
     }
-    ctx_.synchronize();
+    ctx_->synchronize();
     loaded_ = true;
   }
 
@@ -109,17 +128,17 @@ class CudaBackend : public Backend {
     model.params.clear();
     for (size_t i = 0; i < specs_.size(); ++i) {
       Tensor t(specs_[i].shape);
-      download(t.ptr(), params_.get() + offsets_[i], t.size(), ctx_.stream());
+      download(t.ptr(), params_.get() + offsets_[i], t.size(), ctx_->stream());
       model.params.push_back(std::move(t));
     }
-    ctx_.synchronize();
+    ctx_->synchronize();
   }
 
   void predict(const float* x, int n, float* probs) override {
     require_model("predict");
     NvtxRange range("predict");
     const int D = arch_.input.size(), K = arch_.num_classes();
-    const cudaStream_t s = ctx_.stream();
+    const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     for (int b = 0; b < n; b += kSliceImages) {
       const int m = std::min(kSliceImages, n - b);
@@ -128,7 +147,7 @@ class CudaBackend : public Backend {
       net_->forward(params, x_.get(), m);
       softmax_cuda(net_->logits(), m, K, probs_.get(), s);
       download(probs + static_cast<size_t>(b) * K, probs_.get(), static_cast<size_t>(m) * K, s);
-      ctx_.synchronize();
+      ctx_->synchronize();
     }
   }
 
@@ -138,7 +157,7 @@ class CudaBackend : public Backend {
     NvtxRange range("train_step");
     const int D = arch_.input.size(), K = arch_.num_classes();
     check_classes(labels, nullptr, n, K, "train_step labels");
-    const cudaStream_t s = ctx_.stream();
+    const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     ensure_batch(n);  // the whole batch at once: the gradient is over all of it
     upload(x_.get(), x, static_cast<size_t>(n) * D, s);
@@ -168,7 +187,7 @@ class CudaBackend : public Backend {
     host_correct_.resize(n);
     download(host_loss_.data(), loss_.get(), n, s);
     download(host_correct_.data(), correct_.get(), n, s);
-    ctx_.synchronize();
+    ctx_->synchronize();
     TrainStepResult r;
     for (int i = 0; i < n; ++i) {
       r.loss_sum += host_loss_[i];
@@ -184,7 +203,7 @@ class CudaBackend : public Backend {
     NvtxRange range("train_step_trades");
     const int D = arch_.input.size(), K = arch_.num_classes();
     check_classes(labels, nullptr, n, K, "train_step_trades labels");
-    const cudaStream_t s = ctx_.stream();
+    const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     // Clean and attacked images form one batch of 2n: one forward and one backward give both passes' gradients.
     ensure_batch(2 * n);
@@ -217,7 +236,7 @@ class CudaBackend : public Backend {
     host_correct_.resize(2 * n);
     download(host_loss_.data(), loss_.get(), 2 * n, s);
     download(host_correct_.data(), correct_.get(), 2 * n, s);
-    ctx_.synchronize();
+    ctx_->synchronize();
     TrainStepResult r;
     for (int i = 0; i < n; ++i) {
       r.loss_sum += host_loss_[i];
@@ -234,7 +253,7 @@ class CudaBackend : public Backend {
     require_model("logit_backprop");
     NvtxRange range("logit_backprop");
     const int D = arch_.input.size(), K = arch_.num_classes();
-    const cudaStream_t s = ctx_.stream();
+    const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     for (int b = 0; b < n; b += kSliceImages) {
       const int m = std::min(kSliceImages, n - b);
@@ -244,13 +263,13 @@ class CudaBackend : public Backend {
       host_logits_.resize(static_cast<size_t>(m) * K);
       host_dlogits_.assign(static_cast<size_t>(m) * K, 0.0f);
       download(host_logits_.data(), net_->logits(), static_cast<size_t>(m) * K, s);
-      ctx_.synchronize();
+      ctx_->synchronize();
       dlogits_of(b, m, host_logits_.data(), host_dlogits_.data());
       if (!grad) continue;
       upload(dlogits_.get(), host_dlogits_.data(), static_cast<size_t>(m) * K, s);
       net_->backward(params, dlogits_.get(), m, nullptr, dx_.get());
       download(grad + static_cast<size_t>(b) * D, dx_.get(), static_cast<size_t>(m) * D, s);
-      ctx_.synchronize();
+      ctx_->synchronize();
     }
   }
 
@@ -261,7 +280,7 @@ class CudaBackend : public Backend {
     NvtxRange range("input_gradient");
     const int D = arch_.input.size(), K = arch_.num_classes();
     check_classes(target_class, target_kind, n, K, "input_gradient");
-    const cudaStream_t s = ctx_.stream();
+    const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     for (int b = 0; b < n; b += kSliceImages) {
       const int m = std::min(kSliceImages, n - b);
@@ -288,7 +307,7 @@ class CudaBackend : public Backend {
       download(probs + static_cast<size_t>(b) * K, probs_.get(), static_cast<size_t>(m) * K, s);
       download(loss_out + b, loss_.get(), m, s);
       download(grad + static_cast<size_t>(b) * D, dx_.get(), static_cast<size_t>(m) * D, s);
-      ctx_.synchronize();
+      ctx_->synchronize();
     }
   }
 
@@ -297,18 +316,24 @@ class CudaBackend : public Backend {
     check_classes(in.target_class, in.target_kind, in.n, arch_.num_classes(), "optimize");
     if (path_ != OptimizePath::Layers) {
       std::string why;
-      const bool fits = fused_path_supports(arch_) && fused_device_supports(ctx_, &why);
+      const bool fits = fused_path_supports(arch_) && fused_device_supports(*ctx_, &why);
       if (!fits && path_ == OptimizePath::Fused)
         throw InputError("--path fused: " + (why.empty() ? "the fused kernel is specialised for the reference architecture " +
                                                                std::string(Architecture::reference_string())
                                                          : why));
       if (fits) {
         path_used_ = "fused";
-        return make_fused_optimize_chunk(ctx_, arch_, param_ptrs(), in, cfg);
+        // Packed once per load_model (or training step), not per chunk; queued on the stream before the chunk's
+        // launches, and after any earlier chunk's, which read the same weights.
+        if (!fused_packed_) {
+          fused_weights_ = pack_fused_weights(*ctx_, param_ptrs());
+          fused_packed_ = true;
+        }
+        return make_fused_optimize_chunk_packed(*ctx_, fused_weights_.get(), in, cfg);
       }
     }
     path_used_ = "layers";
-    return std::make_unique<CudaOptimizeChunk>(ctx_, arch_, param_ptrs(), in, cfg);
+    return std::make_unique<CudaOptimizeChunk>(*ctx_, arch_, param_ptrs(), in, cfg);
   }
 
   void set_optimize_path(OptimizePath path) override { path_ = path; }
@@ -322,7 +347,7 @@ class CudaBackend : public Backend {
     // take 85% of the rest (fragmentation, the cuDNN/cuBLAS libraries' own allocations), halved: the engine
     // begins the next chunk while the current one computes, so two live at once.
     const size_t per_entry = CudaOptimizeChunk::bytes_per_entry(arch, true);
-    const size_t reserve = ctx_.workspace_limit() + (size_t{512} << 20);
+    const size_t reserve = ctx_->workspace_limit() + (size_t{512} << 20);
     const size_t usable = free_b > reserve ? static_cast<size_t>((free_b - reserve) * 0.85 / 2) : 0;
     const size_t n = std::clamp<size_t>(usable / per_entry, kMinChunk, kMaxChunk);
     return static_cast<int>(n / kMinChunk * kMinChunk);
@@ -353,11 +378,12 @@ class CudaBackend : public Backend {
     step.c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
     step.c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
     adam_update_cuda(params_.get(), grads_.get(), adam_m_.get(), adam_v_.get(), params_.size(), step, s);
+    fused_packed_ = false;  // the parameters changed
   }
 
   void ensure_batch(int n) {
     if (n <= batch_capacity_) return;
-    ctx_.synchronize();
+    ctx_->synchronize();
     const size_t N = static_cast<size_t>(n), D = arch_.input.size(), K = arch_.num_classes();
     x_ = DeviceBuffer<float>(N * D, "batch images");
     dx_ = DeviceBuffer<float>(N * D, "batch input gradients");
@@ -372,7 +398,7 @@ class CudaBackend : public Backend {
     batch_capacity_ = n;
   }
 
-  CudaContext ctx_;
+  std::shared_ptr<CudaContext> ctx_;  // shared with every other backend on this card (shared_context)
   bool loaded_ = false;
   Architecture arch_;
   std::vector<ParamSpec> specs_;
@@ -383,6 +409,8 @@ class CudaBackend : public Backend {
   int batch_capacity_ = 0;
   DeviceBuffer<float> x_, dx_, target_, probs_, dlogits_, loss_;
   DeviceBuffer<int32_t> kind_, cls_, correct_;
+  DeviceBuffer<float> fused_weights_;  // the parameters packed for the fused kernel, valid when fused_packed_
+  bool fused_packed_ = false;
   std::vector<float> host_loss_, host_logits_, host_dlogits_;
   std::vector<int32_t> host_correct_;
 };

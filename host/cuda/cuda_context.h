@@ -1,8 +1,10 @@
 // Everything the CUDA backend holds per device: the stream all compute goes to, a second stream for uploads that
 // overlap it (an optimize chunk's inputs, staged through pinned memory), the cuBLAS and cuDNN handles, the cuDNN
-// workspace, and the switches read from the environment. One per backend; nothing of it is global.
+// workspace, the pool optimize chunks take their memory from, and the switches read from the environment. One per
+// card, shared by every backend of the process (cuda_backend.cpp, shared_context), and only through them.
 //   NUDGE_CUDA_SYNC=1   synchronize after every op and name it in errors (cuda_check.h)
 //   NUDGE_ALLOW_TF32=1  let cuBLAS and cuDNN use TF32 tensor cores (default: full FP32, to match the CPU)
+//   NUDGE_CUDA_LOG=f    append each cuDNN algorithm choice (once per pass, shape and batch bucket) to file f
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -44,6 +46,11 @@ class CudaContext {
   // they would serve (cudaFreeHost synchronizes the device), and one host thread drives a context's compute.
   int32_t* readback_slot() const { return readback_.get(); }
   int device() const { return device_; }
+  // Where optimize chunks' device memory comes from: released chunks' blocks are kept and reused by the next
+  // chunks of the job, so after the first two (the engine keeps two alive at once) a chunk allocates and frees
+  // nothing on the device (cudaFree would synchronize it). A chunk returns its blocks only after synchronizing its
+  // streams, so a reused block is never still in use.
+  ReusePool& chunk_pool() { return chunk_pool_; }
 
   // Scratch memory for cuDNN, at least `bytes`; grows (after synchronizing, since queued work may still use the old
   // buffer) and never shrinks. Valid until the next call.
@@ -74,6 +81,8 @@ class CudaContext {
   DeviceBuffer<unsigned char> workspace_;
   size_t workspace_limit_ = 0;
   std::string description_;
+  CudaMallocAllocator device_allocator_;
+  ReusePool chunk_pool_{device_allocator_};  // after device_allocator_: destroyed (trimmed) before it
 };
 
 }  // namespace nudge::cuda

@@ -1,6 +1,7 @@
 #include "cuda/cuda_network.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "bias_grad.cuh"
 #include "bias_relu.cuh"
@@ -54,7 +55,8 @@ size_t CudaNetwork::bytes_per_image(const Architecture& a) {
   return bytes;
 }
 
-CudaNetwork::CudaNetwork(CudaContext& ctx, const Architecture& arch) : ctx_(ctx), arch_(arch) {
+CudaNetwork::CudaNetwork(CudaContext& ctx, const Architecture& arch, DeviceAllocator* from)
+    : ctx_(ctx), from_(from), arch_(arch) {
   int p = 0;
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     const LayerSpec& l = arch_.layers[i];
@@ -97,13 +99,19 @@ void CudaNetwork::reserve(int n, bool weight_gradients) {
   grad_b_ = DeviceBuffer<float>();
   capacity_ = 0;
   const size_t N = static_cast<size_t>(n);
+  auto make = [this](auto* tag, size_t count, const char* what) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    return from_ ? DeviceBuffer<T>(count, what, *from_) : DeviceBuffer<T>(count, what);
+  };
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     const LayerSpec& l = arch_.layers[i];
-    if (owns_buffer(static_cast<int>(i))) act_[i] = DeviceBuffer<float>(N * l.out.size(), "network activations");
-    if (l.kind == LayerKind::MaxPool) argmax_[i] = DeviceBuffer<int32_t>(N * l.out.size(), "max-pool indices");
+    if (owns_buffer(static_cast<int>(i)))
+      act_[i] = make(static_cast<float*>(nullptr), N * l.out.size(), "network activations");
+    if (l.kind == LayerKind::MaxPool)
+      argmax_[i] = make(static_cast<int32_t*>(nullptr), N * l.out.size(), "max-pool indices");
   }
-  grad_a_ = DeviceBuffer<float>(N * widest_layer(arch_), "backward scratch");
-  grad_b_ = DeviceBuffer<float>(N * widest_layer(arch_), "backward scratch");
+  grad_a_ = make(static_cast<float*>(nullptr), N * widest_layer(arch_), "backward scratch");
+  grad_b_ = make(static_cast<float*>(nullptr), N * widest_layer(arch_), "backward scratch");
   capacity_ = n;
 }
 

@@ -23,7 +23,9 @@ class ConvOp;
 
 class CudaNetwork {
  public:
-  CudaNetwork(CudaContext& ctx, const Architecture& arch);
+  // Activations come from `from` when given (an optimize chunk's network: the context's chunk_pool()), else from
+  // device_alloc.
+  CudaNetwork(CudaContext& ctx, const Architecture& arch, DeviceAllocator* from = nullptr);
   ~CudaNetwork();
   CudaNetwork(const CudaNetwork&) = delete;
   CudaNetwork& operator=(const CudaNetwork&) = delete;
@@ -53,6 +55,7 @@ class CudaNetwork {
   bool relu_fused_into(int layer) const;  // layer is a conv/dense whose following ReLU it computes
 
   CudaContext& ctx_;
+  DeviceAllocator* from_;
   Architecture arch_;
   std::vector<int> param_index_;                  // layer -> index of its weight in params (bias +1), -1 if none
   std::vector<std::unique_ptr<ConvOp>> conv_;     // per layer, conv layers only

@@ -8,6 +8,7 @@
 #include "gather_rows.cuh"
 #include "input_step.cuh"
 #include "optimize_track.cuh"
+#include "row_argmax.cuh"
 #include "softmax_loss.cuh"
 
 namespace nudge::cuda {
@@ -28,16 +29,17 @@ CudaOptimizeChunk::CudaOptimizeChunk(CudaContext& ctx, const Architecture& arch,
       D_(arch.input.size()),
       K_(arch.num_classes()),
       active_count_(in.n),
-      net_(ctx, arch),
-      st_(in, cfg, arch.input.size(), arch.num_classes(), true, "optimize chunk") {
+      net_(ctx, arch, &ctx.chunk_pool()),
+      st_(in, cfg, arch.input.size(), arch.num_classes(), true, "optimize chunk", ctx.chunk_pool()) {
   const size_t n = static_cast<size_t>(in.n), nd = n * D_, nk = n * K_;
   // Everything is allocated here, before the first step, so running out of memory leaves nothing half done.
   net_.reserve(in.n);
-  if (cfg.early_stop) batch_x_ = DeviceBuffer<float>(nd, "optimize chunk: gathered batch");
-  grad_ = DeviceBuffer<float>(nd, "optimize chunk: input gradients");
-  probs_ = DeviceBuffer<float>(nk, "optimize chunk: probabilities");
-  loss_ = DeviceBuffer<float>(n, "optimize chunk: losses");
-  dlogits_ = DeviceBuffer<float>(nk, "optimize chunk: logit gradients");
+  ReusePool& pool = ctx.chunk_pool();
+  if (cfg.early_stop) batch_x_ = DeviceBuffer<float>(nd, "optimize chunk: gathered batch", pool);
+  grad_ = DeviceBuffer<float>(nd, "optimize chunk: input gradients", pool);
+  probs_ = DeviceBuffer<float>(nk, "optimize chunk: probabilities", pool);
+  loss_ = DeviceBuffer<float>(n, "optimize chunk: losses", pool);
+  dlogits_ = DeviceBuffer<float>(nk, "optimize chunk: logit gradients", pool);
   st_.upload(ctx_, in);  // last: a chunk refused for memory has copied nothing
 }
 
@@ -72,6 +74,12 @@ void CudaOptimizeChunk::evaluate_and_update(bool update) {
   lp.loss_out = loss_.get();
   lp.dlogits = update ? dlogits_.get() : nullptr;
   softmax_loss_cuda(lp, s);
+  if (!first_evaluated_ && st_.start_class.get()) {
+    // The first evaluation is of every entry's first iterate, its start image (no init): its classes are the
+    // report's start classes. count == n and the active list is the identity here.
+    row_argmax_cuda(probs_.get(), count, K_, nullptr, st_.start_class.get(), s);
+  }
+  first_evaluated_ = true;
 
   TrackParams tp;
   tp.rows = count;

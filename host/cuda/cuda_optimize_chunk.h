@@ -51,6 +51,7 @@ class CudaOptimizeChunk : public OptimizeChunk {
   int active_count_;
   bool active_is_identity_ = true;  // active list == 0..n-1 (nothing stopped yet): no gather needed
   bool finished_ = false;
+  bool first_evaluated_ = false;  // the start classes are taken at the first evaluation
   CudaNetwork net_;
   ChunkState st_;
   // By row of the current batch.

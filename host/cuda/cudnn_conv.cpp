@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <tuple>
 #include <vector>
@@ -48,6 +50,38 @@ std::vector<Candidate> candidates_of(const std::vector<Perf>& perf, int returned
   for (int i = 0; i < returned; ++i)
     c.push_back({static_cast<int>(perf[i].algo), perf[i].status, perf[i].memory, perf[i].determinism, perf[i].mathType});
   return c;
+}
+
+const char* algo_name(Pass pass, int algo) {
+  static const char* const fwd[] = {"IMPLICIT_GEMM", "IMPLICIT_PRECOMP_GEMM", "GEMM", "DIRECT",
+                                    "FFT", "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED"};
+  static const char* const bwd_data[] = {"ALGO_0", "ALGO_1", "FFT", "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED"};
+  static const char* const bwd_filter[] = {"ALGO_0", "ALGO_1", "FFT", "ALGO_3", "WINOGRAD", "WINOGRAD_NONFUSED",
+                                           "FFT_TILING"};
+  const auto pick = [algo](const char* const* names, int count) {
+    return algo >= 0 && algo < count ? names[algo] : "?";
+  };
+  switch (pass) {
+    case Pass::Forward: return pick(fwd, 8);
+    case Pass::BackwardData: return pick(bwd_data, 6);
+    case Pass::BackwardFilter: return pick(bwd_filter, 7);
+  }
+  return "?";
+}
+
+// With NUDGE_CUDA_LOG=<file>, one line per algorithm choice (once per pass, shape and batch bucket: the plan cache
+// below makes each choice once), appended to that file: which cuDNN algorithms ran is otherwise unknowable after a
+// GPU run. Users' stderr never sees it. The file is opened per line; choices are a handful per run.
+void log_choice(const char* pass, int c, int h, int w, int K, int k, long batch_key, int algo, const char* name,
+                bool fma) {
+  const char* path = std::getenv("NUDGE_CUDA_LOG");
+  if (!path || !*path) return;
+  if (FILE* f = std::fopen(path, "a")) {
+    std::fprintf(f, "%s: in %dx%dx%d, %d filters %dx%d, batch %s %ld: algo %d (%s), %s math\n", pass, c, h, w,
+                 K, k, k, batch_key < 0 ? "exactly" : "bucket", batch_key < 0 ? -batch_key : batch_key, algo, name,
+                 fma ? "FMA" : "tensor-op");
+    std::fclose(f);
+  }
 }
 
 // (pass, C, H, W, K, k, batch key) -> plan. Batch key: the power-of-two bucket, or -n for an exact-shape choice.
@@ -200,6 +234,11 @@ struct ConvOp::Impl {
     return {static_cast<int>(pass), in.c, in.h, in.w, K, k, batch_key};
   }
 
+  void log_plan(Pass pass, long batch_key, const Plan& p) const {
+    log_choice(pass_name(pass), in.c, in.h, in.w, K, k, batch_key, p.algo, algo_name(pass, p.algo),
+               p.math == CUDNN_FMA_MATH || p.math == CUDNN_DEFAULT_MATH);
+  }
+
   // Sets the descriptors to batch n and returns the plan and its workspace size for it.
   Plan plan_and_size(Pass pass, int n, size_t* ws_bytes) {
     auto& plans = ctx.cudnn().impl().plans;
@@ -208,13 +247,17 @@ struct ConvOp::Impl {
     if (it == plans.end()) {
       set_batch(static_cast<int>(std::min<long>(bucket, max_slice)));
       it = plans.emplace(key(pass, bucket), choose(pass)).first;
+      log_plan(pass, bucket, it->second);
     }
     set_batch(n);
     Plan plan = it->second;
     if (workspace_size(pass, plan.algo, plan.math, ws_bytes) != CUDNN_STATUS_SUCCESS) {
       // The bucket's algorithm refuses this exact batch: choose for the exact shape.
       auto exact = plans.find(key(pass, -static_cast<long>(n)));
-      if (exact == plans.end()) exact = plans.emplace(key(pass, -static_cast<long>(n)), choose(pass)).first;
+      if (exact == plans.end()) {
+        exact = plans.emplace(key(pass, -static_cast<long>(n)), choose(pass)).first;
+        log_plan(pass, -static_cast<long>(n), exact->second);
+      }
       plan = exact->second;
       CUDNN_CHECK(workspace_size(pass, plan.algo, plan.math, ws_bytes));
     }

@@ -14,6 +14,8 @@
 #include <string>
 #include <utility>
 
+#include "chunk_device_plan.h"
+
 namespace nudge::cuda {
 
 class DeviceOutOfMemory : public std::bad_alloc {
@@ -33,33 +35,54 @@ void pinned_free(void* p) noexcept;
 // "1.5 GiB"
 std::string format_bytes(size_t bytes);
 
-// A typed device allocation; contents uninitialized.
+// A typed device allocation; contents uninitialized. From device_alloc, or from an allocator (an optimize chunk's
+// buffers come from the context's ReusePool), which it goes back to.
 template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   DeviceBuffer(size_t count, const char* what)
       : ptr_(count ? static_cast<T*>(device_alloc(count * sizeof(T), what)) : nullptr), count_(count) {}
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  DeviceBuffer(size_t count, const char* what, DeviceAllocator& from)
+      : ptr_(count ? static_cast<T*>(from.allocate(count * sizeof(T), what)) : nullptr), count_(count), from_(&from) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)),
+        count_(std::exchange(o.count_, 0)),
+        from_(std::exchange(o.from_, nullptr)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
-      device_free(ptr_);
+      give_back();
       ptr_ = std::exchange(o.ptr_, nullptr);
       count_ = std::exchange(o.count_, 0);
+      from_ = std::exchange(o.from_, nullptr);
     }
     return *this;
   }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { device_free(ptr_); }
+  ~DeviceBuffer() { give_back(); }
 
   T* get() const { return ptr_; }
   size_t size() const { return count_; }
   size_t bytes() const { return count_ * sizeof(T); }
 
  private:
+  void give_back() noexcept {
+    if (!ptr_) return;
+    if (from_) from_->release(ptr_);
+    else device_free(ptr_);
+  }
+
   T* ptr_ = nullptr;
   size_t count_ = 0;
+  DeviceAllocator* from_ = nullptr;
+};
+
+// cudaMalloc / cudaFree as a DeviceAllocator (DeviceOutOfMemory when the card is full).
+class CudaMallocAllocator : public DeviceAllocator {
+ public:
+  void* allocate(size_t bytes, const char* what) override { return device_alloc(bytes, what); }
+  void release(void* p) noexcept override { device_free(p); }
 };
 
 // Page-locked host memory, for asynchronous copies back from the device.

@@ -46,13 +46,15 @@ int device_attribute(cudaDeviceAttr attr, int device) {
 
 class FusedChunk : public OptimizeChunk {
  public:
-  FusedChunk(CudaContext& ctx, DeviceBuffer<float> weights, const ChunkInput& in, const StepConfig& cfg,
-             const FusedChunkOptions& options)
+  // weights: packed (fused_pack_weights_cuda) on ctx's stream; `owned` holds them when the chunk owns them.
+  FusedChunk(CudaContext& ctx, const float* weights, DeviceBuffer<float> owned, const ChunkInput& in,
+             const StepConfig& cfg, const FusedChunkOptions& options)
       : ctx_(ctx),
         cfg_(cfg),
         active_count_(in.n),
-        weights_(std::move(weights)),
-        st_(in, cfg, kD, kK, cfg.early_stop, "fused chunk") {
+        owned_weights_(std::move(owned)),
+        weights_(weights),
+        st_(in, cfg, kD, kK, cfg.early_stop, "fused chunk", ctx.chunk_pool()) {
     if (options.tile < 0 || options.tile > kFusedTileMax)
       throw InternalError("fused optimize chunk: tile must be 0 (automatic) or 1.." + std::to_string(kFusedTileMax));
     if (options.steps_per_launch < 0) throw InternalError("fused optimize chunk: steps_per_launch must be >= 0");
@@ -100,7 +102,7 @@ class FusedChunk : public OptimizeChunk {
     const cudaStream_t s = ctx_.stream();
     st_.before_compute(s);
     FusedParams p;
-    p.weights = weights_.get();
+    p.weights = weights_;
     p.rows = rows_identity_ ? nullptr : st_.active.get();
     p.count = active_count_;
     p.tile = tile_ > 0 ? tile_ : std::clamp((active_count_ + sms_ - 1) / sms_, 1, kFusedTileMax);
@@ -122,6 +124,7 @@ class FusedChunk : public OptimizeChunk {
     p.success_step = st_.success_step.get();
     const bool compact = cfg_.early_stop && steps > 0 && !final_eval;
     p.keep = compact ? st_.keep.get() : nullptr;
+    p.start_class = st_.start_class.get();  // written at each entry's first evaluation only (steps_done 0)
     p.loss = cfg_.loss;
     p.optimizer = cfg_.optimizer;
     p.norm = cfg_.norm;
@@ -155,7 +158,8 @@ class FusedChunk : public OptimizeChunk {
   int pending_ = 0;
   bool rows_identity_ = true;  // rows_ == 0..n-1: the kernel is given no list
   bool finished_ = false;
-  DeviceBuffer<float> weights_;
+  DeviceBuffer<float> owned_weights_;  // empty when the weights are the backend's (packed once per load_model)
+  const float* weights_;
   ChunkState st_;  // with the active list only when early stopping
 };
 
@@ -189,11 +193,28 @@ std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const
     throw InternalError("fused optimize chunk: expected " + std::to_string(kFusedParamTensors) +
                         " parameter tensors, got " + std::to_string(device_params.size()));
   check_input(in);
+  DeviceBuffer<float> packed = pack_fused_weights(ctx, device_params);
+  const float* w = packed.get();
+  return std::make_unique<FusedChunk>(ctx, w, std::move(packed), in, cfg, options);
+}
+
+DeviceBuffer<float> pack_fused_weights(CudaContext& ctx, const std::vector<const float*>& device_params) {
+  if (device_params.size() != static_cast<size_t>(kFusedParamTensors))
+    throw InternalError("fused optimize chunk: expected " + std::to_string(kFusedParamTensors) +
+                        " parameter tensors, got " + std::to_string(device_params.size()));
   FusedWeightSources src;
   for (int i = 0; i < kFusedParamTensors; ++i) src.tensor[i] = device_params[i];
   DeviceBuffer<float> packed(fused_packed_weight_count(), "fused chunk: packed weights");
   fused_pack_weights_cuda(src, packed.get(), ctx.stream());
-  return std::make_unique<FusedChunk>(ctx, std::move(packed), in, cfg, options);
+  return packed;
+}
+
+std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk_packed(CudaContext& ctx, const float* packed_weights,
+                                                                const ChunkInput& in, const StepConfig& cfg,
+                                                                const FusedChunkOptions& options) {
+  if (!packed_weights) throw InternalError("fused optimize chunk: no packed weights");
+  check_input(in);
+  return std::make_unique<FusedChunk>(ctx, packed_weights, DeviceBuffer<float>(), in, cfg, options);
 }
 
 std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const Model& model, const ChunkInput& in,

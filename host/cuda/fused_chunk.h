@@ -11,10 +11,12 @@
 //     4-byte read-back. active_count() is the count after the last launch, so it is exact when steps_per_launch
 //     is 1 (the default there) and up to steps_per_launch - 1 steps late otherwise. Entries that stopped cost
 //     nothing in later steps either way.
-// The packed weights are copied at construction, so the caller's parameters may change while the chunk lives.
+// make_fused_optimize_chunk packs its own copy of the weights, so the caller's parameters may change while the chunk
+// lives; make_fused_optimize_chunk_packed uses the backend's packed copy (made once per load_model), which must then
+// stay unchanged while the chunk lives, as the layer-by-layer chunk's parameters must.
 // All device memory is allocated by the constructor (DeviceOutOfMemory, see device_memory.h).
 //
-// This header includes no CUDA.
+// This header includes no CUDA (device_memory.h neither).
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -23,6 +25,7 @@
 
 #include "architecture.h"
 #include "backend.h"
+#include "cuda/device_memory.h"
 #include "model.h"
 
 namespace nudge::cuda {
@@ -55,6 +58,14 @@ std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const
                                                          const std::vector<const float*>& device_params,
                                                          const ChunkInput& in, const StepConfig& cfg,
                                                          const FusedChunkOptions& options = {});
+
+// The device parameters packed for the kernel (fused_pack_weights_cuda, queued on ctx's stream).
+DeviceBuffer<float> pack_fused_weights(CudaContext& ctx, const std::vector<const float*>& device_params);
+
+// The chunk on weights already packed by pack_fused_weights (on ctx's stream), which must outlive it unchanged.
+std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk_packed(CudaContext& ctx, const float* packed_weights,
+                                                                const ChunkInput& in, const StepConfig& cfg,
+                                                                const FusedChunkOptions& options = {});
 
 // The same from a host model (uploads and packs its parameters).
 std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const Model& model, const ChunkInput& in,

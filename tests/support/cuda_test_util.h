@@ -1,5 +1,9 @@
 // Helpers for the CUDA test suites (tests/test_cuda_*.cpp): guarded device buffers, element-wise comparison with
 // error reports, a per-run seed, and the skip logic. Header-only; everything CUDA is inside NUDGE_HAVE_CUDA.
+//
+// Skips: every GPU test that cannot run says why through NUDGE_GPU_SKIP, never through GTEST_SKIP directly. With
+// NUDGE_REQUIRE_GPU=1 (tools/gpu_check.sh sets it on the card) such a skip is a failure instead, so a GPU run that
+// ran no GPU code (no driver, a probe that failed, a build without CUDA) cannot read as "0 failed".
 #pragma once
 #include <gtest/gtest.h>
 
@@ -33,6 +37,23 @@ inline uint64_t test_seed() {
   }();
   return seed;
 }
+
+// Whether NUDGE_REQUIRE_GPU is set to anything but "" or "0".
+inline bool gpu_required() {
+  const char* v = std::getenv("NUDGE_REQUIRE_GPU");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
+// Skips the calling test (or SetUp) with the reason `why` (anything streamable), or fails it with that reason when
+// NUDGE_REQUIRE_GPU is set. Like GTEST_SKIP, it returns from the calling function.
+#define NUDGE_GPU_SKIP(why)                                                                              \
+  do {                                                                                                   \
+    if (::nudge::test::gpu_required()) {                                                                 \
+      GTEST_FAIL() << "NUDGE_REQUIRE_GPU is set, so this GPU-test skip is a failure: " << why;           \
+    } else {                                                                                             \
+      GTEST_SKIP() << why;                                                                               \
+    }                                                                                                    \
+  } while (0)
 
 struct Tolerance {
   double atol = 0, rtol = 0;
@@ -92,11 +113,12 @@ template <class T>
 
 #if NUDGE_HAVE_CUDA
 
-// Skips the calling test unless a usable device is present. Use as: NUDGE_REQUIRE_CUDA_DEVICE();
-#define NUDGE_REQUIRE_CUDA_DEVICE()                                        \
-  do {                                                                     \
-    std::string nudge_why_;                                                \
-    if (!::nudge::cuda_device_usable(&nudge_why_)) GTEST_SKIP() << nudge_why_; \
+// Skips the calling test unless a usable device is present (a failure under NUDGE_REQUIRE_GPU). Use as:
+// NUDGE_REQUIRE_CUDA_DEVICE();
+#define NUDGE_REQUIRE_CUDA_DEVICE()                                                  \
+  do {                                                                               \
+    std::string nudge_why_;                                                          \
+    if (!::nudge::cuda_device_usable(&nudge_why_)) NUDGE_GPU_SKIP(nudge_why_);       \
   } while (0)
 
 inline void cuda_ok(cudaError_t e, const char* what) {
