@@ -97,7 +97,9 @@ class ApgdChunk {
     }
   }
 
-  long run() {
+  // on_iteration(i) is told after each of the run's iterations.
+  template <class OnIteration>
+  long run(OnIteration&& on_iteration) {
     std::vector<int> live(m_);
     for (int l = 0; l < m_; ++l) live[l] = l;
     long spent = 0;
@@ -149,6 +151,7 @@ class ApgdChunk {
         prev[l] = loss_[l];
       }
       retire_broken(live, i + 1);
+      on_iteration(i + 1);
       ++since_check;
       if (next_check < checkpoints.size() && i + 1 == checkpoints[next_check]) {
         for (int l : live) {
@@ -231,7 +234,7 @@ class ApgdChunk {
 }  // namespace
 
 long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const ApgdConfig& cfg,
-              AttackId id, uint64_t seed, AttackRecord& rec) {
+              AttackId id, uint64_t seed, AttackRecord& rec, const AttackProgress& progress) {
   if (cfg.iterations < 1 || cfg.restarts < 1) throw InputError("APGD needs at least one iteration and one restart");
   const bool targeted = cfg.loss == ApgdLoss::DlrTargeted;
   if (targeted && (cfg.targets < 1 || cfg.targets > set.K - 1))
@@ -245,6 +248,8 @@ long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& to
       std::vector<int> live;
       for (int e : todo)
         if (!rec.broken[e]) live.push_back(e);
+      const size_t chunks = std::max<size_t>(1, (live.size() + cfg.chunk - 1) / cfg.chunk);
+      const double pass = static_cast<double>(t * cfg.restarts + r), passes = static_cast<double>(targets * cfg.restarts);
       for (size_t b = 0; b < live.size(); b += static_cast<size_t>(cfg.chunk)) {
         const std::vector<int> part(live.begin() + b, live.begin() + std::min(live.size(), b + cfg.chunk));
         std::vector<int32_t> target(part.size(), -1);
@@ -262,7 +267,10 @@ long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& to
             }
           }
         ApgdChunk chunk(backend, set, part, cfg, id, t * cfg.restarts + r, targeted ? t + 1 : r, target, seed, rec);
-        spent += chunk.run();
+        const double c = static_cast<double>(b / cfg.chunk);
+        spent += chunk.run([&](int i) {
+          if (progress) progress((pass + (c + static_cast<double>(i) / cfg.iterations) / chunks) / passes);
+        });
       }
     }
   }

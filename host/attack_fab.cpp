@@ -68,7 +68,7 @@ struct FabState {
 }  // namespace
 
 long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const FabConfig& cfg,
-                      uint64_t seed, AttackRecord& rec) {
+                      uint64_t seed, AttackRecord& rec, const AttackProgress& progress) {
   (void)seed;  // restart 0 starts from the clean point; further restarts are not drawn yet
   if (set.norm != Norm::Linf) throw InputError("fab-t: only the L-inf version is implemented (use --norm linf)");
   if (cfg.targets < 1 || cfg.targets > set.K - 1)
@@ -80,6 +80,7 @@ long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<
     std::vector<int> live;
     for (int e : todo)
       if (!rec.broken[e]) live.push_back(e);
+    const size_t chunks = std::max<size_t>(1, (live.size() + cfg.chunk - 1) / cfg.chunk);
     for (size_t b0 = 0; b0 < live.size(); b0 += static_cast<size_t>(cfg.chunk)) {
       std::vector<int> part(live.begin() + b0, live.begin() + std::min(live.size(), b0 + cfg.chunk));
       const int m = static_cast<int>(part.size());
@@ -167,6 +168,8 @@ long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<
           still.push_back(l);
         }
         act.swap(still);
+        if (progress)
+          progress((t + (static_cast<double>(b0 / cfg.chunk) + static_cast<double>(it) / cfg.iterations) / chunks) / cfg.targets);
       }
     }
   }

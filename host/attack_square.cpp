@@ -40,7 +40,7 @@ void margins(Backend& backend, const AttackSet& set, const std::vector<int>& ent
 }
 
 long square_chunk(Backend& backend, const AttackSet& set, const std::vector<int>& e, const SquareConfig& cfg, int H,
-                  int W, uint64_t seed, int restart, AttackRecord& rec) {
+                  int W, uint64_t seed, int restart, AttackRecord& rec, const std::function<void(double)>& tick) {
   const int D = set.D, m = static_cast<int>(e.size());
   std::vector<float> best(static_cast<size_t>(m) * D), cand, margin_best, margin_new;
   for (int l = 0; l < m; ++l) {
@@ -110,6 +110,7 @@ long square_chunk(Backend& backend, const AttackSet& set, const std::vector<int>
       else still.push_back(l);
     }
     live.swap(still);
+    if (tick && it % 16 == 0) tick(static_cast<double>(it) / cfg.queries);
   }
   return spent;
 }
@@ -117,7 +118,7 @@ long square_chunk(Backend& backend, const AttackSet& set, const std::vector<int>
 }  // namespace
 
 long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const SquareConfig& cfg, int H,
-                int W, uint64_t seed, AttackRecord& rec) {
+                int W, uint64_t seed, AttackRecord& rec, const AttackProgress& progress) {
   if (set.norm != Norm::Linf) throw InputError("square: only the L-inf version is implemented (use --norm linf)");
   if (cfg.queries < 1) throw InputError("square needs at least one query");
   if (H < 2 || W < 2 || H * W != set.D) throw InputError("square needs single-channel images of at least 2x2 pixels");
@@ -126,9 +127,13 @@ long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& 
     std::vector<int> live;
     for (int e : todo)
       if (!rec.broken[e]) live.push_back(e);
+    const size_t chunks = std::max<size_t>(1, (live.size() + cfg.chunk - 1) / cfg.chunk);
     for (size_t b = 0; b < live.size(); b += static_cast<size_t>(cfg.chunk)) {
       const std::vector<int> part(live.begin() + b, live.begin() + std::min(live.size(), b + cfg.chunk));
-      spent += square_chunk(backend, set, part, cfg, H, W, seed, r, rec);
+      const double c = static_cast<double>(b / cfg.chunk);
+      spent += square_chunk(backend, set, part, cfg, H, W, seed, r, rec, [&](double f) {
+        if (progress) progress((r + (c + f) / chunks) / cfg.restarts);
+      });
     }
   }
   return spent;

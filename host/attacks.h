@@ -6,6 +6,7 @@
 // shards.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,9 @@ struct AttackRecord {
   void resize(int n, int D);
 };
 
+// Told the fraction of an attack's budget done so far (for progress bars); may be empty.
+using AttackProgress = std::function<void(double)>;
+
 // A uniform in [0,1) for draw j of `step` of (attack, restart) on the entry keyed by (point, eps).
 float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point, float eps, uint32_t step, uint32_t j);
 
@@ -66,7 +70,7 @@ bool apgd_halve_step(int increases, int steps, double rho, bool halved_last, flo
 // Attacks entries `todo` of `set` (those still robust) and records what breaks. Returns image-steps (forward and
 // backward passes) spent. An entry stops the moment it is misclassified.
 long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const ApgdConfig& cfg,
-              AttackId id, uint64_t seed, AttackRecord& rec);
+              AttackId id, uint64_t seed, AttackRecord& rec, const AttackProgress& progress = {});
 
 // ---- FAB-T (L-inf) -------------------------------------------------------------------------------------------------
 struct FabConfig {
@@ -82,7 +86,7 @@ float linf_plane_box_projection(const float* w, double c, const float* lo, const
 
 // Returns image-steps spent (a forward and backward pass per entry and iteration).
 long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const FabConfig& cfg,
-                      uint64_t seed, AttackRecord& rec);
+                      uint64_t seed, AttackRecord& rec, const AttackProgress& progress = {});
 
 // ---- Square (L-inf) ------------------------------------------------------------------------------------------------
 struct SquareConfig {
@@ -100,6 +104,6 @@ int square_side(double p, int H, int W);
 
 // Returns queries (forward passes) spent. H x W single-channel images.
 long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const SquareConfig& cfg,
-                int H, int W, uint64_t seed, AttackRecord& rec);
+                int H, int W, uint64_t seed, AttackRecord& rec, const AttackProgress& progress = {});
 
 }  // namespace nudge

@@ -110,7 +110,8 @@ class Backend {
   // hands each slice's logits to `dlogits_of(first, m, logits, dlogits)` (rows first..first+m-1; logits [m, K] in,
   // dlogits [m, K] out, ignored when grad is null) and writes to grad [n, D] the input gradient of
   // sum_j dlogits_j * z_j, i.e. the chain rule through the network. grad null: forward only. The callback may run on
-  // several threads at once, for disjoint rows.
+  // several threads at once, for disjoint rows, and must not call into this backend (the slice's activations are
+  // still needed); an exception it throws propagates to the caller, and grad is then unspecified.
   using LogitGradient = std::function<void(int first, int m, const float* logits, float* dlogits)>;
   virtual void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) = 0;
 

@@ -64,13 +64,14 @@ void recheck_adversarial(Backend& backend, const AttackSet& set, const AttackRec
 namespace {
 
 void run_stage(Backend& backend, const AttackSet& set, const std::vector<int>& todo, AttackId a,
-               const RobustnessConfig& cfg, int H, int W, AttackRecord& rec, StageStats& st) {
+               const RobustnessConfig& cfg, int H, int W, AttackRecord& rec, StageStats& st,
+               const AttackProgress& progress) {
   switch (a) {
-    case AttackId::ApgdCe: st.cost += run_apgd(backend, set, todo, cfg.apgd_ce, a, cfg.seed, rec); return;
-    case AttackId::ApgdT: st.cost += run_apgd(backend, set, todo, cfg.apgd_t, a, cfg.seed, rec); return;
-    case AttackId::ApgdDlr: st.cost += run_apgd(backend, set, todo, cfg.apgd_dlr, a, cfg.seed, rec); return;
-    case AttackId::Square: st.cost += run_square(backend, set, todo, cfg.square, H, W, cfg.seed, rec); return;
-    case AttackId::FabT: st.cost += run_fab_targeted(backend, set, todo, cfg.fab_t, cfg.seed, rec); return;
+    case AttackId::ApgdCe: st.cost += run_apgd(backend, set, todo, cfg.apgd_ce, a, cfg.seed, rec, progress); return;
+    case AttackId::ApgdT: st.cost += run_apgd(backend, set, todo, cfg.apgd_t, a, cfg.seed, rec, progress); return;
+    case AttackId::ApgdDlr: st.cost += run_apgd(backend, set, todo, cfg.apgd_dlr, a, cfg.seed, rec, progress); return;
+    case AttackId::Square: st.cost += run_square(backend, set, todo, cfg.square, H, W, cfg.seed, rec, progress); return;
+    case AttackId::FabT: st.cost += run_fab_targeted(backend, set, todo, cfg.fab_t, cfg.seed, rec, progress); return;
   }
 }
 
@@ -120,9 +121,16 @@ void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int
         st.attacked[j] += 1;
       }
     const auto t0 = std::chrono::steady_clock::now();
-    ProgressBar bar(attack_name(cfg.attacks[s]), 1);
-    if (cfg.progress) bar.update(0, std::to_string(todo.size()) + " entries", true);
-    run_stage(backend, set, todo, cfg.attacks[s], cfg, H, W, rec, st);
+    // The bar counts thousandths of the stage's budget.
+    ProgressBar bar(attack_name(cfg.attacks[s]), 1000);
+    const std::string detail = std::to_string(todo.size()) + " entries";
+    if (cfg.progress) bar.update(0, detail, true);
+    run_stage(backend, set, todo, cfg.attacks[s], cfg, H, W, rec, st, [&](double f) {
+      if (!cfg.progress) return;
+      long broken = 0;
+      for (int e : todo) broken += rec.broken[e];
+      bar.update(static_cast<long>(f * 1000), detail + ", " + std::to_string(broken) + " broken");
+    });
     st.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     long still = 0;
     for (int e : todo) still += !rec.broken[e];

@@ -25,6 +25,7 @@
 #include "losses.h"
 #include "optimize_types.h"
 #include "start_images.h"
+#include "trades_loss.h"
 
 #if NUDGE_HAVE_CUDA
 #include "adam.cuh"
@@ -42,6 +43,7 @@
 #include "optimize_track.cuh"
 #include "row_argmax.cuh"
 #include "softmax_loss.cuh"
+#include "trades_loss.cuh"
 #endif
 
 namespace nudge {
@@ -345,6 +347,89 @@ TEST_F(CudaLossKernels, Softmax) {
   cuda::softmax_cuda(zd.get(), n, K, probs.get(), 0);
   EXPECT_TRUE(all_close("softmax", probs.download(), ref, {1e-7, 1e-4}));
   EXPECT_TRUE(probs.guard_intact());
+}
+
+// TRADES' loss: the kernel calls trades_loss_one, the CPU backend's own function, so the two differ only where the
+// device's double exp/log round differently from glibc's (each within 1-2 ulps of double).
+TEST_F(CudaKernels, TradesLossMatchesCpu) {
+  for (int K : {2, 10, 37})
+    for (float beta : {0.0f, 6.0f}) {
+      SCOPED_TRACE("K=" + std::to_string(K) + " beta=" + std::to_string(beta));
+      const int n = 300;  // three blocks of 128, the last one partly idle
+      const float scale = 1.0f / n;
+      std::vector<float> logits = normal(static_cast<size_t>(2) * n * K, 3.0f);
+      for (int r = 0; r < 2 * n; ++r) {
+        float* z = logits.data() + static_cast<size_t>(r) * K;
+        const int pick = randint(0, 9);
+        if (pick == 0)  // logits of +-1e4 (clean and attacked rows independently): log-sum-exp must stay finite
+          for (int j = 0; j < K; ++j) z[j] *= 2500.0f;
+        if (pick == 1) z[K - 1] = z[0] = std::max(z[0], z[K - 1]) + 1.0f;  // a tied maximum: the first one counts
+      }
+      std::vector<int32_t> labels(n);
+      for (int32_t& y : labels) y = randint(0, K - 1);
+
+      std::vector<float> dz_ref(logits.size()), ce_ref(n), kl_ref(n);
+      std::vector<int32_t> clean_ref(n), adv_ref(n);
+      // Per-element atol: both sides evaluate the same double expressions, whose results differ by a few ulps of
+      // double (2^-52 ~ 2.2e-16) of the magnitudes that enter them (the logits and their log-sum-exps, up to ~1e4
+      // here, and KL), tens of operations deep; 1e-13 of those magnitudes is ~10x that, and still ~1e-4 of a float
+      // ulp of the gradients. Then each side rounds to float once, so results a rounding boundary apart differ by
+      // one float ulp: rtol 2^-23.
+      std::vector<double> dz_atol(logits.size()), ce_atol(n), kl_atol(n);
+      for (int i = 0; i < n; ++i) {
+        const float* z = logits.data() + static_cast<size_t>(i) * K;
+        const float* za = logits.data() + static_cast<size_t>(n + i) * K;
+        float* dz = dz_ref.data() + static_cast<size_t>(i) * K;
+        float* dza = dz_ref.data() + static_cast<size_t>(n + i) * K;
+        const TradesTerms t = trades_loss_one(z, za, K, labels[i], beta, scale, dz, dza);
+        ce_ref[i] = static_cast<float>(t.ce);
+        kl_ref[i] = static_cast<float>(t.kl);
+        clean_ref[i] = static_cast<int>(std::max_element(z, z + K) - z) == labels[i];
+        adv_ref[i] = static_cast<int>(std::max_element(za, za + K) - za) == labels[i];
+        const double lse = trades_log_sum_exp(z, K), lsea = trades_log_sum_exp(za, K);
+        double mag = 0;
+        for (int j = 0; j < K; ++j) mag = std::max(mag, static_cast<double>(std::fabs(z[j]) + std::fabs(za[j])));
+        mag += std::fabs(lse) + std::fabs(lsea) + std::fabs(t.kl) + 1.0;
+        for (int j = 0; j < K; ++j) {
+          dz_atol[static_cast<size_t>(i) * K + j] = 1e-13 * scale * (1.0 + beta * mag);
+          dz_atol[static_cast<size_t>(n + i) * K + j] = 1e-13 * scale * (1.0 + beta);
+        }
+        ce_atol[i] = 1e-13 * (std::fabs(lse) + std::fabs(z[labels[i]]) + 1.0);
+        kl_atol[i] = 1e-13 * mag;
+      }
+
+      GuardedBuffer<float> zd(logits), dzd(logits.size()), ced(n), kld(n);
+      GuardedBuffer<int32_t> yd(labels), clean(n), adv(n);
+      cuda::TradesLossParams p;
+      p.logits = zd.get();
+      p.labels = yd.get();
+      p.n = n;
+      p.K = K;
+      p.beta = beta;
+      p.scale = scale;
+      p.dlogits = dzd.get();
+      p.ce = ced.get();
+      p.kl = kld.get();
+      p.clean_correct = clean.get();
+      p.adv_correct = adv.get();
+      cuda::trades_loss_cuda(p, 0);
+      const double rtol = 2.0 * kUlp;
+      EXPECT_TRUE(all_close("dlogits", dzd.download(), dz_ref, {0, rtol}, &dz_atol));
+      EXPECT_TRUE(all_close("ce", ced.download(), ce_ref, {0, rtol}, &ce_atol));
+      EXPECT_TRUE(all_close("kl", kld.download(), kl_ref, {0, rtol}, &kl_atol));
+      // Comparisons only, the first maximum as std::max_element (the CPU backend's): exact.
+      EXPECT_TRUE(all_equal("clean correct", clean.download(), clean_ref));
+      EXPECT_TRUE(all_equal("adv correct", adv.download(), adv_ref));
+      EXPECT_TRUE(dzd.guard_intact());
+      EXPECT_TRUE(ced.guard_intact());
+      EXPECT_TRUE(kld.guard_intact());
+      EXPECT_TRUE(clean.guard_intact());
+      EXPECT_TRUE(adv.guard_intact());
+    }
+  cuda::TradesLossParams bad;  // K = 1 has no KL to speak of: the launcher refuses it before touching any buffer
+  bad.n = 1;
+  bad.K = 1;
+  EXPECT_ANY_THROW(cuda::trades_loss_cuda(bad, 0));
 }
 
 // ---- optimize bookkeeping ----------------------------------------------------------------------------------------

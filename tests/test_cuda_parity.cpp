@@ -16,6 +16,7 @@
 #include <memory>
 #include <ostream>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,7 @@
 #include "model.h"
 #include "optimize_engine.h"
 #include "start_images.h"
+#include "trades_loss.h"
 
 #if NUDGE_HAVE_CUDA
 #include "cuda/cuda_context.h"
@@ -52,6 +54,8 @@ namespace {
 using test::all_close;
 using test::all_equal;
 using test::Tolerance;
+
+constexpr double kUlp = 1.0 / (1 << 24);  // unit roundoff of float (round to nearest)
 
 // ---- availability: runs everywhere ---------------------------------------------------------------------------------
 
@@ -359,6 +363,189 @@ TEST_F(CudaBackendParity, TrainSteps) {
     }
   EXPECT_LE(off, total / 1000) << off << " of " << total << " parameter updates differ; worst by " << worst;
   EXPECT_LE(worst, 2.0 * adam.lr * steps);
+}
+
+// Attacked twins of clean images x: each pixel moved by up to eps (clipped to [0, 1]), redrawn until the image is
+// away from ties as clean_images' are, so both passes of a TRADES step decide the same on both devices.
+std::vector<float> attacked_images(const Model& m, const std::vector<float>& x, float eps, std::mt19937_64& rng) {
+  const int D = m.arch.input.size(), n = static_cast<int>(x.size() / D);
+  std::uniform_real_distribution<float> u(-eps, eps);
+  std::vector<float> out(x.size()), img(D);
+  for (int i = 0; i < n; ++i) {
+    for (int attempt = 0;; ++attempt) {
+      if (attempt > 1000) throw std::runtime_error("attacked_images: could not draw an image away from ties");
+      for (int d = 0; d < D; ++d) img[d] = std::clamp(x[static_cast<size_t>(i) * D + d] + u(rng), 0.0f, 1.0f);
+      if (away_from_ties(m, img.data(), 1e-5)) break;
+    }
+    std::copy(img.begin(), img.end(), out.begin() + static_cast<size_t>(i) * D);
+  }
+  return out;
+}
+
+// One TRADES step (beta 6, the paper's) from the same model on both devices, under two Adam settings: the default,
+// whose first step is ~lr * sign(g) and so checks every gradient's sign, and eps = 1 >> |g|, whose step is
+// ~lr * g and so checks the gradients' magnitudes too (a first Adam step is otherwise blind to their scale).
+TEST_F(CudaBackendParity, TrainStepTrades) {
+  const int n = 48;
+  const float beta = 6.0f;
+  const std::vector<float> xc = clean_images(model_, n, rng_), xa = attacked_images(model_, xc, 0.1f, rng_);
+  std::vector<int32_t> labels(n);
+  std::uniform_int_distribution<int> c(0, K_ - 1);
+  for (int32_t& y : labels) y = c(rng_);
+
+  // The reference gradient, from the CPU network on [clean; attacked] and the shared TRADES maths.
+  std::vector<float> x2(xc);
+  x2.insert(x2.end(), xa.begin(), xa.end());
+  CpuNetwork net(model_.arch);
+  std::vector<const float*> params;
+  for (const Tensor& t : model_.params) params.push_back(t.ptr());
+  net.forward(params, x2.data(), 2 * n);
+  const std::vector<float> z(net.logits(), net.logits() + static_cast<size_t>(2) * n * K_);
+  const double z_bound = 1e-5 * max_abs(z);  // the logits' agreement bound (NetworkForwardBackward)
+  std::vector<float> dlogits(z.size());
+  double ce_bound = 0, kl_bound = 0;
+  for (int i = 0; i < n; ++i) {
+    const float *zi = z.data() + static_cast<size_t>(i) * K_, *zai = z.data() + static_cast<size_t>(n + i) * K_;
+    float *dzi = dlogits.data() + static_cast<size_t>(i) * K_, *dzai = dlogits.data() + static_cast<size_t>(n + i) * K_;
+    const TradesTerms t = trades_loss_one(zi, zai, K_, labels[i], beta, 1.0f / n, dzi, dzai);
+    // First order in the logits' disagreement: |dCE| <= |p - onehot|_1 dz <= 2 dz; for KL, the attacked logits'
+    // gradient q - p has L1 norm <= 2, the clean ones' sum_j p_j |log p_j - log q_j - KL| <= 2 max_j |log p_j -
+    // log q_j|. Plus one float rounding of each per-example value the GPU stores.
+    const double lse = trades_log_sum_exp(zi, K_), lsea = trades_log_sum_exp(zai, K_);
+    double spread = 0;
+    for (int j = 0; j < K_; ++j) spread = std::max(spread, std::fabs((zi[j] - lse) - (zai[j] - lsea)));
+    ce_bound += 2 * z_bound + 2 * kUlp * t.ce;
+    kl_bound += (2 + 2 * spread) * z_bound + 2 * kUlp * t.kl;
+  }
+  std::vector<std::vector<float>> g;
+  std::vector<float*> gp;
+  for (const Tensor& t : model_.params) g.emplace_back(t.size());
+  for (auto& v : g) gp.push_back(v.data());
+  net.backward(params, dlogits.data(), 2 * n, &gp, nullptr);
+
+  AdamConfig sign_like, proportional;
+  proportional.eps = 1.0f;
+  for (const AdamConfig& adam : {sign_like, proportional}) {
+    SCOPED_TRACE("Adam eps " + std::to_string(adam.eps));
+    cpu_->load_model(model_);  // fresh Adam state: this is step 1
+    gpu_->load_model(model_);
+    const TrainStepResult rc = cpu_->train_step_trades(xc.data(), xa.data(), labels.data(), n, beta, adam);
+    const TrainStepResult rg = gpu_->train_step_trades(xc.data(), xa.data(), labels.data(), n, beta, adam);
+    EXPECT_NEAR(rg.loss_sum, rc.loss_sum, ce_bound);
+    EXPECT_NEAR(rg.kl_sum, rc.kl_sum, kl_bound);
+    // Every decision is 1e-5 of scale from a tie, more than the logits disagree: the counts are exact.
+    EXPECT_EQ(rg.correct, rc.correct);
+    EXPECT_EQ(rg.adv_correct, rc.adv_correct);
+
+    Model mc, mg;
+    cpu_->store_model(mc);
+    gpu_->store_model(mg);
+    // Adam's first step is lr * f(g), f(g) = g / (|g| + eps) (m-hat = g, sqrt(v-hat) = |g|), whose slope
+    // eps / (|g| + eps)^2 is largest nearest 0, so |f(g) - f(g')| <= dg eps / (max(|g| - dg, 0) + eps)^2 for
+    // |g - g'| <= dg, and <= 2 always. dg = 1e-3 of the tensor's max |g|: 1e-4 from the backward's reordering
+    // (NetworkForwardBackward's bound), plus the dlogits' change with logits that disagree by ~1e-6 of their scale,
+    // through TRADES' Jacobian, ~(1 + 2 beta)(1 + 2 max|z|) ~ 100x that at beta 6. Rounding: each side rounds the
+    // new weight to float (one ulp of |w|, 2u, each), and its ~8 float operations of the step itself differ in
+    // order and contraction (16u of lr).
+    size_t zero = 0, loose = 0, total = 0, bad = 0;
+    double worst = 0;  // |ug - uc| / bound, printed so the first GPU run can tighten dg
+    for (size_t i = 0; i < model_.params.size(); ++i) {
+      const double dg = 1e-3 * max_abs(g[i]) + 1e-30;
+      for (size_t j = 0; j < model_.params[i].size(); ++j, ++total) {
+        const double w0 = model_.params[i].data[j], gij = std::fabs(g[i][j]);
+        const double uc = mc.params[i].data[j] - w0, ug = mg.params[i].data[j] - w0;
+        const double lip = dg * adam.eps / std::pow(std::max(gij - dg, 0.0) + adam.eps, 2);
+        zero += gij == 0;  // dead units' weights: sums of exact zeros, unless a GPU algorithm leaves a residue
+        loose += gij != 0 && gij <= dg;
+        const double bound = adam.lr * std::min(2.0, lip) + 4 * kUlp * std::fabs(w0) + 16 * kUlp * adam.lr;
+        const double err = std::fabs(ug - uc);
+        worst = std::max(worst, err / bound);
+        if (err > bound && bad++ < 5)
+          ADD_FAILURE() << model_.arch.params()[i].name << "[" << j << "]: cpu update " << uc << ", gpu " << ug
+                        << " (bound " << bound << "), |g| " << gij << ", dg " << dg;
+      }
+    }
+    EXPECT_EQ(bad, 0u) << "parameter updates outside their bound";
+    std::printf("[   INFO   ] Adam eps %g: worst update difference %.3g of its bound; of %zu gradients %zu are 0 "
+                "and %zu within dg of 0\n", adam.eps, worst, total, zero, loose);
+  }
+}
+
+// logit_backprop with a fixed dlogits callback: the logits the callback sees, the input gradient of sum dlogits . z,
+// the forward-only path (grad null, whatever the callback writes is ignored), and a throwing callback.
+TEST_F(CudaBackendParity, LogitBackprop) {
+  const int n = 60;
+  const std::vector<float> x = clean_images(model_, n, rng_);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> fixed(static_cast<size_t>(n) * K_);
+  for (float& v : fixed) v = nd(rng_);
+  // Rows are handed out in disjoint slices (the CPU's may run at once on several threads): each records its own.
+  struct Seen {
+    std::vector<float> logits;
+    std::vector<int> calls;
+  };
+  auto run = [&](Backend& b, float* grad, bool write_nan) {
+    Seen s{std::vector<float>(static_cast<size_t>(n) * K_, NAN), std::vector<int>(n, 0)};
+    b.logit_backprop(x.data(), n, [&](int first, int m, const float* z, float* dz) {
+      std::copy_n(z, static_cast<size_t>(m) * K_, s.logits.begin() + static_cast<size_t>(first) * K_);
+      for (int i = 0; i < m; ++i) ++s.calls[first + i];
+      for (size_t k = 0; k < static_cast<size_t>(m) * K_; ++k)
+        dz[k] = write_nan ? NAN : fixed[static_cast<size_t>(first) * K_ + k];
+    }, grad);
+    for (int i = 0; i < n; ++i) EXPECT_EQ(s.calls[i], 1) << b.name() << ": row " << i << " handed to the callback";
+    return s;
+  };
+  std::vector<float> gc(static_cast<size_t>(n) * D_), gg(gc.size(), NAN);
+  const Seen sc = run(*cpu_, gc.data(), false), sg = run(*gpu_, gg.data(), false);
+  // The same forward and backward as NetworkForwardBackward's, with the same bounds.
+  EXPECT_TRUE(all_close("logits", sg.logits, sc.logits, scaled(sc.logits, 1e-5)));
+  EXPECT_TRUE(all_close("input gradient", gg, gc, scaled(gc, 1e-4)));
+
+  // Forward only: the callback's dlogits (NaN here) are ignored and nothing is written through the null grad; the
+  // gradient call after the throw below would also show a backward left half done.
+  const Seen fg = run(*gpu_, nullptr, true);
+  EXPECT_TRUE(all_close("logits (forward only)", fg.logits, sc.logits, scaled(sc.logits, 1e-5)));
+
+  // A throwing callback: the exception reaches the caller as it was thrown (nothing is left queued on the stream
+  // that reads host memory), and the backend stays usable.
+  for (Backend* b : {cpu_.get(), gpu_.get()}) {
+    SCOPED_TRACE(b->name());
+    std::vector<float> gx(gc.size());
+    try {
+      const auto refuse = [](int, int, const float*, float*) { throw std::runtime_error("callback refused"); };
+      b->logit_backprop(x.data(), n, refuse, gx.data());
+      ADD_FAILURE() << "a throwing callback must propagate";
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "callback refused");
+    }
+  }
+  std::vector<float> again(gc.size(), NAN);
+  run(*gpu_, again.data(), false);
+  EXPECT_TRUE(all_close("input gradient after a throw", again, gc, scaled(gc, 1e-4)));
+}
+
+// Batches larger than the GPU's slice (4096 images) reach the callback row by row once each, with the logits a small
+// batch of the same rows gives (forward only: no gradient, so no ties to avoid).
+TEST_F(CudaBackendParity, LogitBackpropAcrossSlices) {
+  const int n = 4096 + 37;
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n) * D_);
+  for (float& v : x) v = u(rng_);
+  std::vector<float> big(static_cast<size_t>(n) * K_, NAN);
+  std::vector<int> calls(n, 0);
+  gpu_->logit_backprop(x.data(), n, [&](int first, int m, const float* z, float*) {
+    std::copy_n(z, static_cast<size_t>(m) * K_, big.begin() + static_cast<size_t>(first) * K_);
+    for (int i = 0; i < m; ++i) ++calls[first + i];
+  }, nullptr);
+  EXPECT_TRUE(all_equal("rows handed to the callback", calls, std::vector<int>(n, 1)));
+  const int tail = 50, from = n - tail;  // straddles the slice boundary
+  std::vector<float> small(static_cast<size_t>(tail) * K_, NAN);
+  gpu_->logit_backprop(x.data() + static_cast<size_t>(from) * D_, tail, [&](int first, int m, const float* z, float*) {
+    std::copy_n(z, static_cast<size_t>(m) * K_, small.begin() + static_cast<size_t>(first) * K_);
+  }, nullptr);
+  const std::vector<float> big_tail(big.begin() + static_cast<size_t>(from) * K_, big.end());
+  // Other batch sizes may take other cuDNN/cuBLAS algorithms: the logits' cross-device bound applies.
+  EXPECT_TRUE(all_close("logits by slice vs alone", big_tail, small, scaled(small, 1e-5)));
 }
 
 // ---- optimize chunks: a fixed job ----------------------------------------------------------------------------------

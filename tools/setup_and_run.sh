@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a fresh Debian/Ubuntu machine: installs the dependencies, fetches MNIST, builds, checks the
 # committed reference model, then runs nudge's main job: batched input optimization (the reference notebook's
-# three experiments, in batch) on the GPU when there is one, else on the CPU. Results land in out/.
+# three experiments, in batch) on the GPU when there is one, else on the CPU, and a robustness evaluation of the
+# committed robust model. Results land in out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install_deps.sh
@@ -23,4 +24,7 @@ $nudge optimize --model "$model" --init noise --count 1000 --target-dist 0,0,0.5
 echo "== the first 1,000 test images -> the next class, PGD eps 0.3 (L-inf)"
 $nudge optimize --model "$model" --init test --range 0:1000 --target next --optimizer sign --lr 0.01 --steps 100 \
   --eps 0.3 --norm linf --out out/pgd
-echo "== done: see out/*/grid.png, results.csv and summary.json"
+echo "== robust model: robust accuracy of the first 200 test images at eps 0.1, 0.2, 0.3 (APGD-CE, APGD-T)"
+$nudge robustness --model data/models/mnist_cnn_robust.safetensors --count 200 --eps 0.1,0.2,0.3 \
+  --attacks apgd-ce,apgd-t --out out/robustness
+echo "== done: see out/*/grid.png, out/robustness/robustness.png, results.csv and summary.json"

@@ -249,6 +249,8 @@ class CudaBackend : public Backend {
 
   // The logits go to the host for the caller's loss and the logit gradients come back: two transfers and a
   // synchronisation per slice of kSliceImages. Attacks that run here (nudge robustness) pay that per iteration.
+  // The callback runs with nothing queued on the stream (the logits' download has been waited for), so an
+  // exception from it leaves as it came and the backend stays usable; later slices are not computed.
   void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
     require_model("logit_backprop");
     NvtxRange range("logit_backprop");
@@ -366,7 +368,8 @@ class CudaBackend : public Backend {
     return p;
   }
 
-  // Per-batch device buffers for up to n images, and the network's activations for them.
+  // One Adam step over grads_, queued on s. Every parameter update goes through here, so this is where the fused
+  // kernel's packed copy of the weights goes stale.
   void adam_step(const AdamConfig& adam, cudaStream_t s) {
     ++adam_t_;
     AdamStep step;
@@ -381,6 +384,7 @@ class CudaBackend : public Backend {
     fused_packed_ = false;  // the parameters changed
   }
 
+  // Per-batch device buffers for up to n images, and the network's activations for them.
   void ensure_batch(int n) {
     if (n <= batch_capacity_) return;
     ctx_->synchronize();
