@@ -11,6 +11,7 @@
 #include "errors.h"
 #include "input_step.h"
 #include "losses.h"
+#include "parallel_errors.h"
 
 namespace nudge {
 
@@ -105,13 +106,15 @@ class CpuBackend : public Backend {
   void predict(const float* x, int n, float* probs) override {
     const auto params = param_ptrs();
     const int D = input_size(), K = classes();
+    ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int b = 0; b < n; b += kMicroBatch) {
+    for (int b = 0; b < n; b += kMicroBatch) errors.run([&] {
       const int m = std::min(kMicroBatch, n - b);
       CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       for (int i = 0; i < m; ++i) softmax(nw.logits() + i * K, K, probs + static_cast<size_t>(b + i) * K);
-    }
+    });
+    errors.rethrow();
   }
 
   TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) override {
@@ -120,8 +123,9 @@ class CpuBackend : public Backend {
     const int T = std::min(threads_, n);
     double loss_sum = 0;
     int correct = 0;
+    ParallelErrors errors;
 #pragma omp parallel num_threads(T) reduction(+ : loss_sum, correct)
-    {
+    errors.run([&] {
       const int t = omp_get_thread_num();
       const int begin = static_cast<int>(static_cast<long>(n) * t / T), end = static_cast<int>(static_cast<long>(n) * (t + 1) / T);
       const int m = end - begin;
@@ -147,7 +151,8 @@ class CpuBackend : public Backend {
       } else {
         std::fill(g.begin(), g.end(), 0.0f);
       }
-    }
+    });
+    errors.rethrow();
     ++adam_t_;
     const float c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
     const float c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
@@ -168,8 +173,9 @@ class CpuBackend : public Backend {
                       float* grad) override {
     const auto params = param_ptrs();
     const int D = input_size(), K = classes();
+    ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int b = 0; b < n; b += kMicroBatch) {
+    for (int b = 0; b < n; b += kMicroBatch) errors.run([&] {
       const int m = std::min(kMicroBatch, n - b);
       CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
@@ -181,7 +187,8 @@ class CpuBackend : public Backend {
                                                 probs + static_cast<size_t>(e) * K, dlogits.data() + i * K);
       }
       nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
-    }
+    });
+    errors.rethrow();
   }
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
@@ -233,12 +240,19 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
   const auto params = backend_.param_ptrs();
   const int count = static_cast<int>(active_.size());
   std::vector<uint8_t> keep(count, 1);
+  ParallelErrors errors;
 #pragma omp parallel num_threads(backend_.threads())
   {
     CpuNetwork& nw = backend_.invariant_net(omp_get_thread_num());
-    std::vector<float> xb(static_cast<size_t>(kMicroBatch) * D_), gb(xb.size()), dlogits(kMicroBatch * K_), probs(K_);
+    std::vector<float> xb, gb, dlogits, probs;
+    errors.run([&] {
+      xb.resize(static_cast<size_t>(kMicroBatch) * D_);
+      gb.resize(xb.size());
+      dlogits.resize(static_cast<size_t>(kMicroBatch) * K_);
+      probs.resize(K_);
+    });
 #pragma omp for schedule(dynamic, 1)
-    for (int b = 0; b < count; b += kMicroBatch) {
+    for (int b = 0; b < count; b += kMicroBatch) errors.run([&] {
       const int m = std::min(kMicroBatch, count - b);
       for (int i = 0; i < m; ++i)
         std::copy_n(x_.data() + static_cast<size_t>(active_[b + i]) * D_, D_, xb.data() + static_cast<size_t>(i) * D_);
@@ -262,7 +276,7 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
         }
         if (met && cfg_.early_stop) keep[b + i] = 0;
       }
-      if (!update) continue;
+      if (!update) return;
       nw.backward(params, dlogits.data(), m, nullptr, gb.data());
       for (int i = 0; i < m; ++i) {
         const int e = active_[b + i];
@@ -272,8 +286,9 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
         input_update_one(x_.data() + o, gb.data() + static_cast<size_t>(i) * D_, m_.empty() ? nullptr : m_.data() + o,
                          v_.empty() ? nullptr : v_.data() + o, steps_done_[e], x0_.data() + o, D_, eps_[e], cfg_);
       }
-    }
+    });
   }
+  errors.rethrow();
   std::vector<int> still;
   for (int i = 0; i < count; ++i)
     if (keep[i]) still.push_back(active_[i]);

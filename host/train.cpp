@@ -1,8 +1,10 @@
 #include "train.h"
 
+#include <cmath>
 #include <cstdio>
 
 #include "counter_rng.h"
+#include "errors.h"
 #include "progress.h"
 
 namespace nudge {
@@ -16,6 +18,15 @@ std::vector<int> epoch_order(int count, uint64_t seed, int epoch) {
     std::swap(order[i], order[j]);
   }
   return order;
+}
+
+void check_loss_finite(double loss_sum, int epoch, int batch, int batches, float lr) {
+  if (std::isfinite(loss_sum)) return;
+  char lr_text[32];
+  std::snprintf(lr_text, sizeof lr_text, "%g", lr);
+  throw InputError("training diverged: the loss is " + std::string(std::isnan(loss_sum) ? "NaN" : "infinite") +
+                   " at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch) + "/" +
+                   std::to_string(batches) + "; lower --lr (now " + lr_text + "); no model saved");
 }
 
 std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt) {
@@ -39,6 +50,7 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
         y[i] = data.labels[idx];
       }
       const TrainStepResult r = backend.train_step(x.data(), y.data(), n, opt.adam);
+      check_loss_finite(r.loss_sum, epoch, b + 1, batches, opt.adam.lr);
       loss_sum += r.loss_sum;
       correct += r.correct;
       seen += n;

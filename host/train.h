@@ -25,6 +25,10 @@ struct EpochStats {
 // Trains `model` in place (the backend holds the working copy; the result is stored back into `model`).
 std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt);
 
+// Throws InputError ("training diverged ...") when a batch's loss is NaN or infinite: the run stops before its model
+// is saved, so a diverged run never replaces the previous model file.
+void check_loss_finite(double loss_sum, int epoch, int batch, int batches, float lr);
+
 // The order of training images for an epoch: a Fisher-Yates shuffle driven by the counter generator, so it depends
 // only on (seed, epoch).
 std::vector<int> epoch_order(int count, uint64_t seed, int epoch);

@@ -1,4 +1,5 @@
 // nudge train: fit a model on the training split, report its test accuracy, save it atomically.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -27,7 +28,11 @@ Runner add_train_command(CLI::App& app) {
   cmd->add_option("--epochs", t->epochs, "epochs")->capture_default_str()->check(CLI::Range(1, kMaxInt));
   cmd->add_option("--batch", t->batch, "batch size")->capture_default_str()->check(CLI::Range(1, kMaxInt));
   cmd->add_option("--lr", t->adam.lr, "Adam learning rate")->capture_default_str()->check(CLI::Validator(
-      [](std::string& s) { return std::strtod(s.c_str(), nullptr) > 0 ? std::string() : "must be > 0 (got " + s + ")"; },
+      [](std::string& s) {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        return v > 0 && std::isfinite(v) && *end == '\0' ? std::string() : "must be a finite number > 0 (got " + s + ")";
+      },
       "POSITIVE"));
   cmd->add_option("--limit", t->limit, "train on the first N images only (0 = all)")->capture_default_str()->check(CLI::Range(0, kMaxInt));
   return [=]() {
