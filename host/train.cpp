@@ -29,6 +29,17 @@ void check_loss_finite(double loss_sum, int epoch, int batch, int batches, float
                    std::to_string(batches) + "; lower --lr (now " + lr_text + "); no model saved");
 }
 
+void check_weights_loadable(const Model& model, float lr) {
+  for (size_t p = 0; p < model.params.size(); ++p)
+    for (float v : model.params[p].data)
+      if (!std::isfinite(v) || std::fabs(v) > kMaxWeightMagnitude) {
+        char text[320];
+        std::snprintf(text, sizeof text, "training diverged: a weight of %s is %g, beyond the +-%g a model may hold; lower --lr (now %g); no model saved",
+                      model.arch.params()[p].name.c_str(), v, kMaxWeightMagnitude, lr);
+        throw InputError(text);
+      }
+}
+
 std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt) {
   backend.load_model(model);
   const int count = opt.limit > 0 && opt.limit < data.count ? opt.limit : data.count;
@@ -76,6 +87,7 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
     }
   }
   backend.store_model(model);
+  check_weights_loadable(model, opt.adam.lr);
   return stats;
 }
 

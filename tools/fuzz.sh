@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer harnesses (tests/fuzz, clang with ASan+UBSan) in build-fuzz/ and runs each for a bounded time.
+#   tools/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     default: 10 s each, every target
+# Each target starts from its committed seeds (tests/fuzz/corpus/NAME, never modified) plus what earlier runs found
+# (build-fuzz/corpus/NAME). A crash, leak, sanitizer report or an input slower than 1 s fails the run; the input is
+# kept in build-fuzz/artifacts/ and its name printed. The last line per target gives its execution count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+shift || true
+build=build-fuzz
+command -v clang++ >/dev/null || { echo "fuzz.sh: needs clang++ (apt-get install clang libclang-rt-dev)" >&2; exit 2; }
+cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNUDGE_CUDA=OFF \
+  -DNUDGE_FUZZ=ON -DNUDGE_TESTS=OFF -DNUDGE_BENCH=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" >/dev/null
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  for f in tests/fuzz/fuzz_*.cpp; do n=$(basename "$f" .cpp); targets+=("${n#fuzz_}"); done
+fi
+mkdir -p "$build/artifacts"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+status=0
+for t in "${targets[@]}"; do
+  mkdir -p "$build/corpus/$t"
+  log="$build/fuzz_$t.log"
+  if "$build/tests/fuzz/fuzz_$t" "$build/corpus/$t" "tests/fuzz/corpus/$t" -max_total_time="$seconds" -timeout=1 \
+       -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" >"$log" 2>&1; then
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    echo "fuzz $t: ok, $execs executions in ${seconds}s"
+  else
+    echo "fuzz $t: FAILED (see $log; inputs in $build/artifacts/)"
+    grep -E "ERROR|SUMMARY|Test unit written" "$log" | head -5
+    status=1
+  fi
+done
+exit $status
