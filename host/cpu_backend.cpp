@@ -192,7 +192,10 @@ class CpuBackend : public Backend {
   }
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
-    return std::make_unique<CpuOptimizeChunk>(*this, in, cfg);
+    // x0, x, Adam's m and v and the best images: five floats per pixel and entry.
+    const size_t bytes = static_cast<size_t>(in.n) * (5 * static_cast<size_t>(input_size()) + 2 * classes()) * sizeof(float);
+    return with_memory_named("a CPU chunk of " + std::to_string(in.n) + " entries", bytes,
+                             [&] { return std::make_unique<CpuOptimizeChunk>(*this, in, cfg); });
   }
 
   static void softmax(const float* z, int K, float* p) {

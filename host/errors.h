@@ -23,9 +23,15 @@ struct IoError : InternalError {
   using InternalError::InternalError;
 };
 
-// An allocation that failed, with what it was for and its size: exit 1, "out of memory: ...".
-struct OutOfMemory : InternalError {
-  using InternalError::InternalError;
+// An allocation that failed, with what it was for and its size: exit 1, "out of memory: ...". A std::bad_alloc, so
+// that the engine still halves a chunk that does not fit.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  explicit OutOfMemory(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
 };
 
 // Runs f, turning std::bad_alloc into OutOfMemory naming `what` and `bytes`.
@@ -33,6 +39,8 @@ template <class F>
 auto with_memory_named(const std::string& what, size_t bytes, F&& f) -> decltype(f()) {
   try {
     return f();
+  } catch (const OutOfMemory&) {
+    throw;
   } catch (const std::bad_alloc&) {
     throw OutOfMemory("out of memory: " + what + " needs " + std::to_string(bytes) + " bytes");
   }

@@ -106,9 +106,6 @@ void validate_job(const OptimizeJob& job, int classes) {
   if (job.steps < 0) throw InputError("--steps must be >= 0");
   if (job.restarts < 1 || job.restarts > kMaxRestarts)
     throw InputError("--restarts " + std::to_string(job.restarts) + ": must be 1 to " + std::to_string(kMaxRestarts));
-  if (job.restarts > 1 && !job.random_start)
-    throw InputError("--restarts " + std::to_string(job.restarts) +
-                     " without --random-start runs identical copies; add --random-start (with --eps)");
   if (job.eps.size() > kMaxEpsValues)
     throw InputError("--eps lists " + std::to_string(job.eps.size()) + " values; the limit is " + std::to_string(kMaxEpsValues));
   if (!(job.step.lr > 0) || !std::isfinite(job.step.lr)) throw InputError("--lr must be a finite number > 0 (got " + std::to_string(job.step.lr) + ")");

@@ -118,6 +118,11 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
     if (given(*cmd, "--count") && job.init == InitKind::Images)
       throw InputError("--count " + std::to_string(job.count) + ": --init " + job.image_dir +
                        " uses every image in the folder; leave --count out");
+    // The engine runs such copies (its tests use them to check tie-breaking), but a user asking for them wants
+    // something else.
+    if (job.restarts > 1 && !job.random_start)
+      throw InputError("--restarts " + std::to_string(job.restarts) +
+                       " without --random-start runs identical copies; add --random-start (with --eps)");
     if (given(*cmd, "--stop-at")) {
       const float p = parse_finite(f->stop_at, "--stop-at");
       if (!(p > 0 && p <= 1)) throw InputError("--stop-at: '" + f->stop_at + "' is not a probability in (0, 1]");
