@@ -1,34 +1,11 @@
 // nudge's command line: turns exceptions into exit codes (2 for bad usage or input, 1 for internal failures).
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <iostream>
 #include <map>
 
 #include "allocator_policy.h"
 #include "commands.h"
 #include "errors.h"
-
-namespace nudge::cli {
-
-void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const std::string& out_help) {
-  if (with_model) cmd.add_option("--model", o.model, "model file (safetensors)")->capture_default_str();
-  cmd.add_option("--data", o.data, "folder with the four MNIST-format IDX files")->capture_default_str();
-  cmd.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
-  // CLI11 alone would read "-1" (and a 23-digit number) into the unsigned seed as 2^64-1.
-  cmd.add_option("--seed", o.seed, "random seed (0 to 2^64-1)")->capture_default_str()->check(CLI::Validator(
-      [](std::string& s) {
-        errno = 0;
-        char* end = nullptr;
-        const bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
-        if (digits) std::strtoull(s.c_str(), &end, 10);
-        return digits && errno != ERANGE ? std::string() : "'" + s + "' is not an integer from 0 to 2^64-1";
-      },
-      "UINT64"));
-  if (!out_help.empty()) cmd.add_option("--out", o.out, out_help);
-}
-
-}  // namespace nudge::cli
 
 int main(int argc, char** argv) {
   using namespace nudge::cli;
