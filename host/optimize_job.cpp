@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
+#include <utility>
 
 #include "errors.h"
 
@@ -115,8 +116,11 @@ void validate_job(const OptimizeJob& job, int classes) {
   if (!(job.step.stop_kl >= 0) || !std::isfinite(job.step.stop_kl)) throw InputError("--stop-kl must be a finite number >= 0");
   if (job.chunk < 0) throw InputError("--chunk must be >= 1");
   const RegularizerConfig& r = job.reg;
-  for (float w : {r.tv, r.l2, r.l1, r.blur_sigma, r.blur_decay, r.prior_decay})
-    if (!std::isfinite(w)) throw InputError("--tv, --l2, --l1, --blur-sigma, --blur-decay and --prior-decay must be finite numbers");
+  const std::pair<const char*, float> weights[] = {{"--tv", r.tv},           {"--l2", r.l2},
+                                                   {"--l1", r.l1},           {"--blur-sigma", r.blur_sigma},
+                                                   {"--blur-decay", r.blur_decay}, {"--prior-decay", r.prior_decay}};
+  for (const auto& [flag, w] : weights)
+    if (!std::isfinite(w)) throw InputError(std::string(flag) + " must be a finite number (got " + std::to_string(w) + ")");
   if (r.tv < 0 || r.l2 < 0 || r.l1 < 0) throw InputError("--tv, --l2 and --l1 weights must be >= 0");
   if (!(r.l2_center >= 0 && r.l2_center <= 1)) throw InputError("--l2-center must be in [0, 1] (got " + std::to_string(r.l2_center) + ")");
   if (!(r.prior_decay > 0 && r.prior_decay <= 1)) throw InputError("--prior-decay must be in (0, 1]");

@@ -19,7 +19,7 @@ struct OptimizeFlags {
   OptimizeJob job;
 };
 
-// A flag's value only when the user gave the flag.
+// Whether the user gave the flag: only then is its value checked (the defaults mean "not set").
 bool given(const CLI::App& cmd, const char* flag) { return cmd.count(flag) > 0; }
 
 InitKind parse_init(const std::string& s, std::string* dir) {
