@@ -511,7 +511,7 @@ TEST(HostileInput, FullDiskIsAnIoError) {
   Sandbox box;
   // A 64 KiB file-size limit with SIGXFSZ ignored: writes past it fail with EFBIG, as a full disk fails with ENOSPC.
   expect_refused(box, {"optimize", "--model", kModel, "--init", "noise", "--count", "200", "--target", "3",
-                       "--steps", "1", "--quiet", "--out", "o"},
+                       "--steps", "1", "--quiet", "--out", "o", "--device", "cpu"},
                  "I/O error: write to o/", 1, "ulimit -f 128; trap '' XFSZ;");
 }
 
