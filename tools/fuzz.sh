@@ -13,7 +13,7 @@ seconds=${1:-10}
 runs=${FUZZ_RUNS:--1}
 timeout=${FUZZ_TIMEOUT:-1}
 shift || true
-build=build-fuzz
+build=${FUZZ_BUILD:-build-fuzz}  # FUZZ_BUILD=dir builds and runs elsewhere
 command -v clang++ >/dev/null || { echo "fuzz.sh: needs clang++ (apt-get install clang libclang-rt-dev)" >&2; exit 2; }
 cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNUDGE_CUDA=OFF \
   -DNUDGE_FUZZ=ON -DNUDGE_TESTS=OFF -DNUDGE_BENCH=OFF >/dev/null
