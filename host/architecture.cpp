@@ -23,6 +23,15 @@ int parse_positive(const std::string& s) {
   return v > 0 ? v : -1;
 }
 
+// Refuses a layer whose output or weights exceed the caps in architecture.h, before anything is sized from it.
+void check_layer_size(const std::string& text, const std::string& tok, const Shape3& out, int64_t weights) {
+  if (out.size() > kMaxLayerElements)
+    bad(text, "'" + tok + "' makes " + std::to_string(out.c) + "x" + std::to_string(out.h) + "x" + std::to_string(out.w) +
+                  " = " + std::to_string(out.size()) + " values per image; the limit is " + std::to_string(kMaxLayerElements));
+  if (weights > kMaxParamElements)
+    bad(text, "'" + tok + "' has " + std::to_string(weights) + " weights; the limit is " + std::to_string(kMaxParamElements));
+}
+
 }  // namespace
 
 const char* Architecture::reference_string() {
@@ -45,6 +54,7 @@ Architecture Architecture::parse(const std::string& text) {
     }
     if (i != 3) bad(text, "input shape '" + dims + "' is not CxHxW");
     a.input = {v[0], v[1], v[2]};
+    check_layer_size(text, dims, a.input, 0);
   }
   Shape3 cur = a.input;
   bool flat = false;
@@ -52,6 +62,7 @@ Architecture Architecture::parse(const std::string& text) {
   std::istringstream ss(text.substr(colon + 1));
   std::string tok;
   while (std::getline(ss, tok, ',')) {
+    if (a.layers.size() == kMaxLayers) bad(text, "more than " + std::to_string(kMaxLayers) + " layers");
     LayerSpec l{};
     l.in = cur;
     if (tok == "relu") {
@@ -60,7 +71,7 @@ Architecture Architecture::parse(const std::string& text) {
     } else if (tok == "flatten") {
       if (flat) bad(text, "flatten twice");
       l.kind = LayerKind::Flatten;
-      l.out = {cur.size(), 1, 1};
+      l.out = {static_cast<int>(cur.size()), 1, 1};  // within int: every shape so far passed check_layer_size
       flat = true;
     } else if (tok.rfind("pool", 0) == 0) {
       if (flat) bad(text, "'" + tok + "' after flatten");
@@ -79,6 +90,7 @@ Architecture Architecture::parse(const std::string& text) {
       if (l.out_channels < 0 || l.kernel < 0) bad(text, "'" + tok + "' should be convFkK, e.g. conv24k3");
       if (l.kernel > cur.h || l.kernel > cur.w) bad(text, "'" + tok + "' kernel is larger than its " + std::to_string(cur.h) + "x" + std::to_string(cur.w) + " input");
       l.out = {l.out_channels, cur.h - l.kernel + 1, cur.w - l.kernel + 1};
+      check_layer_size(text, tok, l.out, int64_t{l.out_channels} * cur.c * l.kernel * l.kernel);
       l.name = "conv" + std::to_string(++convs);
     } else if (tok.rfind("dense", 0) == 0) {
       if (!flat) bad(text, "'" + tok + "' needs a flatten before it");
@@ -86,6 +98,7 @@ Architecture Architecture::parse(const std::string& text) {
       l.out_channels = parse_positive(tok.substr(5));
       if (l.out_channels < 0) bad(text, "'" + tok + "' should be denseN, e.g. dense64");
       l.out = {l.out_channels, 1, 1};
+      check_layer_size(text, tok, l.out, int64_t{l.out_channels} * cur.size());
       l.name = "dense" + std::to_string(++denses);
     } else {
       bad(text, "unknown layer '" + tok + "' (known: convFkK, relu, poolK, flatten, denseN)");

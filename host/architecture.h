@@ -4,6 +4,7 @@
 // Layout NCHW, flatten in (C,H,W) order as PyTorch does. The last dense layer's outputs are the logits; softmax is
 // implied by the loss.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -11,9 +12,18 @@ namespace nudge {
 
 enum class LayerKind { Conv, Relu, MaxPool, Flatten, Dense };
 
+// What Architecture::parse accepts. Every activation (the input included) holds at most kMaxLayerElements values per
+// image and every weight tensor at most kMaxParamElements, so that each count the library forms in int stays far from
+// overflow and a hostile model file cannot ask for more than a few GiB before the first image runs. The reference
+// model's widest activation is 24x26x26 = 16,224 values and its largest tensor 64x576 = 36,864.
+constexpr int64_t kMaxLayerElements = int64_t{1} << 24;   // 64 MiB of floats per image
+constexpr int64_t kMaxParamElements = int64_t{1} << 28;   // 1 GiB of floats per tensor
+constexpr size_t kMaxLayers = 256;                        // every layer holds a chunk's activations
+
 struct Shape3 {
   int c = 0, h = 0, w = 0;
-  int size() const { return c * h * w; }
+  // 64-bit: the dims are checked one by one, and their product only after it is formed.
+  int64_t size() const { return int64_t{c} * h * w; }
   bool operator==(const Shape3& o) const { return c == o.c && h == o.h && w == o.w; }
 };
 
@@ -42,7 +52,7 @@ struct Architecture {
   static Architecture reference() { return parse(reference_string()); }
 
   std::string to_string() const;
-  int num_classes() const { return layers.back().out.size(); }
+  int num_classes() const { return static_cast<int>(layers.back().out.size()); }
   std::vector<ParamSpec> params() const;
   size_t param_count() const;
   bool operator==(const Architecture& o) const { return to_string() == o.to_string(); }

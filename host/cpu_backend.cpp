@@ -6,12 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <exception>
 
 #include "cpu_network.h"
 #include "errors.h"
 #include "input_step.h"
 #include "losses.h"
+#include "parallel_errors.h"
 #include "trades_loss.h"
 
 namespace nudge {
@@ -34,26 +34,6 @@ int balanced_micro_batch(int n, int T) {
 
 class CpuBackend;
 
-// Carries the first exception out of an OpenMP loop body (an exception must not leave a parallel region): a caller's
-// callback may throw.
-class FirstException {
- public:
-  template <class F>
-  void run(F&& f) {
-    try {
-      f();
-    } catch (...) {
-#pragma omp critical(nudge_first_exception)
-      if (!error_) error_ = std::current_exception();
-    }
-  }
-  void rethrow() {
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  std::exception_ptr error_;
-};
 
 class CpuOptimizeChunk : public OptimizeChunk {
  public:
@@ -139,13 +119,15 @@ class CpuBackend : public Backend {
     const auto params = param_ptrs();
     const int D = input_size(), K = classes();
     const int mb = balanced_micro_batch(n, threads_);
+    ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int b = 0; b < n; b += mb) {
+    for (int b = 0; b < n; b += mb) errors.run([&] {
       const int m = std::min(mb, n - b);
       CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       for (int i = 0; i < m; ++i) softmax(nw.logits() + i * K, K, probs + static_cast<size_t>(b + i) * K);
-    }
+    });
+    errors.rethrow();
   }
 
   TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) override {
@@ -200,8 +182,9 @@ class CpuBackend : public Backend {
     const auto params = param_ptrs();
     const int D = input_size(), K = classes();
     const int mb = balanced_micro_batch(n, threads_);
+    ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int b = 0; b < n; b += mb) {
+    for (int b = 0; b < n; b += mb) errors.run([&] {
       const int m = std::min(mb, n - b);
       CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
@@ -213,17 +196,18 @@ class CpuBackend : public Backend {
                                                 probs + static_cast<size_t>(e) * K, dlogits.data() + i * K);
       }
       nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
-    }
+    });
+    errors.rethrow();
   }
 
   void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
     const auto params = param_ptrs();
     const int D = input_size(), K = classes();
     const int mb = balanced_micro_batch(n, threads_);
-    FirstException relay;
+    ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
     for (int b = 0; b < n; b += mb) {
-      relay.run([&] {
+      errors.run([&] {
         const int m = std::min(mb, n - b);
         CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
         nw.forward(params, x + static_cast<size_t>(b) * D, m);
@@ -232,11 +216,14 @@ class CpuBackend : public Backend {
         if (grad) nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
       });
     }
-    relay.rethrow();
+    errors.rethrow();
   }
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
-    return std::make_unique<CpuOptimizeChunk>(*this, in, cfg);
+    // x0, x, Adam's m and v and the best images: five floats per pixel and entry.
+    const size_t bytes = static_cast<size_t>(in.n) * (5 * static_cast<size_t>(input_size()) + 2 * classes()) * sizeof(float);
+    return with_memory_named("a CPU chunk of " + std::to_string(in.n) + " entries", bytes,
+                             [&] { return std::make_unique<CpuOptimizeChunk>(*this, in, cfg); });
   }
 
   static void softmax(const float* z, int K, float* p) {
@@ -257,8 +244,9 @@ class CpuBackend : public Backend {
     const int T = std::min(threads_, n);
     double loss_sum = 0, kl_sum = 0;
     int correct = 0, adv_correct = 0;
+    ParallelErrors errors;
 #pragma omp parallel num_threads(T) reduction(+ : loss_sum, kl_sum, correct, adv_correct)
-    {
+    errors.run([&] {
       const int t = omp_get_thread_num();
       const int begin = static_cast<int>(static_cast<long>(n) * t / T), end = static_cast<int>(static_cast<long>(n) * (t + 1) / T);
       const int m = end - begin, rows = m * rows_per_example;
@@ -280,7 +268,8 @@ class CpuBackend : public Backend {
       } else {
         std::fill(g.begin(), g.end(), 0.0f);
       }
-    }
+    });
+    errors.rethrow();
     ++adam_t_;
     const float c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
     const float c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
@@ -339,12 +328,19 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
   const int count = static_cast<int>(active_.size());
   std::vector<uint8_t> keep(count, 1);
   const int mb = balanced_micro_batch(count, backend_.threads());
+  ParallelErrors errors;
 #pragma omp parallel num_threads(backend_.threads())
   {
     CpuNetwork& nw = backend_.invariant_net(omp_get_thread_num());
-    std::vector<float> xb(static_cast<size_t>(kMicroBatch) * D_), gb(xb.size()), dlogits(kMicroBatch * K_), probs(K_);
+    std::vector<float> xb, gb, dlogits, probs;
+    errors.run([&] {
+      xb.resize(static_cast<size_t>(kMicroBatch) * D_);
+      gb.resize(xb.size());
+      dlogits.resize(static_cast<size_t>(kMicroBatch) * K_);
+      probs.resize(K_);
+    });
 #pragma omp for schedule(dynamic, 1)
-    for (int b = 0; b < count; b += mb) {
+    for (int b = 0; b < count; b += mb) errors.run([&] {
       const int m = std::min(mb, count - b);
       for (int i = 0; i < m; ++i)
         std::copy_n(x_.data() + static_cast<size_t>(active_[b + i]) * D_, D_, xb.data() + static_cast<size_t>(i) * D_);
@@ -368,7 +364,7 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
         }
         if (met && cfg_.early_stop) keep[b + i] = 0;
       }
-      if (!update) continue;
+      if (!update) return;
       nw.backward(params, dlogits.data(), m, nullptr, gb.data());
       for (int i = 0; i < m; ++i) {
         const int e = active_[b + i];
@@ -378,8 +374,9 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
         input_update_one(x_.data() + o, gb.data() + static_cast<size_t>(i) * D_, m_.empty() ? nullptr : m_.data() + o,
                          v_.empty() ? nullptr : v_.data() + o, steps_done_[e], x0_.data() + o, D_, eps_[e], cfg_);
       }
-    }
+    });
   }
+  errors.rethrow();
   std::vector<int> still;
   for (int i = 0; i < count; ++i)
     if (keep[i]) still.push_back(active_[i]);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cpu_layers.h"
+#include "errors.h"
 
 namespace nudge {
 
@@ -19,6 +20,13 @@ CpuNetwork::CpuNetwork(const Architecture& arch, bool batch_invariant) : arch_(a
 
 void CpuNetwork::reserve(int n) {
   if (n <= capacity_) return;
+  size_t floats = 0;
+  for (const LayerSpec& l : arch_.layers) floats += static_cast<size_t>(l.out.size()) * 3;
+  with_memory_named("activations of " + std::to_string(n) + " images", static_cast<size_t>(n) * floats * sizeof(float),
+                    [&] { reserve_buffers(n); });
+}
+
+void CpuNetwork::reserve_buffers(int n) {
   size_t widest = arch_.input.size();
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     const LayerSpec& l = arch_.layers[i];

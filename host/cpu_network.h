@@ -28,6 +28,7 @@ class CpuNetwork {
   const Architecture& arch() const { return arch_; }
 
  private:
+  void reserve_buffers(int n);  // reserve() without the out-of-memory message
   const float* out(int layer) const;
   // Calls f(count, in_offset, out_offset) once for the whole batch, or once per image when batch-invariant.
   template <class F>

@@ -42,11 +42,10 @@ IdxArray read_dataset_file(const std::string& path) {
   return read_idx(path);
 }
 
-}  // namespace
-
-IdxArray parse_idx(const std::string& bytes, const std::string& what) {
+// Checks the magic number and the dimensions in `bytes` (which need only hold the header) against a file of `size`
+// bytes, fills a.dims and returns the header length. read_idx runs it on the first bytes, before the whole file is read.
+uint64_t check_idx_header(const std::string& bytes, uint64_t size, const std::string& what, IdxArray& a) {
   auto fail = [&](const std::string& why) -> InputError { return InputError(what + ": " + why); };
-  const uint64_t size = bytes.size();
   if (size < 4)
     throw fail("file is " + std::to_string(size) + " bytes, too short for the 4-byte IDX magic number");
   const auto byte = [&](size_t i) { return static_cast<uint8_t>(bytes[i]); };
@@ -68,7 +67,7 @@ IdxArray parse_idx(const std::string& bytes, const std::string& what) {
     throw fail("file is " + std::to_string(size) + " bytes, too short for the " + std::to_string(header) +
                "-byte header of a " + std::to_string(ndims) + "-dimensional IDX file");
 
-  IdxArray a;
+  a.dims.clear();
   uint64_t count = 1;
   for (int i = 0; i < ndims; ++i) {
     const uint64_t d = read_be32(bytes, 4 + 4 * static_cast<size_t>(i));
@@ -86,11 +85,25 @@ IdxArray parse_idx(const std::string& bytes, const std::string& what) {
   if (size > expected)
     throw fail("file is " + std::to_string(size) + " bytes, the header promises " + std::to_string(expected) +
                " (" + std::to_string(size - expected) + " trailing bytes)");
+  return header;
+}
+
+}  // namespace
+
+IdxArray parse_idx(const std::string& bytes, const std::string& what) {
+  IdxArray a;
+  const uint64_t header = check_idx_header(bytes, bytes.size(), what, a);
   a.bytes.assign(bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end());
   return a;
 }
 
-IdxArray read_idx(const std::string& path) { return parse_idx(read_file(path), path); }
+IdxArray read_idx(const std::string& path) {
+  // The header is checked against the file's size first, so a large file that is not the IDX it claims is never read.
+  IdxArray header_only;
+  check_idx_header(read_file_prefix(path, 4 + 4 * kMaxDims), file_size(path), path, header_only);
+  return parse_idx(read_file(path), path);
+}
+
 
 void Dataset::image_as_float(int n, float* out) const {
   if (n < 0 || n >= count)

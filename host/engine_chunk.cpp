@@ -7,6 +7,7 @@
 
 #include "counter_rng.h"
 #include "input_step.h"
+#include "parallel_errors.h"
 
 namespace nudge {
 
@@ -81,15 +82,16 @@ void prepare_chunk(const OptimizeJob& job, const StartImages& starts, const JobL
 
   // Each start image is made once, into its first row in the chunk; its other rows (targets) copy it.
   const long first_source = first / tps, last_source = (first + nrows - 1) / tps;
+  ParallelErrors errors;
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
-    for (long source = first_source; source <= last_source; ++source) {
+    for (long source = first_source; source <= last_source; ++source) errors.run([&] {
       const long r = std::max(first, source * tps) - first;
       starts.fill(source, c.start_of_row.data() + r * D);
-    }
+    });
 #pragma omp for schedule(static)
-    for (long r = 0; r < nrows; ++r) {
+    for (long r = 0; r < nrows; ++r) errors.run([&] {
       const long row = first + r, source = row / tps;
       const float* img = c.start_of_row.data() + (std::max(first, source * tps) - first) * D;
       if (img != c.start_of_row.data() + r * D) std::copy(img, img + D, c.start_of_row.begin() + r * D);
@@ -108,16 +110,18 @@ void prepare_chunk(const OptimizeJob& job, const StartImages& starts, const JobL
           random_start(job.seed, static_cast<uint64_t>(row) * per_row + e, img, D, c.eps[i], job.step.norm,
                        c.init.data() + i * D);
       }
-    }
+    });
   }
+  errors.rethrow();
 }
 
 void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayout& l, const PreparedChunk& c,
                const ChunkResult& res, RowSink& sink, int threads) {
   const int D = l.D, K = l.K, per_row = l.per_row;
   std::vector<RowResult> out(c.nrows);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (long r = 0; r < c.nrows; ++r) {
+  for (long r = 0; r < c.nrows; ++r) errors.run([&] {
     int b = static_cast<int>(r * per_row);
     for (int e = 1; e < per_row; ++e)
       if (better(res, static_cast<int>(r * per_row + e), b)) b = static_cast<int>(r * per_row + e);
@@ -148,7 +152,8 @@ void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayou
     }
     o.linf = mx;
     o.l2 = static_cast<float>(std::sqrt(sq));
-  }
+  });
+  errors.rethrow();
   sink.rows(out);
 }
 

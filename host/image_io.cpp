@@ -36,6 +36,13 @@ void check_image_size(int64_t width, int64_t height, const std::string& what) {
                      std::to_string(kMaxImagePixels) + " pixels)");
 }
 
+// A size the caller cannot use, from the header alone.
+void check_wanted_size(int64_t width, int64_t height, ImageSize want, const std::string& what) {
+  if (!want.any() && (width != want.width || height != want.height))
+    throw InputError(what + " is " + std::to_string(width) + "x" + std::to_string(height) + "; the model takes " +
+                     std::to_string(want.width) + "x" + std::to_string(want.height));
+}
+
 // ---- PNG reading --------------------------------------------------------------------------------------------------
 // The classic libpng API reports errors by longjmp. Everything that must survive the jump lives in PngReadState
 // (not in locals of the function that calls setjmp, so nothing can be clobbered), and the callbacks libpng runs
@@ -45,7 +52,8 @@ struct PngReadState {
   const std::string* bytes = nullptr;
   size_t pos = 0;
   char error[256] = {};
-  bool too_large = false;
+  bool too_large = false, unwanted_size = false;
+  ImageSize want;
   png_uint_32 width = 0, height = 0;
   int channels = 0;  // after the transformations: 1 to 4 (G, GA, RGB, RGBA), 8 bits each
   std::vector<unsigned char> buffer;
@@ -77,6 +85,11 @@ bool decode_png_rows(png_structp png, png_infop info, PngReadState& state) {
       state.height > static_cast<png_uint_32>(kMaxImageSide) ||
       int64_t{state.width} * state.height > kMaxImagePixels) {
     state.too_large = true;
+    return false;
+  }
+  if (!state.want.any() && (state.width != static_cast<png_uint_32>(state.want.width) ||
+                            state.height != static_cast<png_uint_32>(state.want.height))) {
+    state.unwanted_size = true;
     return false;
   }
   const int color_type = png_get_color_type(png, info);
@@ -173,10 +186,11 @@ size_t checked_element_count(const std::vector<int64_t>& shape) {
 
 // ---- PNG ----------------------------------------------------------------------------------------------------------
 
-GrayImage parse_png(const std::string& bytes, const std::string& what) {
+GrayImage parse_png(const std::string& bytes, const std::string& what, ImageSize want) {
   if (!has_png_signature(bytes)) throw InputError(what + ": not a PNG file");
   PngReadState state;
   state.bytes = &bytes;
+  state.want = want;
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &state, png_error_to_state, png_ignore_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!info) {
@@ -193,6 +207,7 @@ GrayImage parse_png(const std::string& bytes, const std::string& what) {
   }
   png_destroy_read_struct(&png, &info, nullptr);
   if (state.too_large) check_image_size(state.width, state.height, what);
+  if (state.unwanted_size) check_wanted_size(state.width, state.height, want, what);
   if (!ok) throw InputError(what + ": corrupt PNG: " + state.error);
 
   GrayImage image;
@@ -213,7 +228,9 @@ GrayImage parse_png(const std::string& bytes, const std::string& what) {
   return image;
 }
 
-GrayImage read_png(const std::string& path) { return parse_png(read_file(path), path); }
+GrayImage read_png(const std::string& path, ImageSize want) {
+  return parse_png(read_file(path, kMaxImageFileBytes), path, want);
+}
 
 namespace {
 
@@ -250,7 +267,7 @@ void write_png_rgb(const std::string& path, int width, int height, const std::ve
 
 // ---- PGM ----------------------------------------------------------------------------------------------------------
 
-GrayImage parse_pgm(const std::string& bytes, const std::string& what) {
+GrayImage parse_pgm(const std::string& bytes, const std::string& what, ImageSize want) {
   if (!has_pgm_magic(bytes)) throw InputError(what + ": not a PGM file (expected the magic 'P5' or 'P2')");
   const bool binary = bytes[1] == '5';
   PgmScanner scan(bytes, what);
@@ -264,6 +281,7 @@ GrayImage parse_pgm(const std::string& bytes, const std::string& what) {
     scan.fail("image is " + std::to_string(width) + "x" + std::to_string(height) + "; both must be at least 1");
   if (maxval < 1 || maxval > 65535) scan.fail("maxval is " + std::to_string(maxval) + "; it must be 1..65535");
   check_image_size(width, height, what);
+  check_wanted_size(width, height, want, what);
 
   GrayImage image;
   image.width = static_cast<int>(width);
@@ -293,6 +311,11 @@ GrayImage parse_pgm(const std::string& bytes, const std::string& what) {
       image.pixels[i] = static_cast<float>(v) / max_f;
     }
   } else {
+    // Each ASCII sample is a digit and a separator (the last needs none): a short file is refused before the
+    // n floats are allocated.
+    if (bytes.size() - scan.pos() < 2 * n - 1)
+      scan.fail("pixel data truncated: " + std::to_string(width) + "x" + std::to_string(height) + " needs " +
+                std::to_string(n) + " values, the file has " + std::to_string(bytes.size() - scan.pos()) + " bytes left");
     image.pixels.resize(n);
     for (size_t i = 0; i < n; ++i) {
       scan.skip_space_and_comments();
@@ -306,15 +329,19 @@ GrayImage parse_pgm(const std::string& bytes, const std::string& what) {
   return image;
 }
 
-GrayImage read_pgm(const std::string& path) { return parse_pgm(read_file(path), path); }
+GrayImage read_pgm(const std::string& path, ImageSize want) {
+  return parse_pgm(read_file(path, kMaxImageFileBytes), path, want);
+}
 
-GrayImage parse_image(const std::string& bytes, const std::string& what) {
-  if (has_png_signature(bytes)) return parse_png(bytes, what);
-  if (has_pgm_magic(bytes)) return parse_pgm(bytes, what);
+GrayImage parse_image(const std::string& bytes, const std::string& what, ImageSize want) {
+  if (has_png_signature(bytes)) return parse_png(bytes, what, want);
+  if (has_pgm_magic(bytes)) return parse_pgm(bytes, what, want);
   throw InputError(what + ": not a PNG or PGM image (expected a PNG, a binary P5 PGM or an ASCII P2 PGM)");
 }
 
-GrayImage read_image(const std::string& path) { return parse_image(read_file(path), path); }
+GrayImage read_image(const std::string& path, ImageSize want) {
+  return parse_image(read_file(path, kMaxImageFileBytes), path, want);
+}
 
 // ---- NPY ----------------------------------------------------------------------------------------------------------
 

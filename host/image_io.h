@@ -20,6 +20,16 @@ struct GrayImage {
 // the 28x28 images nudge works on but small enough that a hostile header cannot exhaust memory.
 constexpr int kMaxImageSide = 16384;
 constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
+// Image files larger than this are refused before they are read (a 16384^2 16-bit RGBA PNG stored raw is 2 GiB, but
+// nothing nudge reads comes near 64 MiB).
+constexpr uint64_t kMaxImageFileBytes = uint64_t{64} << 20;
+
+// The size a caller needs; 0x0 takes any. Given one, a reader refuses another size as soon as the header has been read,
+// before decoding anything ("PATH is 8192x8192; the model takes 28x28").
+struct ImageSize {
+  int width = 0, height = 0;
+  bool any() const { return width == 0 && height == 0; }
+};
 
 // PNG of any colour type and bit depth, reduced to 8-bit gray and divided by 255:
 //   - 16-bit samples are scaled to 8 bits (rounded), palettes and 1/2/4-bit gray are expanded;
@@ -27,17 +37,17 @@ constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 //     convert("L") does, so R=G=B is exact and gAMA/sRGB chunks are ignored);
 //   - alpha (including tRNS transparency) is composited onto black: gray * alpha / 255.
 // Throws InputError "PATH: not a PNG file" on a wrong signature, "PATH: corrupt PNG: <libpng message>" otherwise.
-GrayImage read_png(const std::string& path);
-GrayImage parse_png(const std::string& bytes, const std::string& what);
+GrayImage read_png(const std::string& path, ImageSize want = {});
+GrayImage parse_png(const std::string& bytes, const std::string& what, ImageSize want = {});
 
 // PGM: binary P5 or ASCII P2, '#' comments between header tokens, maxval 1..65535 (P5 samples are 16-bit big-endian
 // when maxval > 255). Values are divided by maxval; a sample above maxval is an error. Data after the image is ignored.
-GrayImage read_pgm(const std::string& path);
-GrayImage parse_pgm(const std::string& bytes, const std::string& what);
+GrayImage read_pgm(const std::string& path, ImageSize want = {});
+GrayImage parse_pgm(const std::string& bytes, const std::string& what, ImageSize want = {});
 
 // Dispatches on the magic bytes (PNG signature, "P5", "P2"); anything else: InputError "PATH: not a PNG or PGM image".
-GrayImage read_image(const std::string& path);
-GrayImage parse_image(const std::string& bytes, const std::string& what);
+GrayImage read_image(const std::string& path, ImageSize want = {});
+GrayImage parse_image(const std::string& bytes, const std::string& what, ImageSize want = {});
 
 // 8-bit PNG writers (atomic). `gray` holds height*width bytes, `rgb` height*width*3 bytes (R,G,B per pixel), row-major.
 void write_png_gray(const std::string& path, int width, int height, const std::vector<uint8_t>& gray);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "atomic_file.h"
 #include "counter_rng.h"
@@ -34,8 +35,9 @@ Model Model::glorot(const Architecture& arch, uint64_t seed) {
   return m;
 }
 
-Model Model::load(const std::string& path) {
-  SafetensorsFile f = read_safetensors(path);
+Model Model::load(const std::string& path) { return from_safetensors(read_safetensors(path), path); }
+
+Model Model::from_safetensors(SafetensorsFile f, const std::string& path) {
   Model m;
   auto it = f.metadata.find(kArchKey);
   try {
@@ -50,8 +52,14 @@ Model Model::load(const std::string& path) {
     if (t->second.shape != spec.shape)
       throw InputError(path + ": tensor " + spec.name + " has shape " + shape_to_string(t->second.shape) +
                        ", the architecture needs " + shape_to_string(spec.shape));
-    for (float v : t->second.data)
+    for (float v : t->second.data) {
       if (!std::isfinite(v)) throw InputError(path + ": tensor " + spec.name + " holds a NaN or infinity");
+      if (std::fabs(v) > kMaxWeightMagnitude) {
+        char value[64];
+        std::snprintf(value, sizeof value, "%g, beyond the +-%g", v, kMaxWeightMagnitude);
+        throw InputError(path + ": tensor " + spec.name + " holds " + value + " nudge accepts (its outputs would overflow)");
+      }
+    }
     m.params.push_back(std::move(t->second));
   }
   m.metadata = f.metadata;

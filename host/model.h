@@ -6,9 +6,14 @@
 #include <vector>
 
 #include "architecture.h"
+#include "safetensors.h"
 #include "tensor.h"
 
 namespace nudge {
+
+// Weights larger than this are refused on load: a trained network's are below 10, and a few layers of weights near
+// FLT_MAX overflow every logit to infinity (predict would print NaN probabilities, optimize write NaN images).
+constexpr float kMaxWeightMagnitude = 1e6f;
 
 struct Model {
   Architecture arch;
@@ -22,6 +27,8 @@ struct Model {
   // Reads a safetensors file. The architecture comes from the metadata key "nudge.architecture"; a file without it
   // (a PyTorch export) is taken as the reference architecture. Throws InputError naming the file and the problem.
   static Model load(const std::string& path);
+  // The same from a parsed file; `what` names it in messages.
+  static Model from_safetensors(SafetensorsFile file, const std::string& what);
   // Writes atomically (temp file + rename), F32 little-endian, with the architecture in the metadata.
   void save(const std::string& path, const std::map<std::string, std::string>& extra_metadata = {}) const;
   // The bytes save() writes.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
+#include <utility>
 
 #include "errors.h"
 
@@ -31,7 +32,8 @@ std::vector<float> parse_float_list(const std::string& text, const std::string& 
   while (std::getline(ss, part, ',')) {
     char* end = nullptr;
     const double v = part.empty() ? NAN : std::strtod(part.c_str(), &end);
-    if (part.empty() || *end != '\0' || !std::isfinite(v)) throw InputError(flag + ": '" + part + "' is not a number");
+    if (part.empty() || *end != '\0' || !std::isfinite(v) || !std::isfinite(static_cast<float>(v)))
+      throw InputError(flag + ": '" + part + "' is not a number");
     out.push_back(static_cast<float>(v));
   }
   if (out.empty()) throw InputError(flag + ": expected a comma-separated list of numbers");
@@ -47,14 +49,21 @@ std::vector<int> parse_index_list(const std::string& text, const std::string& fl
   return out;
 }
 
-std::vector<int> parse_range(const std::string& text, const std::string& flag) {
+IndexRange parse_range(const std::string& text, const std::string& flag) {
   const auto colon = text.find(':');
   if (colon == std::string::npos) throw InputError(flag + ": '" + text + "' should be START:END, e.g. 0:1000");
   const long a = parse_long(text.substr(0, colon), flag), b = parse_long(text.substr(colon + 1), flag);
   if (b <= a) throw InputError(flag + ": '" + text + "' is empty (END must be greater than START)");
-  std::vector<int> out;
-  for (long i = a; i < b; ++i) out.push_back(static_cast<int>(i));
-  return out;
+  return {a, b};
+}
+
+float parse_finite(const std::string& text, const std::string& flag) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = text.empty() ? NAN : std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(v) || !std::isfinite(static_cast<float>(v)))
+    throw InputError(flag + ": '" + text + "' is not a finite number");
+  return static_cast<float>(v);
 }
 
 void validate_job(const OptimizeJob& job, int classes) {
@@ -96,12 +105,24 @@ void validate_job(const OptimizeJob& job, int classes) {
   if (!job.eps.empty() && job.step.norm == Norm::None) throw InputError("--eps needs --norm linf or l2");
   if (job.random_start && job.eps.empty()) throw InputError("--random-start needs --eps");
   if (job.steps < 0) throw InputError("--steps must be >= 0");
-  if (job.restarts < 1) throw InputError("--restarts must be >= 1");
-  if (!(job.step.lr > 0)) throw InputError("--lr must be > 0");
-  if (job.step.stop_prob > 1) throw InputError("--stop-at must be a probability <= 1");
-  if (!(job.step.stop_kl >= 0)) throw InputError("--stop-kl must be >= 0");
+  if (job.restarts < 1 || job.restarts > kMaxRestarts)
+    throw InputError("--restarts " + std::to_string(job.restarts) + ": must be 1 to " + std::to_string(kMaxRestarts));
+  if (job.eps.size() > kMaxEpsValues)
+    throw InputError("--eps lists " + std::to_string(job.eps.size()) + " values; the limit is " + std::to_string(kMaxEpsValues));
+  if (!(job.step.lr > 0) || !std::isfinite(job.step.lr)) throw InputError("--lr must be a finite number > 0 (got " + std::to_string(job.step.lr) + ")");
+  if (!(job.step.cw_kappa >= 0) || !std::isfinite(job.step.cw_kappa))
+    throw InputError("--kappa must be a finite number >= 0 (got " + std::to_string(job.step.cw_kappa) + ")");
+  if (!std::isfinite(job.step.stop_prob) || job.step.stop_prob > 1) throw InputError("--stop-at must be a probability <= 1");
+  if (!(job.step.stop_kl >= 0) || !std::isfinite(job.step.stop_kl)) throw InputError("--stop-kl must be a finite number >= 0");
+  if (job.chunk < 0) throw InputError("--chunk must be >= 1");
   const RegularizerConfig& r = job.reg;
+  const std::pair<const char*, float> weights[] = {{"--tv", r.tv},           {"--l2", r.l2},
+                                                   {"--l1", r.l1},           {"--blur-sigma", r.blur_sigma},
+                                                   {"--blur-decay", r.blur_decay}, {"--prior-decay", r.prior_decay}};
+  for (const auto& [flag, w] : weights)
+    if (!std::isfinite(w)) throw InputError(std::string(flag) + " must be a finite number (got " + std::to_string(w) + ")");
   if (r.tv < 0 || r.l2 < 0 || r.l1 < 0) throw InputError("--tv, --l2 and --l1 weights must be >= 0");
+  if (!(r.l2_center >= 0 && r.l2_center <= 1)) throw InputError("--l2-center must be in [0, 1] (got " + std::to_string(r.l2_center) + ")");
   if (!(r.prior_decay > 0 && r.prior_decay <= 1)) throw InputError("--prior-decay must be in (0, 1]");
   if (r.jitter < 0 || r.jitter > 8) throw InputError("--jitter must be between 0 and 8 pixels");
   if (r.settle_steps < 0) throw InputError("--settle must be >= 0");
@@ -109,8 +130,8 @@ void validate_job(const OptimizeJob& job, int classes) {
   if (r.blur_every > 0 && !(r.blur_sigma > 0 && r.blur_sigma <= 5)) throw InputError("--blur-sigma must be in (0, 5]");
   if (!(r.blur_decay > 0 && r.blur_decay <= 1)) throw InputError("--blur-decay must be in (0, 1]");
   if (r.sigmoid && !job.eps.empty()) throw InputError("--sigmoid cannot be combined with an --eps ball");
-  if ((job.init == InitKind::Noise || job.init == InitKind::Gauss || job.init == InitKind::Gray) && job.count < 1)
-    throw InputError("--count must be >= 1");
+  if (job.init != InitKind::Images && job.indices.empty() && job.range.empty() && job.count < 1)
+    throw InputError("--count must be >= 1 (got " + std::to_string(job.count) + ")");
 }
 
 std::vector<RowTarget> targets_for(const OptimizeJob& job, long source, int label, int classes) {

@@ -13,11 +13,23 @@ namespace nudge {
 
 enum class InitKind { Noise, Gauss, Gray, Test, Train, Images };
 
+// Dataset images begin..end-1; empty when end <= begin.
+struct IndexRange {
+  long begin = 0, end = 0;
+  bool empty() const { return end <= begin; }
+};
+
+// Upper bounds on the job's sizes, so that every count derived from them fits the int and long the engine uses and a
+// flag cannot ask for gigabytes before the first image runs.
+constexpr int kMaxRestarts = 1000;
+constexpr size_t kMaxEpsValues = 1000;
+
 struct OptimizeJob {
   InitKind init = InitKind::Noise;
   std::string image_dir;         // InitKind::Images: a folder of PNG/PGM files (sorted by name)
   long count = 1;                // Noise/Gauss/Gray: how many start images
-  std::vector<int> indices;      // Test/Train: which images (empty = the first `count`)
+  std::vector<int> indices;      // Test/Train: which images (empty = the first `count`, or the range below)
+  IndexRange range;              // Test/Train: --range START:END, expanded only once the split's size is known
   float gauss_sigma = 0.15f;     // Gauss: N(0.5, sigma^2), clamped to [0,1]
   float gray_value = 0.5f;       // Gray
   std::string target = "";       // "3" | "all" | "other" | "next" | "untargeted"; "" when target_dist is used
@@ -35,7 +47,9 @@ struct OptimizeJob {
 // Parsers for CLI values; InputError on bad text.
 std::vector<float> parse_float_list(const std::string& text, const std::string& flag);
 std::vector<int> parse_index_list(const std::string& text, const std::string& flag);
-std::vector<int> parse_range(const std::string& text, const std::string& flag);  // "a:b" -> a..b-1
+IndexRange parse_range(const std::string& text, const std::string& flag);  // "a:b" -> [a, b)
+// A finite number from a flag's text; InputError "FLAG: 'TEXT' is not a finite number" otherwise.
+float parse_finite(const std::string& text, const std::string& flag);
 
 // Checks the job against the model's class count and whether start images carry labels; throws InputError.
 void validate_job(const OptimizeJob& job, int classes);

@@ -11,6 +11,7 @@
 
 #include "contact_sheet.h"
 #include "errors.h"
+#include "parallel_errors.h"
 
 namespace nudge {
 
@@ -31,26 +32,49 @@ constexpr double kBand = 0.01;
 constexpr size_t kJudgeBatch = 256;
 }
 
-void ensure_output_dir(const std::string& dir) {
+std::vector<std::string> ensure_output_dir(const std::string& dir) {
   if (dir.empty()) throw InputError("--out: an output folder is required");
+  std::vector<std::string> made;
   std::string partial;
   for (size_t i = 0; i <= dir.size(); ++i) {
     if (i == dir.size() || dir[i] == '/') {
       partial = dir.substr(0, i);
-      if (!partial.empty() && ::mkdir(partial.c_str(), 0777) != 0 && errno != EEXIST)
-        throw InputError("cannot create output folder " + partial + ": " + std::strerror(errno));
+      if (partial.empty()) continue;
+      if (::mkdir(partial.c_str(), 0777) == 0) {
+        made.push_back(partial);
+      } else if (errno != EEXIST) {
+        const std::string why = std::strerror(errno);
+        CreatedFolders cleanup(made);
+        throw InputError("cannot create output folder " + partial + ": " + why);
+      }
     }
   }
   struct stat st;
+  CreatedFolders cleanup(made);
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw InputError("output path " + dir + " is not a folder");
   if (::access(dir.c_str(), W_OK) != 0) throw InputError("output folder " + dir + " is not writable");
+  cleanup.keep();
+  return made;
+}
+
+CreatedFolders::~CreatedFolders() {
+  for (auto it = folders_.rbegin(); it != folders_.rend(); ++it) ::rmdir(it->c_str());  // fails, harmlessly, if not empty
+}
+
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
 }
 
 OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
                                std::vector<float> target_dist, Backend* judge)
     : dir_(out_dir), classes_(classes), height_(height), width_(width), steps_(steps), target_dist_(std::move(target_dist)),
-      judge_(judge),
-      success_at_step_(static_cast<size_t>(steps) + 1, 0) {
+      judge_(judge) {
   ensure_output_dir(dir_);
   csv_ = std::make_unique<AtomicFile>(dir_ + "/results.csv");
   npy_ = std::make_unique<NpyStreamWriter>(dir_ + "/images.npy", std::vector<int64_t>{rows, height, width});
@@ -65,7 +89,7 @@ OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classe
 
 std::string OptimizeReport::format_line(const RowResult& r, bool* within_band) const {
   const int final_class = static_cast<int>(std::max_element(r.probs.begin(), r.probs.end()) - r.probs.begin());
-  std::string line = std::to_string(r.row) + "," + r.source_name + "," + (r.label >= 0 ? std::to_string(r.label) : "") +
+  std::string line = std::to_string(r.row) + "," + csv_field(r.source_name) + "," + (r.label >= 0 ? std::to_string(r.label) : "") +
                      "," + target_name(r.target) + "," + (r.success ? "1" : "0") + "," +
                      (r.success ? std::to_string(r.success_step) : "") + "," + std::to_string(r.updates) + "," +
                      std::to_string(r.start_class) + "," + std::to_string(final_class);
@@ -91,16 +115,19 @@ void OptimizeReport::rows(const std::vector<RowResult>& batch) {
   // Formatting is most of a row's cost and independent per row: do it on all cores, then record in order.
   std::vector<std::string> lines(batch.size());
   std::vector<char> band(batch.size());
+  ParallelErrors errors;
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < batch.size(); ++i) {
+  for (size_t i = 0; i < batch.size(); ++i) errors.run([&] {
     bool b = false;
     lines[i] = format_line(batch[i], &b);
     band[i] = b;
-  }
+  });
+  errors.rethrow();
   for (size_t i = 0; i < batch.size(); ++i) record(batch[i], std::move(lines[i]), band[i] != 0);
 }
 
 void OptimizeReport::record(const RowResult& r, std::string line, bool within_band) {
+  check_finite(r);
   const int final_class = static_cast<int>(std::max_element(r.probs.begin(), r.probs.end()) - r.probs.begin());
   char buf[64];
   within_band_ += within_band;
@@ -116,9 +143,14 @@ void OptimizeReport::record(const RowResult& r, std::string line, bool within_ba
   if (keep_all_) all_images_.insert(all_images_.end(), r.image, r.image + static_cast<size_t>(height_) * width_);
 
   ++rows_;
+  // Sized by the updates the rows took, not by the --steps budget: one image that succeeds at once under
+  // --steps 2147483647 must not cost 16 GiB.
+  most_updates_ = std::max(most_updates_, std::min(r.updates, steps_));
   if (r.success) {
     ++successes_;
-    ++success_at_step_[std::min(r.success_step, steps_)];
+    const size_t at = static_cast<size_t>(std::max(0, std::min(r.success_step, steps_)));
+    if (success_at_step_.size() <= at) success_at_step_.resize(at + 1, 0);
+    ++success_at_step_[at];
     success_steps_.push_back(r.success_step);
   }
   if (r.label >= 0) {
@@ -136,6 +168,16 @@ void OptimizeReport::record(const RowResult& r, std::string line, bool within_ba
     std::snprintf(buf, sizeof buf, " %d:%.0f%%", final_class, 100 * r.probs[final_class]);
     grid_.push_back({std::vector<float>(r.start, r.start + D), std::vector<float>(r.image, r.image + D), caption + buf});
   }
+}
+
+void OptimizeReport::check_finite(const RowResult& r) const {
+  const size_t D = static_cast<size_t>(height_) * width_;
+  bool finite = std::all_of(r.probs.begin(), r.probs.end(), [](float p) { return std::isfinite(p); });
+  for (size_t i = 0; finite && i < D; ++i) finite = std::isfinite(r.image[i]);
+  if (!finite)
+    throw InputError("row " + std::to_string(r.row) + " (" + r.source_name +
+                     ") came out as NaN or infinity: the model's outputs or the step size overflow float; lower --lr "
+                     "or check the model (no results written)");
 }
 
 void OptimizeReport::flush_judged() {
@@ -192,11 +234,12 @@ nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const Engi
     s["judge_agreement_definition"] = "fraction of one-hot rows whose image the judge gives the target class p >= 0.5";
   }
   if (!target_dist_.empty()) s["soft_within_0.01"] = rows_ ? static_cast<double>(within_band_) / rows_ : 0.0;
-  // Cumulative: the fraction of rows that had met their goal after at most s updates.
+  // Cumulative: the fraction of rows that had met their goal after at most s updates, for s up to the most updates
+  // any row took (later entries would repeat the last).
   std::vector<double> by_step;
   long cum = 0;
-  for (long c : success_at_step_) {
-    cum += c;
+  for (size_t step = 0; step <= static_cast<size_t>(most_updates_); ++step) {
+    if (step < success_at_step_.size()) cum += success_at_step_[step];
     by_step.push_back(rows_ ? static_cast<double>(cum) / rows_ : 0.0);
   }
   s["success_rate_by_step"] = by_step;

@@ -40,6 +40,8 @@ class OptimizeReport : public RowSink {
   std::string format_line(const RowResult& r, bool* within_band) const;
   // Everything else a row does, in row order: the files, the counts, the grid.
   void record(const RowResult& r, std::string line, bool within_band);
+  // InputError when a row's image or probabilities are not finite: no NaN result is written as a success.
+  void check_finite(const RowResult& r) const;
 
   std::string dir_;
   int classes_, height_, width_, steps_;
@@ -50,7 +52,8 @@ class OptimizeReport : public RowSink {
   std::unique_ptr<AtomicFile> csv_;
   std::unique_ptr<NpyStreamWriter> npy_;
   long rows_ = 0, successes_ = 0, labelled_ = 0, correct_before_ = 0, correct_before_successes_ = 0;
-  std::vector<long> success_at_step_;  // rows first succeeding after exactly s updates
+  std::vector<long> success_at_step_;  // rows first succeeding after exactly s updates (grown as rows arrive)
+  int most_updates_ = 0;               // the most updates any row took (capped at steps_)
   std::vector<int> success_steps_;
   struct GridItem {
     std::vector<float> start, image;
@@ -68,7 +71,25 @@ class OptimizeReport : public RowSink {
   std::vector<GridItem> grid_;
 };
 
-// Creates `dir` (and parents) if missing; InputError naming it if that fails or it is not writable.
-void ensure_output_dir(const std::string& dir);
+// Creates `dir` (and parents) if missing; InputError naming it if that fails or it is not writable. Returns the
+// folders it created, outermost first.
+std::vector<std::string> ensure_output_dir(const std::string& dir);
+
+// Removes the folders ensure_output_dir made (innermost first, and only while empty) unless keep() was called: a job
+// that fails early leaves no empty output folder behind.
+class CreatedFolders {
+ public:
+  explicit CreatedFolders(std::vector<std::string> folders) : folders_(std::move(folders)) {}
+  ~CreatedFolders();
+  CreatedFolders(const CreatedFolders&) = delete;
+  CreatedFolders& operator=(const CreatedFolders&) = delete;
+  void keep() { folders_.clear(); }
+
+ private:
+  std::vector<std::string> folders_;
+};
+
+// A results.csv field: quoted as RFC 4180 says when it holds a comma, a quote, CR or LF (quotes doubled).
+std::string csv_field(const std::string& text);
 
 }  // namespace nudge

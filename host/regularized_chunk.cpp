@@ -7,6 +7,7 @@
 
 #include "input_step.h"
 #include "losses.h"
+#include "parallel_errors.h"
 
 namespace nudge {
 
@@ -125,9 +126,10 @@ class RegularizedChunk : public OptimizeChunk {
       if (met[a] && cfg_.early_stop) keep[a] = 0;
     }
     if (update) {
+      ParallelErrors errors;
 #pragma omp parallel for schedule(static)
-      for (int a = 0; a < A; ++a) {
-        if (!keep[a]) continue;
+      for (int a = 0; a < A; ++a) errors.run([&] {
+        if (!keep[a]) return;
         const int e = active_[a];
         const size_t o = static_cast<size_t>(e) * D_;
         float* x = img.data() + static_cast<size_t>(a) * D_;
@@ -157,7 +159,8 @@ class RegularizedChunk : public OptimizeChunk {
             project_one(var, x0_.data() + o, D_, eps_[e], cfg_.norm);
           }
         }
-      }
+      });
+      errors.rethrow();
     }
     std::vector<int> still;
     for (int a = 0; a < A; ++a)

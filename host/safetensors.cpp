@@ -216,20 +216,26 @@ class HeaderReader {
   std::vector<std::string> top_level_keys_;
 };
 
+// The little-endian header length in the first 8 bytes of `head`, checked against the limit and a file of file_bytes.
+uint64_t checked_header_length(const std::string& head, uint64_t file_bytes, const HeaderReader& reader) {
+  uint64_t header_bytes = 0;
+  for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | static_cast<unsigned char>(head[i]);
+  if (header_bytes > kMaxHeaderBytes)
+    reader.fail("header length " + std::to_string(header_bytes) + " is absurd (the limit is " +
+                std::to_string(kMaxHeaderBytes) + " bytes); this is not a safetensors file");
+  if (header_bytes > file_bytes - 8)
+    reader.fail("header length " + std::to_string(header_bytes) + " runs past the end of the file (" +
+                std::to_string(file_bytes) + " bytes); the file is truncated or not safetensors");
+  return header_bytes;
+}
+
 }  // namespace
 
 SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& what) {
   HeaderReader reader(what);
   if (bytes.size() < 8)
     reader.fail("file is " + std::to_string(bytes.size()) + " bytes, shorter than the 8-byte header length");
-  uint64_t header_bytes = 0;
-  for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | static_cast<unsigned char>(bytes[i]);
-  if (header_bytes > kMaxHeaderBytes)
-    reader.fail("header length " + std::to_string(header_bytes) + " is absurd (the limit is " +
-                std::to_string(kMaxHeaderBytes) + " bytes); this is not a safetensors file");
-  if (header_bytes > bytes.size() - 8)
-    reader.fail("header length " + std::to_string(header_bytes) + " runs past the end of the file (" +
-                std::to_string(bytes.size()) + " bytes); the file is truncated or not safetensors");
+  const uint64_t header_bytes = checked_header_length(bytes, bytes.size(), reader);
   const size_t data_start = 8 + static_cast<size_t>(header_bytes);
   const uint64_t data_bytes = bytes.size() - data_start;
 
@@ -280,7 +286,13 @@ SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& w
   return file;
 }
 
-SafetensorsFile read_safetensors(const std::string& path) { return parse_safetensors(read_file(path), path); }
+SafetensorsFile read_safetensors(const std::string& path) {
+  // The 8-byte header length is checked against the limit and the file's size before the file is read whole, so a
+  // large file of anything else is refused at once.
+  const std::string head = read_file_prefix(path, 8);
+  if (head.size() == 8) checked_header_length(head, file_size(path), HeaderReader(path));
+  return parse_safetensors(read_file(path), path);
+}
 
 std::string serialize_safetensors(const SafetensorsFile& file) {
   // ordered_json keeps insertion order, so the header reads like the reference writer's: metadata first, then the

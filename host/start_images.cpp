@@ -3,6 +3,7 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 
 #include "counter_rng.h"
@@ -10,6 +11,16 @@
 #include "image_io.h"
 
 namespace nudge {
+
+bool has_image_extension(const std::string& name) {
+  auto ends = [&](const char* ext) {
+    const std::string x = ext;
+    return name.size() > x.size() && std::equal(x.rbegin(), x.rend(), name.rbegin(), [](char lower, char c) {
+             return std::tolower(static_cast<unsigned char>(c)) == lower;
+           });
+  };
+  return ends(".png") || ends(".pgm");
+}
 
 void noise_image(uint64_t seed, long index, int D, float* out) {
   counter_uniform_fill(seed, kStreamNoise, static_cast<uint64_t>(index), D, out);
@@ -39,9 +50,18 @@ StartImages::StartImages(const OptimizeJob& job, const Dataset* data, int width,
       if (data->rows != height || data->cols != width)
         throw InputError("the dataset's images are " + std::to_string(data->cols) + "x" + std::to_string(data->rows) +
                          "; the model takes " + std::to_string(width) + "x" + std::to_string(height));
-      if (job_.indices.empty()) {
-        const long n = std::min<long>(job.count, data->count);
-        for (long i = 0; i < n; ++i) job_.indices.push_back(static_cast<int>(i));
+      const std::string split = job.init == InitKind::Test ? "the test split" : "the training split";
+      if (!job_.range.empty()) {
+        // Checked before it is expanded: "0:2147483647" must not build a 2^31-entry vector to find that out.
+        if (job_.range.end > data->count)
+          throw InputError("--range " + std::to_string(job_.range.begin) + ":" + std::to_string(job_.range.end) +
+                           " goes past " + split + "'s " + std::to_string(data->count) + " images");
+        for (long i = job_.range.begin; i < job_.range.end; ++i) job_.indices.push_back(static_cast<int>(i));
+      } else if (job_.indices.empty()) {
+        if (job.count < 1 || job.count > data->count)
+          throw InputError("--count " + std::to_string(job.count) + ": " + split + " has " +
+                           std::to_string(data->count) + " images (give 1 to " + std::to_string(data->count) + ")");
+        for (long i = 0; i < job.count; ++i) job_.indices.push_back(static_cast<int>(i));
       }
       for (int i : job_.indices)
         if (i < 0 || i >= data->count)
@@ -54,22 +74,13 @@ StartImages::StartImages(const OptimizeJob& job, const Dataset* data, int width,
       if (!dir) throw InputError("--init " + job.image_dir + ": not a folder of images (and not noise, gauss, gray, test or train)");
       while (dirent* e = ::readdir(dir)) {
         const std::string n = e->d_name;
-        auto ends = [&](const char* s) {
-          const std::string x = s;
-          return n.size() > x.size() && std::equal(x.rbegin(), x.rend(), n.rbegin(), [](char a, char b) { return std::tolower(a) == b; });
-        };
-        if (ends(".png") || ends(".pgm")) files_.push_back(job.image_dir + "/" + n);
+        if (has_image_extension(n)) files_.push_back(job.image_dir + "/" + n);
       }
       ::closedir(dir);
       std::sort(files_.begin(), files_.end());
       if (files_.empty()) throw InputError("--init " + job.image_dir + ": no .png or .pgm files in the folder");
-      for (const std::string& f : files_) {
-        GrayImage img = read_image(f);
-        if (img.width != width || img.height != height)
-          throw InputError(f + " is " + std::to_string(img.width) + "x" + std::to_string(img.height) +
-                           "; the model takes " + std::to_string(width) + "x" + std::to_string(height));
-        file_pixels_.push_back(std::move(img.pixels));
-      }
+      // The model's size goes to the reader, which refuses another size from the header, before decoding.
+      for (const std::string& f : files_) file_pixels_.push_back(read_image(f, {width, height}).pixels);
       count_ = static_cast<long>(files_.size());
       break;
     }

@@ -29,6 +29,9 @@ class StartImages {
   std::vector<std::vector<float>> file_pixels_;
 };
 
+// Whether a file name ends in .png or .pgm, in any case (A.PNG too).
+bool has_image_extension(const std::string& name);
+
 // Uniform noise in [0,1) for image `index`: pixel p is counter_uniform(seed, kStreamNoise, index, p).
 void noise_image(uint64_t seed, long index, int D, float* out);
 // 0.5 + sigma * N(0,1), clamped to [0,1] (Box-Muller on two counter uniforms per pair of pixels).

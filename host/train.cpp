@@ -21,6 +21,26 @@ std::vector<int> epoch_order(int count, uint64_t seed, int epoch) {
   return order;
 }
 
+void check_loss_finite(double loss_sum, int epoch, int batch, int batches, float lr) {
+  if (std::isfinite(loss_sum)) return;
+  char lr_text[32];
+  std::snprintf(lr_text, sizeof lr_text, "%g", lr);
+  throw InputError("training diverged: the loss is " + std::string(std::isnan(loss_sum) ? "NaN" : "infinite") +
+                   " at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch) + "/" +
+                   std::to_string(batches) + "; lower --lr (now " + lr_text + "); no model saved");
+}
+
+void check_weights_loadable(const Model& model, float lr) {
+  for (size_t p = 0; p < model.params.size(); ++p)
+    for (float v : model.params[p].data)
+      if (!std::isfinite(v) || std::fabs(v) > kMaxWeightMagnitude) {
+        char text[320];
+        std::snprintf(text, sizeof text, "training diverged: a weight of %s is %g, beyond the +-%g a model may hold; lower --lr (now %g); no model saved",
+                      model.arch.params()[p].name.c_str(), v, kMaxWeightMagnitude, lr);
+        throw InputError(text);
+      }
+}
+
 namespace {
 
 constexpr uint64_t kCheckSeedSalt = 0x636865636bULL;  // "check": the guard's attack differs from training's
@@ -162,6 +182,8 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
       lr = learning_rate_at(opt.lr_schedule, opt.adam.lr, t, opt.epochs);
       eps = eps_at(adv.eps, t, adv.eps_ramp_epochs);
       trainer.train(x.data(), y.data(), n, lr, eps, training_attack_seed(opt.seed, epoch - 1, b), s);
+      // The epoch's running sums turn non-finite with the first batch that does.
+      check_loss_finite(s.loss + s.adv_loss, epoch, b + 1, batches, lr);
       if (opt.progress) bar.update(b + 1, progress_detail(opt, s, b + 1, batches, bar.elapsed_seconds(), lr, eps), b + 1 == batches);
     }
     EpochStats st;
@@ -221,10 +243,12 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
       sum.guard_message = msg;
       std::fprintf(stderr, "%s\n", msg);
       model = best;
+      check_weights_loadable(model, opt.adam.lr);
       return sum.epochs;
     }
   }
   backend.store_model(model);
+  check_weights_loadable(model, opt.adam.lr);
   sum.kept_epoch = sum.epochs.empty() ? 0 : sum.epochs.back().epoch;
   return sum.epochs;
 }

@@ -11,11 +11,16 @@ namespace nudge::cli {
 
 namespace {
 
+// Flags whose every value must be checked are read as text (CLI11 would take "nan" and "inf" as floats, and
+// "-1" for an unsigned seed as 2^64-1).
 struct OptimizeFlags {
   std::string init = "noise", indices, range, target, target_dist, loss = "ce", optimizer = "adam", norm, eps;
-  float stop_at = 0, stop_kl = -1;
+  std::string lr, kappa, stop_at, stop_kl;
   OptimizeJob job;
 };
+
+// Whether the user gave the flag: only then is its value checked (the defaults mean "not set").
+bool given(const CLI::App& cmd, const char* flag) { return cmd.count(flag) > 0; }
 
 InitKind parse_init(const std::string& s, std::string* dir) {
   if (s == "noise") return InitKind::Noise;
@@ -34,6 +39,7 @@ nlohmann::json job_to_json(const OptimizeFlags& f, const OptimizeJob& j, const s
   s["count"] = j.count;
   if (!f.indices.empty()) s["indices"] = f.indices;
   if (!f.range.empty()) s["range"] = f.range;
+  if (!j.image_dir.empty()) s["image_dir"] = j.image_dir;
   if (!j.target_dist.empty()) s["target_dist"] = j.target_dist;
   else s["target"] = j.target;
   s["loss"] = to_string(j.step.loss);
@@ -53,7 +59,7 @@ nlohmann::json job_to_json(const OptimizeFlags& f, const OptimizeJob& j, const s
 
 }  // namespace
 
-Runner add_optimize_command(CLI::App& app) {
+Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> execute) {
   auto* cmd = app.add_subcommand("optimize", "optimize batches of input images toward targets");
   auto o = std::make_shared<CommonOptions>();
   o->out = "out/optimize";
@@ -73,13 +79,13 @@ Runner add_optimize_command(CLI::App& app) {
   cmd->add_option("--target-dist", f->target_dist, "a distribution over the classes, e.g. 0,0,0.5,0.5,0,0,0,0,0,0");
   cmd->add_option("--loss", f->loss, "ce | kl | cw")->capture_default_str();
   cmd->add_option("--optimizer", f->optimizer, "adam | sgd | sign")->capture_default_str();
-  cmd->add_option("--lr", f->job.step.lr, "step size")->capture_default_str();
+  cmd->add_option("--lr", f->lr, "step size")->default_str(std::to_string(f->job.step.lr));
   cmd->add_option("--steps", f->job.steps, "update budget per image")->capture_default_str();
   cmd->add_option("--eps", f->eps, "radius of the ball around the start image; a list runs each as extra entries");
   cmd->add_option("--norm", f->norm, "linf | l2 (with --eps)");
   cmd->add_flag("--random-start", f->job.random_start, "start at a random point inside the ball");
   cmd->add_option("--restarts", f->job.restarts, "random restarts per image (best reported)")->capture_default_str();
-  cmd->add_option("--kappa", f->job.step.cw_kappa, "Carlini-Wagner confidence margin")->capture_default_str();
+  cmd->add_option("--kappa", f->kappa, "Carlini-Wagner confidence margin")->default_str("0");
   cmd->add_option("--stop-at", f->stop_at, "stop an image once its target class has probability >= this");
   cmd->add_option("--stop-kl", f->stop_kl, "stop a soft-target image once KL(target||p) <= this");
   cmd->add_option("--chunk", f->job.chunk, "images per chunk (default: the backend's choice)");
@@ -89,6 +95,10 @@ Runner add_optimize_command(CLI::App& app) {
   cmd->add_flag("--quiet", "no progress bar");
   return [=]() {
     OptimizeJob job = f->job;
+    if (given(*cmd, "--lr")) job.step.lr = parse_finite(f->lr, "--lr");
+    if (given(*cmd, "--kappa")) job.step.cw_kappa = parse_finite(f->kappa, "--kappa");
+    if (given(*cmd, "--chunk") && job.chunk < 1)
+      throw InputError("--chunk " + std::to_string(job.chunk) + ": must be at least 1 (leave it out for the backend's choice)");
     job.seed = o->seed;
     job.init = parse_init(f->init, &job.image_dir);
     job.target = f->target;
@@ -99,16 +109,30 @@ Runner add_optimize_command(CLI::App& app) {
     if (!f->eps.empty()) job.eps = parse_float_list(f->eps, "--eps");
     if (!f->indices.empty() && !f->range.empty()) throw InputError("give --indices or --range, not both");
     if (!f->indices.empty()) job.indices = parse_index_list(f->indices, "--indices");
-    if (!f->range.empty()) job.indices = parse_range(f->range, "--range");
-    if (!job.indices.empty() && job.init != InitKind::Test && job.init != InitKind::Train)
+    if (!f->range.empty()) job.range = parse_range(f->range, "--range");
+    const bool dataset = job.init == InitKind::Test || job.init == InitKind::Train;
+    if ((!job.indices.empty() || !job.range.empty()) && !dataset)
       throw InputError("--indices/--range select dataset images: use them with --init test or train");
-    if (f->stop_at < 0 || f->stop_at > 1) throw InputError("--stop-at must be a probability in (0, 1]");
-    if (f->stop_at > 0) {
-      job.step.stop_prob = f->stop_at;
+    if (given(*cmd, "--count") && (!job.indices.empty() || !job.range.empty()))
+      throw InputError("--count " + std::to_string(job.count) + " is ignored with --indices/--range: give one of them");
+    if (given(*cmd, "--count") && job.init == InitKind::Images)
+      throw InputError("--count " + std::to_string(job.count) + ": --init " + job.image_dir +
+                       " uses every image in the folder; leave --count out");
+    // The engine runs such copies (its tests use them to check tie-breaking), but a user asking for them wants
+    // something else.
+    if (job.restarts > 1 && !job.random_start)
+      throw InputError("--restarts " + std::to_string(job.restarts) +
+                       " without --random-start runs identical copies; add --random-start (with --eps)");
+    if (given(*cmd, "--stop-at")) {
+      const float p = parse_finite(f->stop_at, "--stop-at");
+      if (!(p > 0 && p <= 1)) throw InputError("--stop-at: '" + f->stop_at + "' is not a probability in (0, 1]");
+      job.step.stop_prob = p;
       job.step.early_stop = true;
     }
-    if (f->stop_kl >= 0) {
-      job.step.stop_kl = f->stop_kl;
+    if (given(*cmd, "--stop-kl")) {
+      const float kl = parse_finite(f->stop_kl, "--stop-kl");
+      if (!(kl >= 0)) throw InputError("--stop-kl: '" + f->stop_kl + "' must be >= 0");
+      job.step.stop_kl = kl;
       job.step.early_stop = true;
     }
 
@@ -122,7 +146,10 @@ Runner add_optimize_command(CLI::App& app) {
     run.out = o->out;
     run.spec = job_to_json(*f, job, run.models.front());
     run.quiet = cmd->count("--quiet") > 0;
-    run_job(run, nullptr);
+    if (execute)
+      execute(run);
+    else
+      run_job(run, nullptr);
     return 0;
   };
 }

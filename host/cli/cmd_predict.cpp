@@ -2,6 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <memory>
@@ -32,11 +33,10 @@ Runner add_predict_command(CLI::App& app) {
     std::vector<std::string> names;
     std::vector<float> x;
     std::vector<int> labels;
+    if (!files->empty() && model.arch.input.c != 1)
+      throw InputError(o->model + " takes " + std::to_string(model.arch.input.c) + "-channel inputs; image files are grayscale");
     for (const std::string& f : *files) {
-      const GrayImage img = read_image(f);
-      if (img.width != W || img.height != H || model.arch.input.c != 1)
-        throw InputError(f + " is " + std::to_string(img.width) + "x" + std::to_string(img.height) +
-                         "; the model takes " + std::to_string(W) + "x" + std::to_string(H) + " grayscale images");
+      const GrayImage img = read_image(f, {W, H});  // another size is refused from the header, before decoding
       x.insert(x.end(), img.pixels.begin(), img.pixels.end());
       names.push_back(f);
       labels.push_back(-1);
@@ -58,6 +58,10 @@ Runner add_predict_command(CLI::App& app) {
     const int n = static_cast<int>(names.size());
     std::vector<float> probs(static_cast<size_t>(n) * K);
     backend->predict(x.data(), n, probs.data());
+    for (int i = 0; i < n; ++i)
+      for (int k = 0; k < K; ++k)
+        if (!std::isfinite(probs[static_cast<size_t>(i) * K + k]))
+          throw InputError(o->model + " gives " + names[i] + " NaN or infinite probabilities (its outputs overflow float)");
     for (int i = 0; i < n; ++i) {
       const float* p = probs.data() + static_cast<size_t>(i) * K;
       const int cls = static_cast<int>(std::max_element(p, p + K) - p);

@@ -49,6 +49,7 @@ void write_results_csv(const std::string& path, const RobustnessResult& r, const
     for (int j = 0; j < E; ++j) {
       const size_t e = static_cast<size_t>(p) * E + j;
       const char* who = r.attack[e] ? attack_name(static_cast<AttackId>(r.attack[e])) : r.clean_pred[p] != r.label[p] ? "clean" : "";
+      // who is one of a fixed set of names: no CSV quoting needed.
       std::snprintf(buf, sizeof buf, ",%d,%s,%d,%d,%.6g,%.6g", static_cast<int>(r.robust[e]), who, r.restart[e], r.step[e],
                     r.linf[e], r.l2[e]);
       line += buf;
@@ -109,14 +110,25 @@ Runner add_robustness_command(CLI::App& app) {
     const int K = model.arch.num_classes();
     if (f->targets > K - 1)
       throw InputError("--targets " + std::to_string(f->targets) + ": the model has only " + std::to_string(K - 1) + " classes besides the label");
-    std::vector<int> idx = !f->range.empty() ? parse_range(f->range, "--range")
-                         : !f->indices.empty() ? parse_index_list(f->indices, "--indices") : std::vector<int>();
-    if (idx.empty())
-      for (int i = 0; i < std::min(f->count, data.count); ++i) idx.push_back(i);
+    std::vector<int> idx;
+    if (!f->range.empty()) {
+      // Checked against the split before it is expanded, so a huge range costs nothing.
+      const IndexRange r = parse_range(f->range, "--range");
+      if (r.empty()) throw InputError("--range " + f->range + " selects no images");
+      if (r.begin < 0 || r.end > data.count)
+        throw InputError("--range " + f->range + " reaches outside the split's " + std::to_string(data.count) + " images");
+      for (long i = r.begin; i < r.end; ++i) idx.push_back(static_cast<int>(i));
+    } else if (!f->indices.empty()) {
+      idx = parse_index_list(f->indices, "--indices");
+    } else {
+      if (f->count > data.count)
+        throw InputError("--count " + std::to_string(f->count) + ": the split has " + std::to_string(data.count) + " images");
+      for (int i = 0; i < f->count; ++i) idx.push_back(i);
+    }
     for (int i : idx)
       if (i < 0 || i >= data.count)
         throw InputError("image index " + std::to_string(i) + " is outside the split's " + std::to_string(data.count) + " images");
-    ensure_output_dir(o->out);
+    CreatedFolders made(ensure_output_dir(o->out));
     auto backend = make_backend(o->device);
     backend->load_model(model);
     const int H = data.rows, W = data.cols, D = H * W, n = static_cast<int>(idx.size());
@@ -187,6 +199,7 @@ Runner add_robustness_command(CLI::App& app) {
     std::vector<double> xs{0.0};
     xs.insert(xs.end(), cfg.eps.begin(), cfg.eps.end());
     write_accuracy_plot(o->out + "/robustness.png", "robust accuracy (" + f->norm + ", " + std::to_string(n) + " points)", xs, curves);
+    made.keep();
     for (int j = 0; j < E; ++j)
       std::printf("eps %g: clean %.2f%%, robust %.2f%%\n", cfg.eps[j], 100.0 * r.clean_correct / n, 100 * recount[j]);
     std::printf("%d points in %.1fs on %s; results in %s\n", n, r.seconds, backend->name().c_str(), o->out.c_str());

@@ -31,8 +31,9 @@ struct AdvFlags {
 CLI::Validator positive_float() {
   return CLI::Validator(
       [](std::string& s) {
-        const double v = std::strtod(s.c_str(), nullptr);
-        return std::isfinite(v) && v > 0 ? std::string() : "must be a finite number > 0 (got " + s + ")";
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        return v > 0 && std::isfinite(v) && *end == '\0' ? std::string() : "must be a finite number > 0 (got " + s + ")";
       },
       "POSITIVE");
 }

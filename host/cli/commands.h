@@ -13,7 +13,7 @@ struct CommonOptions {
   std::string model = "data/models/mnist_cnn.safetensors";
   std::string data = "data/mnist";
   std::string device = "auto";
-  uint64_t seed = 1;
+  uint64_t seed = 1;  // read through a check that refuses "-1" and values past 2^64-1
   std::string out;
 };
 
@@ -22,7 +22,9 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const 
 Runner add_train_command(CLI::App& app);
 Runner add_eval_command(CLI::App& app);
 Runner add_predict_command(CLI::App& app);
-Runner add_optimize_command(CLI::App& app);
+struct JobRun;
+// `execute` receives the job the flags describe; by default it is run (the fuzz harness only validates it).
+Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> execute = nullptr);
 Runner add_visualize_command(CLI::App& app);
 Runner add_robustness_command(CLI::App& app);
 

@@ -1,6 +1,7 @@
 #include "job_runner.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "backend.h"
@@ -50,8 +51,12 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
     judge_model = std::make_unique<Model>(Model::load(run.judge));
     if (!(judge_model->arch.input == primary.arch.input) || judge_model->arch.num_classes() != K)
       throw InputError("judge " + run.judge + " does not take the same inputs and classes as " + run.models[0]);
-    for (const std::string& m : run.models)
-      if (m == run.judge) throw InputError("the judge " + run.judge + " is also an optimized-against model");
+    // The same file under two spellings (./a, a, a symlink) is the same model.
+    for (const std::string& m : run.models) {
+      std::error_code ec;
+      if (m == run.judge || std::filesystem::equivalent(m, run.judge, ec))
+        throw InputError("the judge " + run.judge + " is also an optimized-against model (" + m + ")");
+    }
   }
   validate_job(job, K);
   std::unique_ptr<Dataset> data;
@@ -62,9 +67,10 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
   const StartImages starts(job, data.get(), primary.arch.input.w, primary.arch.input.h);
   const long rows = starts.count() * static_cast<long>(targets_for(job, 0, 0, K).size());
 
-  // The output folder is checked before any backend is made, so that a bad --out is the one message printed.
-  ensure_output_dir(run.out);
+  // The output folder is checked before any backend is made, so that a bad --out is the one message printed; the
+  // folders made for it are removed again if the job fails before its results are written (they are then empty).
   const OptimizePath path = parse_optimize_path(run.path);
+  CreatedFolders made(ensure_output_dir(run.out));
   std::vector<std::unique_ptr<Backend>> backends;
   for (const Model& m : models) {
     backends.push_back(make_backend(run.device));
@@ -95,6 +101,7 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
   if (!run.judge.empty()) spec["judge"] = run.judge;
   spec["regularizers"] = regularizers_to_json(job.reg);
   const nlohmann::json s = report.finish(spec, stats, backend.name());
+  made.keep();
   if (images) *images = report.all_images();
 
   std::printf("%ld rows: success %.2f%% (%ld/%ld)", rows, 100.0 * s["success_rate"].get<double>(),

@@ -7,18 +7,6 @@
 #include "commands.h"
 #include "errors.h"
 
-namespace nudge::cli {
-
-void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const std::string& out_help) {
-  if (with_model) cmd.add_option("--model", o.model, "model file (safetensors)")->capture_default_str();
-  cmd.add_option("--data", o.data, "folder with the four MNIST-format IDX files")->capture_default_str();
-  cmd.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
-  cmd.add_option("--seed", o.seed, "random seed")->capture_default_str();
-  if (!out_help.empty()) cmd.add_option("--out", o.out, out_help);
-}
-
-}  // namespace nudge::cli
-
 int main(int argc, char** argv) {
   using namespace nudge::cli;
   nudge::keep_large_allocations_for_reuse();
@@ -53,6 +41,15 @@ int main(int argc, char** argv) {
   } catch (const nudge::InputError& e) {
     std::fprintf(stderr, "nudge: %s\n", e.what());
     return 2;
+  } catch (const nudge::IoError& e) {  // its message starts "I/O error:"
+    std::fprintf(stderr, "nudge: %s\n", e.what());
+    return 1;
+  } catch (const nudge::OutOfMemory& e) {
+    std::fprintf(stderr, "nudge: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "nudge: out of memory (an allocation failed; try a smaller --chunk or --count)\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "nudge: internal error: %s\n", e.what());
     return 1;

@@ -33,9 +33,9 @@ CliSandbox::CliSandbox(const std::string& prefix) : dir_(prefix), root_(dir_.pat
   fs::create_directory(root_ / "capture");
 }
 
-RunOutput CliSandbox::run(const std::vector<std::string>& args, const std::string& cwd) const {
+RunOutput CliSandbox::run(const std::vector<std::string>& args, const std::string& cwd, const std::string& shell) const {
   const fs::path out = root_ / "capture" / "stdout", err = root_ / "capture" / "stderr";
-  std::string cmd = "cd " + quote(cwd.empty() ? work().string() : cwd) + " && " + quote(NUDGE_BINARY);
+  std::string cmd = shell + " cd " + quote(cwd.empty() ? work().string() : cwd) + " && " + quote(NUDGE_BINARY);
   for (const std::string& a : args) cmd += " " + quote(a);
   cmd += " </dev/null >" + quote(out.string()) + " 2>" + quote(err.string());
   const int status = std::system(cmd.c_str());

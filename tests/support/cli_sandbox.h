@@ -31,8 +31,9 @@ class CliSandbox {
   // The full path of `name` inside work/.
   std::string path(const std::string& name) const { return (work() / name).string(); }
 
-  // Runs nudge with `args` (stdin from /dev/null) in folder `cwd` (default: work/).
-  RunOutput run(const std::vector<std::string>& args, const std::string& cwd = "") const;
+  // Runs nudge with `args` (stdin from /dev/null) in folder `cwd` (default: work/). `shell` runs first in the same
+  // /bin/sh, e.g. "ulimit -f 64; trap '' XFSZ;" to give nudge a full disk.
+  RunOutput run(const std::vector<std::string>& args, const std::string& cwd = "", const std::string& shell = "") const;
 
   // Paths, relative to work/, of every file anywhere under work/ whose name is one of `result_names` or contains
   // ".tmp.".
