@@ -43,6 +43,16 @@ float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point
   return uniform_from_bits(counter_random(seed, stream, index, step << 16 | (j >> 2)).v[j & 3]);
 }
 
+int ranked_target(const AttackSet& set, int e, int t) {
+  int rank = 0;
+  for (int k = 0; k < set.K; ++k) {
+    const int c = set.ranked[static_cast<size_t>(e) * set.K + k];
+    if (c == set.label[e]) continue;
+    if (rank++ == t) return c;
+  }
+  throw InternalError("target rank " + std::to_string(t) + " beyond the model's classes");
+}
+
 std::vector<int> apgd_checkpoints(int N) {
   std::vector<int> at;
   // The real-valued recurrence, then w_j = ceil(p_j N); the 1e-9 keeps 0.41 * 100 = 41.000000000000007 at 41.
@@ -254,18 +264,7 @@ long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& to
         const std::vector<int> part(live.begin() + b, live.begin() + std::min(live.size(), b + cfg.chunk));
         std::vector<int32_t> target(part.size(), -1);
         for (size_t l = 0; l < part.size(); ++l)
-          if (targeted) {
-            // The (t+2)-th most likely class, skipping the label (the 1st, for a correctly classified point).
-            int rank = 0;
-            for (int k = 0; k < set.K; ++k) {
-              const int c = set.ranked[static_cast<size_t>(part[l]) * set.K + k];
-              if (c == set.label[part[l]]) continue;
-              if (rank++ == t) {
-                target[l] = c;
-                break;
-              }
-            }
-          }
+          if (targeted) target[l] = ranked_target(set, part[l], t);
         ApgdChunk chunk(backend, set, part, cfg, id, t * cfg.restarts + r, targeted ? t + 1 : r, target, seed, rec);
         const double c = static_cast<double>(b / cfg.chunk);
         spent += chunk.run([&](int i) {

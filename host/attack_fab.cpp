@@ -57,16 +57,6 @@ float linf_plane_box_projection(const float* w, double c, const float* lo, const
   return static_cast<float>(reachable ? t : (D ? b[order[D - 1]] : 0.0));
 }
 
-namespace {
-
-struct FabState {
-  std::vector<float> x, grad;
-  std::vector<float> g;      // z_y - z_t at x
-  std::vector<int> pred;
-};
-
-}  // namespace
-
 long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const FabConfig& cfg,
                       uint64_t seed, AttackRecord& rec, const AttackProgress& progress) {
   (void)seed;  // restart 0 starts from the clean point; further restarts are not drawn yet
@@ -85,19 +75,8 @@ long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<
       std::vector<int> part(live.begin() + b0, live.begin() + std::min(live.size(), b0 + cfg.chunk));
       const int m = static_cast<int>(part.size());
       std::vector<int> target(m);
-      for (int l = 0; l < m; ++l) {
-        int rank = 0;
-        for (int k = 0; k < K; ++k) {
-          const int c = set.ranked[static_cast<size_t>(part[l]) * K + k];
-          if (c == set.label[part[l]]) continue;
-          if (rank++ == t) {
-            target[l] = c;
-            break;
-          }
-        }
-      }
-      std::vector<float> x(set.x0.begin(), set.x0.begin()), grad, g(m);
-      x.resize(static_cast<size_t>(m) * D);
+      for (int l = 0; l < m; ++l) target[l] = ranked_target(set, part[l], t);
+      std::vector<float> x(static_cast<size_t>(m) * D), g(m);
       for (int l = 0; l < m; ++l)
         std::copy_n(set.x0.data() + static_cast<size_t>(part[l]) * D, D, x.data() + static_cast<size_t>(l) * D);
       std::vector<int> pred(m), act(m);

@@ -46,6 +46,9 @@ using AttackProgress = std::function<void(double)>;
 // A uniform in [0,1) for draw j of `step` of (attack, restart) on the entry keyed by (point, eps).
 float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point, float eps, uint32_t step, uint32_t j);
 
+// The target of rank t (0-based) for entry e: the (t+2)-th most likely clean class, skipping the label.
+int ranked_target(const AttackSet& set, int e, int t);
+
 // ---- APGD ----------------------------------------------------------------------------------------------------------
 enum class ApgdLoss { Ce, Dlr, DlrTargeted };
 

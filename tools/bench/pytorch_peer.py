@@ -94,6 +94,16 @@ class ReferenceCnn(nn.Module):
         return self.dense2(F.relu(self.dense1(x)))
 
 
+def fresh_model(device):
+    """The reference CNN with nudge's initialisation: Glorot-uniform weights, zero biases."""
+    model = ReferenceCnn()
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model.to(device)
+
+
 def read_safetensors(path):
     """Returns ({name: float32 ndarray}, metadata). F32 little-endian only, as nudge writes."""
     with open(path, "rb") as f:
@@ -175,12 +185,7 @@ def run_train(args, device):
     x_train, y_train = x_train.to(device), y_train.to(device)
     x_test, y_test = x_test.to(device), y_test.to(device)
 
-    model = ReferenceCnn()
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    model = model.to(device)
+    model = fresh_model(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x_train = x_train.contiguous(memory_format=torch.channels_last)
@@ -262,12 +267,7 @@ def run_adv_train(args, device):
     count = min(args.limit, x_train.shape[0]) if args.limit > 0 else x_train.shape[0]
     x_train, y_train = x_train[:count].to(device), y_train[:count].to(device)
     x_test, y_test = x_test.to(device), y_test.to(device)
-    model = ReferenceCnn()
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    model = model.to(device)
+    model = fresh_model(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-7)
     steps = 1 if args.method == "fgsm" else args.adv_steps
     alpha = args.adv_lr if args.adv_lr > 0 else (1.25 * args.eps if args.method == "fgsm" else 2.5 * args.eps / steps)
