@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "attacks.h"
 #include "counter_rng.h"
 #include "engine_chunk.h"
 #include "errors.h"
@@ -168,6 +169,37 @@ RobustCheck pgd_robust_check(Backend& backend, const float* x, const int32_t* la
     for (int j = 0; j < R; ++j) broken = broken || r.success_step[static_cast<size_t>(i) * R + j] >= 0;
     rc.robust += !broken;
   }
+  return rc;
+}
+
+RobustCheck apgd_robust_check(Backend& backend, const float* x, const int32_t* labels, int n, int D, int K, float eps,
+                              int iterations, int restarts, uint64_t seed) {
+  RobustCheck rc;
+  rc.count = n;
+  if (n == 0) return rc;
+  std::vector<float> probs(static_cast<size_t>(n) * K);
+  backend.predict(x, n, probs.data());
+  AttackSet set;
+  set.D = D;
+  set.K = K;
+  std::vector<int> todo;
+  for (int i = 0; i < n; ++i) {
+    const float* p = probs.data() + static_cast<size_t>(i) * K;
+    if (static_cast<int>(std::max_element(p, p + K) - p) != labels[i]) continue;
+    ++rc.clean_correct;
+    todo.push_back(set.size());
+    set.x0.insert(set.x0.end(), x + static_cast<size_t>(i) * D, x + static_cast<size_t>(i + 1) * D);
+    set.label.push_back(labels[i]);
+    set.eps.push_back(eps);
+    set.point.push_back(static_cast<uint32_t>(i));
+  }
+  AttackRecord rec;
+  rec.resize(set.size(), D);
+  ApgdConfig cfg;
+  cfg.iterations = iterations;
+  cfg.restarts = std::max(1, restarts);
+  run_apgd(backend, set, todo, cfg, AttackId::ApgdCe, seed, rec);
+  for (int e = 0; e < set.size(); ++e) rc.robust += !rec.broken[e];
   return rc;
 }
 

@@ -33,6 +33,8 @@ struct AdversarialConfig {
   int check_count = 500;     // the last check_count images of the training split, never trained on
   int check_steps = 20;      // PGD steps of the check (alpha = 2.5 eps / steps), from a random start
   int check_restarts = 1;
+  bool check_apgd = false;   // the check runs APGD-CE (check_steps iterations) instead of PGD: stronger, and it sees
+                             // the partial gradient masking that a fixed-step PGD check misses after Fast-AT
   bool guard = true;         // stop and keep the best epoch when the check's robust accuracy collapses
   double collapse_drop = 0.2;// a fall of this much (absolute) below the best epoch's robust accuracy is a collapse
 };
@@ -64,6 +66,10 @@ struct RobustCheck {
 // --loss ce --optimizer sign --random-start --restarts R`.
 RobustCheck pgd_robust_check(Backend& backend, const float* x, const int32_t* labels, int n, int D, int K, float eps,
                              int steps, float alpha, int restarts, uint64_t seed);
+
+// The same with APGD-CE (attacks.h): `iterations` per restart, each restart keyed by (seed, point).
+RobustCheck apgd_robust_check(Backend& backend, const float* x, const int32_t* labels, int n, int D, int K, float eps,
+                              int iterations, int restarts, uint64_t seed);
 
 // The guard's decision after an epoch, from the check's robust accuracy of every epoch so far (the last is the
 // current one). collapsed: the last fell more than `drop` below the best earlier one, which is `best_epoch`

@@ -202,9 +202,12 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
     char line[320];
     if (adversarial) {
       if (check > 0) {
-        const RobustCheck rc = pgd_robust_check(backend, check_x.data(), check_y.data(), check, D, K, adv.eps,
-                                                adv.check_steps, 2.5f * adv.eps / adv.check_steps, adv.check_restarts,
-                                                opt.seed ^ kCheckSeedSalt);
+        const RobustCheck rc =
+            adv.check_apgd ? apgd_robust_check(backend, check_x.data(), check_y.data(), check, D, K, adv.eps,
+                                               adv.check_steps, adv.check_restarts, opt.seed ^ kCheckSeedSalt)
+                           : pgd_robust_check(backend, check_x.data(), check_y.data(), check, D, K, adv.eps,
+                                              adv.check_steps, 2.5f * adv.eps / adv.check_steps, adv.check_restarts,
+                                              opt.seed ^ kCheckSeedSalt);
         st.check_clean = rc.clean_accuracy();
         st.check_robust = rc.robust_accuracy();
       }
@@ -214,8 +217,9 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
                     st.adv_loss, 100 * st.adv_accuracy, eps, st.seconds, st.images_per_s);
       std::string text = line;
       if (check > 0) {
-        std::snprintf(line, sizeof line, "; held-out %d: clean %.2f%%, PGD-%d robust %.2f%% at eps %.3f", check,
-                      100 * st.check_clean, adv.check_steps, 100 * st.check_robust, adv.eps);
+        std::snprintf(line, sizeof line, "; held-out %d: clean %.2f%%, %s-%d robust %.2f%% at eps %.3f", check,
+                      100 * st.check_clean, adv.check_apgd ? "APGD-CE" : "PGD", adv.check_steps, 100 * st.check_robust,
+                      adv.eps);
         text += line;
       }
       if (opt.progress) bar.line(text);

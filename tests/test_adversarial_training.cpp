@@ -162,7 +162,9 @@ class WipingBackend : public testing_support::DelegatingBackend {
   int after_, steps_ = 0;
 };
 
-TEST(Guard, StopsTrainingAndKeepsTheBestEpochWhenRobustAccuracyCollapses) {
+class GuardCheck : public ::testing::TestWithParam<bool> {};
+
+TEST_P(GuardCheck, StopsTrainingAndKeepsTheBestEpochWhenRobustAccuracyCollapses) {
   REQUIRE_MNIST();
   const Dataset train = load_dataset(kMnist, "train");
   Model model = Model::load(kModel);
@@ -177,6 +179,7 @@ TEST(Guard, StopsTrainingAndKeepsTheBestEpochWhenRobustAccuracyCollapses) {
   opt.adv.step_size = 0.025f;
   opt.adv.check_count = 100;
   opt.adv.check_steps = 5;
+  opt.adv.check_apgd = GetParam();
   WipingBackend backend(make_cpu_backend(), 3);  // wiped during epoch 2
   TrainSummary sum;
   train_model(backend, model, train, opt, &sum);
@@ -191,6 +194,28 @@ TEST(Guard, StopsTrainingAndKeepsTheBestEpochWhenRobustAccuracyCollapses) {
   for (const Tensor& t : model.params)
     for (float v : t.data) nonzero |= v != 0.0f;
   EXPECT_TRUE(nonzero);
+}
+
+INSTANTIATE_TEST_SUITE_P(PgdAndApgd, GuardCheck, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? std::string("ApgdCe") : std::string("Pgd"); });
+
+TEST(RobustCheck, ApgdIsAtLeastAsStrongAsPgdOnThePlainModel) {
+  REQUIRE_MNIST();
+  const Dataset test = load_dataset(kMnist, "test");
+  auto backend = make_cpu_backend();
+  backend->load_model(Model::load(kModel));
+  const int n = 60, D = 784, K = 10;
+  std::vector<float> x(static_cast<size_t>(n) * D);
+  std::vector<int32_t> y(n);
+  for (int i = 0; i < n; ++i) {
+    test.image_as_float(i, x.data() + static_cast<size_t>(i) * D);
+    y[i] = test.labels[i];
+  }
+  const RobustCheck pgd = pgd_robust_check(*backend, x.data(), y.data(), n, D, K, 0.08f, 20, 2.5f * 0.08f / 20, 1, 5);
+  const RobustCheck apgd = apgd_robust_check(*backend, x.data(), y.data(), n, D, K, 0.08f, 20, 1, 5);
+  EXPECT_EQ(pgd.clean_correct, apgd.clean_correct);
+  EXPECT_LE(apgd.robust, pgd.robust);
+  EXPECT_LT(apgd.robust, apgd.clean_correct) << "eps 0.08 should break some of the plain model's points";
 }
 
 // Collects the reported images of an optimize job.
@@ -314,7 +339,8 @@ TEST(AdversarialTrainingCli, RecipeRoundTripsThroughTheModelFileAndEval) {
   testing_support::CliSandbox sb("nudge_advtrain_");
   const auto r = sb.run({"train", "--data", kMnist, "--device", "cpu", "--arch", "1x28x28:conv4k3,relu,pool2,flatten,dense10",
                          "--adversarial", "fgsm", "--eps", "0.2", "--limit", "300", "--batch", "100", "--epochs", "2",
-                         "--check-count", "100", "--check-steps", "3", "--lr-schedule", "cyclic", "--out", "m.safetensors"});
+                         "--check-count", "100", "--check-steps", "3", "--check-attack", "apgd-ce", "--lr-schedule", "cyclic",
+                         "--out", "m.safetensors"});
   ASSERT_EQ(r.code, 0) << r.err;
   const Model m = Model::load(sb.path("m.safetensors"));
   ASSERT_TRUE(m.metadata.count("nudge.recipe"));
@@ -325,6 +351,7 @@ TEST(AdversarialTrainingCli, RecipeRoundTripsThroughTheModelFileAndEval) {
   EXPECT_FLOAT_EQ(recipe["attack_step_size"].get<float>(), 1.25f * 0.2f);
   EXPECT_EQ(recipe["lr_schedule"], "cyclic");
   EXPECT_EQ(recipe["held_out_check"]["images"], 100);
+  EXPECT_EQ(recipe["held_out_check"]["attack"], "apgd-ce");
   const auto log = nlohmann::json::parse(testing_support::slurp(sb.path("m.train.json")));
   ASSERT_EQ(log["epochs"].size(), 2u);
   EXPECT_TRUE(log["epochs"][1].contains("check_robust_accuracy"));

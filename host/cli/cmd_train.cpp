@@ -21,7 +21,7 @@ namespace nudge::cli {
 namespace {
 
 struct AdvFlags {
-  std::string method, lr_schedule = "constant", guard = "on", log;
+  std::string method, lr_schedule = "constant", guard = "on", log, check_attack = "pgd";
   float eps = 0.3f, adv_lr = -1, beta = 6.0f, collapse_drop = 0.2f;
   double eps_ramp = 0;
   int adv_steps = -1, check_count = 500, check_steps = 20, check_restarts = 1;
@@ -67,7 +67,7 @@ nlohmann::json recipe_json(const std::string& arch, const TrainOptions& opt, con
     r["attack_step_size"] = a.step_size;
     if (a.method == AdvMethod::Trades) r["beta"] = a.beta;
     if (a.method != AdvMethod::Trades) r["mix_clean"] = a.mix_clean;
-    r["held_out_check"] = {{"images", sum.check_images}, {"attack", "pgd"}, {"steps", a.check_steps},
+    r["held_out_check"] = {{"images", sum.check_images}, {"attack", a.check_apgd ? "apgd-ce" : "pgd"}, {"steps", a.check_steps},
                            {"restarts", a.check_restarts}, {"guard", a.guard}, {"collapse_drop", a.collapse_drop}};
     r["kept_epoch"] = sum.kept_epoch;
     r["collapsed"] = sum.collapsed;
@@ -109,6 +109,8 @@ Runner add_train_command(CLI::App& app) {
                 ->capture_default_str()->check(CLI::Range(0, 59999)));
   needs_adv(cmd->add_option("--check-steps", f->check_steps, "PGD steps of the check (step 2.5 eps / steps)")
                 ->capture_default_str()->check(CLI::Range(1, 100000)));
+  needs_adv(cmd->add_option("--check-attack", f->check_attack, "the check's attack: pgd | apgd-ce (stronger; sees masking after Fast-AT)")
+                ->capture_default_str()->check(CLI::IsMember({"pgd", "apgd-ce"})));
   needs_adv(cmd->add_option("--check-restarts", f->check_restarts, "random restarts of the check")
                 ->capture_default_str()->check(CLI::Range(1, 1000)));
   needs_adv(cmd->add_option("--guard", f->guard, "on: stop and keep the best epoch when the check's robust accuracy collapses")
@@ -142,6 +144,7 @@ Runner add_train_command(CLI::App& app) {
       ad.check_count = f->check_count;
       ad.check_steps = f->check_steps;
       ad.check_restarts = f->check_restarts;
+      ad.check_apgd = f->check_attack == "apgd-ce";
       ad.guard = f->guard == "on";
       ad.collapse_drop = f->collapse_drop;
       if (ad.check_count >= train.count) throw InputError("--check-count " + std::to_string(ad.check_count) + " leaves no training images");
