@@ -75,7 +75,7 @@ void run_stage(Backend& backend, const AttackSet& set, const std::vector<int>& t
   }
 }
 
-// One slice of the job's points through the whole cascade, into `out` at entry offset `first_entry`.
+// One slice of the job's points through the whole cascade, into `out` from point `offset` on.
 void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int n, int H, int W, int K,
                     const RobustnessConfig& cfg, uint32_t first_point, RobustnessResult& out, int offset) {
   const int D = H * W, E = static_cast<int>(cfg.eps.size());
@@ -117,8 +117,7 @@ void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int
     for (int e = 0; e < set.size(); ++e)
       if (!rec.broken[e]) {
         todo.push_back(e);
-        const size_t j = std::find(cfg.eps.begin(), cfg.eps.end(), set.eps[e]) - cfg.eps.begin();
-        st.attacked[j] += 1;
+        st.attacked[entry_of[e] % E] += 1;  // result entries are point-major: the remainder is the eps index
       }
     const auto t0 = std::chrono::steady_clock::now();
     // The bar counts thousandths of the stage's budget.
@@ -135,7 +134,7 @@ void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int
     long still = 0;
     for (int e : todo) still += !rec.broken[e];
     for (int e = 0; e < set.size(); ++e)
-      if (!rec.broken[e]) st.robust_after[std::find(cfg.eps.begin(), cfg.eps.end(), set.eps[e]) - cfg.eps.begin()] += 1;
+      if (!rec.broken[e]) st.robust_after[entry_of[e] % E] += 1;
     if (cfg.progress) {
       char line[200];
       std::snprintf(line, sizeof line, "%s: %zu entries attacked, %ld still robust, %.1fs", attack_name(cfg.attacks[s]),
