@@ -123,19 +123,30 @@ void attack_training_batch(Backend& backend, const AdversarialConfig& cfg, float
   throw InternalError("attack_training_batch without an adversarial method");
 }
 
+namespace {
+
+// Which images the model gets right before any attack; counts them into rc.clean_correct.
+std::vector<uint8_t> clean_correct(Backend& backend, const float* x, const int32_t* labels, int n, int K,
+                                  RobustCheck& rc) {
+  std::vector<float> probs(static_cast<size_t>(n) * K);
+  backend.predict(x, n, probs.data());
+  std::vector<uint8_t> ok(n);
+  for (int i = 0; i < n; ++i) {
+    const float* p = probs.data() + static_cast<size_t>(i) * K;
+    ok[i] = static_cast<int>(std::max_element(p, p + K) - p) == labels[i];
+    rc.clean_correct += ok[i];
+  }
+  return ok;
+}
+
+}  // namespace
+
 RobustCheck pgd_robust_check(Backend& backend, const float* x, const int32_t* labels, int n, int D, int K, float eps,
                              int steps, float alpha, int restarts, uint64_t seed) {
   RobustCheck rc;
   rc.count = n;
   if (n == 0) return rc;
-  std::vector<float> probs(static_cast<size_t>(n) * K);
-  backend.predict(x, n, probs.data());
-  std::vector<uint8_t> clean_ok(n);
-  for (int i = 0; i < n; ++i) {
-    const float* p = probs.data() + static_cast<size_t>(i) * K;
-    clean_ok[i] = static_cast<int>(std::max_element(p, p + K) - p) == labels[i];
-    rc.clean_correct += clean_ok[i];
-  }
+  const std::vector<uint8_t> clean_ok = clean_correct(backend, x, labels, n, K, rc);
   // Entries row-major (image, restart), as the optimize engine lays out restarts.
   const int R = std::max(1, restarts);
   const size_t m = static_cast<size_t>(n) * R;
@@ -177,16 +188,13 @@ RobustCheck apgd_robust_check(Backend& backend, const float* x, const int32_t* l
   RobustCheck rc;
   rc.count = n;
   if (n == 0) return rc;
-  std::vector<float> probs(static_cast<size_t>(n) * K);
-  backend.predict(x, n, probs.data());
+  const std::vector<uint8_t> clean_ok = clean_correct(backend, x, labels, n, K, rc);
   AttackSet set;
   set.D = D;
   set.K = K;
   std::vector<int> todo;
   for (int i = 0; i < n; ++i) {
-    const float* p = probs.data() + static_cast<size_t>(i) * K;
-    if (static_cast<int>(std::max_element(p, p + K) - p) != labels[i]) continue;
-    ++rc.clean_correct;
+    if (!clean_ok[i]) continue;
     todo.push_back(set.size());
     set.x0.insert(set.x0.end(), x + static_cast<size_t>(i) * D, x + static_cast<size_t>(i + 1) * D);
     set.label.push_back(labels[i]);
