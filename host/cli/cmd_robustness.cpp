@@ -18,6 +18,7 @@
 #include "optimize_report.h"
 #include "robustness.h"
 #include "robustness_plot.h"
+#include "start_images.h"
 
 namespace nudge::cli {
 
@@ -110,33 +111,25 @@ Runner add_robustness_command(CLI::App& app) {
     const int K = model.arch.num_classes();
     if (f->targets > K - 1)
       throw InputError("--targets " + std::to_string(f->targets) + ": the model has only " + std::to_string(K - 1) + " classes besides the label");
-    std::vector<int> idx;
-    if (!f->range.empty()) {
-      // Checked against the split before it is expanded, so a huge range costs nothing.
-      const IndexRange r = parse_range(f->range, "--range");
-      if (r.empty()) throw InputError("--range " + f->range + " selects no images");
-      if (r.begin < 0 || r.end > data.count)
-        throw InputError("--range " + f->range + " reaches outside the split's " + std::to_string(data.count) + " images");
-      for (long i = r.begin; i < r.end; ++i) idx.push_back(static_cast<int>(i));
-    } else if (!f->indices.empty()) {
-      idx = parse_index_list(f->indices, "--indices");
-    } else {
-      if (f->count > data.count)
-        throw InputError("--count " + std::to_string(f->count) + ": the split has " + std::to_string(data.count) + " images");
-      for (int i = 0; i < f->count; ++i) idx.push_back(i);
-    }
-    for (int i : idx)
-      if (i < 0 || i >= data.count)
-        throw InputError("image index " + std::to_string(i) + " is outside the split's " + std::to_string(data.count) + " images");
+    // The points are chosen, and checked against the split, as `nudge optimize --init test|train` chooses its start
+    // images.
+    OptimizeJob pick;
+    pick.init = f->split == "test" ? InitKind::Test : InitKind::Train;
+    pick.count = f->count;
+    if (!f->range.empty()) pick.range = parse_range(f->range, "--range");
+    if (!f->indices.empty()) pick.indices = parse_index_list(f->indices, "--indices");
+    const StartImages points(pick, &data, data.cols, data.rows);
     CreatedFolders made(ensure_output_dir(o->out));
     auto backend = make_backend(o->device);
     backend->load_model(model);
-    const int H = data.rows, W = data.cols, D = H * W, n = static_cast<int>(idx.size());
+    const int H = data.rows, W = data.cols, D = H * W, n = static_cast<int>(points.count());
     std::vector<float> x(static_cast<size_t>(n) * D);
     std::vector<int32_t> y(n);
+    std::vector<int> idx(n);
     for (int i = 0; i < n; ++i) {
-      data.image_as_float(idx[i], x.data() + static_cast<size_t>(i) * D);
-      y[i] = data.labels[idx[i]];
+      points.fill(i, x.data() + static_cast<size_t>(i) * D);
+      y[i] = points.label(i);
+      idx[i] = static_cast<int>(points.dataset_index(i));
     }
     std::fprintf(stderr, "nudge robustness: %d points x %zu eps, %s, on %s\n", n, cfg.eps.size(), f->attacks.c_str(),
                  backend->name().c_str());
