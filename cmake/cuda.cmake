@@ -1,4 +1,5 @@
-# Decides whether the CUDA backend is built and, if so, defines the nudge_cuda target from kernels/.
+# Decides whether the CUDA backend is built (NUDGE_HAVE_CUDA) and sets the CUDA language up; kernels/ and host/cuda/
+# define the libraries.
 set(NUDGE_HAVE_CUDA OFF)
 if(NOT NUDGE_CUDA STREQUAL "OFF")
   include(CheckLanguage)
@@ -24,14 +25,8 @@ if(NUDGE_HAVE_CUDA)
   enable_language(CUDA)
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
-  # Device code (kernels/) and the host code that drives it (host/cuda/) join the nudge_core library.
-  file(GLOB NUDGE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/*.cu ${PROJECT_SOURCE_DIR}/host/cuda/*.cpp)
   # -lineinfo: compute-sanitizer and ncu point at source lines (no effect on the code). ptxas warns on any spill.
   string(APPEND CMAKE_CUDA_FLAGS " -lineinfo -Xptxas=-warn-spills")
-  # The start-up check compares the device with the architectures compiled in (commas: a CMake list would split).
-  string(REPLACE ";" "," _nudge_arch_csv "${NUDGE_CUDA_ARCHITECTURES}")
-  set_source_files_properties(${PROJECT_SOURCE_DIR}/host/cuda/cuda_device.cpp PROPERTIES
-    COMPILE_DEFINITIONS "NUDGE_CUDA_ARCHITECTURES=\"${_nudge_arch_csv}\"")
   message(STATUS "nudge: CUDA backend ON, architectures ${CMAKE_CUDA_ARCHITECTURES}, cuDNN ${NUDGE_CUDNN_LIBRARY}")
 else()
   message(STATUS "nudge: CUDA backend OFF (NUDGE_CUDA=${NUDGE_CUDA})")

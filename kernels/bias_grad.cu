@@ -13,7 +13,7 @@
  */
 #include "bias_grad.cuh"
 
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 
 namespace nudge::cuda {
 

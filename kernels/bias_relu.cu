@@ -16,8 +16,8 @@
  */
 #include "bias_relu.cuh"
 
-#include "cuda/cuda_check.h"
-#include "cuda/launch.h"
+#include "cuda_check.h"
+#include "launch.h"
 
 namespace nudge::cuda {
 

@@ -12,7 +12,7 @@
  */
 #include "compact_active.cuh"
 
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 
 namespace nudge::cuda {
 

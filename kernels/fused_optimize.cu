@@ -39,7 +39,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 
 namespace nudge::cuda {
 
@@ -185,7 +185,7 @@ FUSED_HD void relu_pool4(const float acc[4], float bias, float* value, unsigned*
   *code = static_cast<unsigned>(best) | (bv > 0.0f ? 4u : 0u);
 }
 
-// ---- loss and goal: the twins of loss_forward_backward_one and goal_met (host/losses.cpp), K = 10 -----------------
+// ---- loss and goal: the twins of loss_forward_backward_one and goal_met (host/core/losses.cpp), K = 10 -----------------
 FUSED_HD void max_and_sum(const float* z, int skip, float* m_out, double* s_out) {
   float m = -INFINITY;
   for (int j = 0; j < kK; ++j)

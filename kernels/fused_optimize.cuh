@@ -1,7 +1,7 @@
 // The fused input-optimization kernel for the reference architecture (docs/fused-kernel.md): whole optimize steps
 // (forward, loss, goal and best-iterate bookkeeping, backward to the input, optimizer step and projection) for a
 // tile of images per thread block. CPU twin: the CPU backend's optimize chunk as a whole (CpuOptimizeChunk in
-// host/cpu_backend.cpp, with loss_forward_backward_one, goal_met and input_update_one).
+// host/cpu/cpu_backend.cpp, with loss_forward_backward_one, goal_met and input_update_one).
 #pragma once
 #include <cuda_runtime_api.h>
 

@@ -11,8 +11,8 @@
  */
 #include "gather_rows.cuh"
 
-#include "cuda/cuda_check.h"
-#include "cuda/launch.h"
+#include "cuda_check.h"
+#include "launch.h"
 
 namespace nudge::cuda {
 

@@ -20,7 +20,7 @@
  */
 #include "input_step.cuh"
 
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 
 namespace nudge::cuda {
 

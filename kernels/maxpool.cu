@@ -17,8 +17,8 @@
  */
 #include "maxpool.cuh"
 
-#include "cuda/cuda_check.h"
-#include "cuda/launch.h"
+#include "cuda_check.h"
+#include "launch.h"
 
 namespace nudge::cuda {
 

@@ -1,6 +1,6 @@
 /* Uniform noise start images: out[i, p] = counter_uniform(seed, kStreamNoise, first_index + i, p).
  *
- * The generator is host/counter_rng.h itself (Philox4x32-10, integer only, compiled here as __host__ __device__),
+ * The generator is host/core/counter_rng.h itself (Philox4x32-10, integer only, compiled here as __host__ __device__),
  * and the float is formed from 24 bits exactly, so every value is bit-identical to the CPU's.
  * Layout:    out row-major [n, D].
  * Threads:   one thread per (image, block of 4 pixels): one Philox call yields the 4 values of pixels 4b..4b+3.
@@ -15,8 +15,8 @@
 #include "noise.cuh"
 
 #include "counter_rng.h"
-#include "cuda/cuda_check.h"
-#include "cuda/launch.h"
+#include "cuda_check.h"
+#include "launch.h"
 
 namespace nudge::cuda {
 

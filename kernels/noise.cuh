@@ -1,4 +1,4 @@
-// Uniform noise images from the counter generator. CPU twin: noise_image (host/start_images.h), i.e.
+// Uniform noise images from the counter generator. CPU twin: noise_image (host/optimize/start_images.h), i.e.
 // counter_uniform(seed, kStreamNoise, index, pixel).
 #pragma once
 #include <cuda_runtime_api.h>
@@ -10,7 +10,7 @@ namespace nudge::cuda {
 // out[i, p] = counter_uniform(seed, kStreamNoise, first_index + i, p) for i < n, p < D; bit-identical to the CPU.
 void noise_images_cuda(float* out, int n, int D, uint64_t seed, uint64_t first_index, cudaStream_t stream);
 
-// An optimize chunk's start images, made on the device (host/backend.h, GeneratedStarts): entry i is image
+// An optimize chunk's start images, made on the device (host/core/backend.h, GeneratedStarts): entry i is image
 // (first_row + i / entries_per_row) / rows_per_source: noise as above, or gray (every pixel gray_value).
 struct EntryStarts {
   bool gray = false;

@@ -20,7 +20,7 @@
  */
 #include "optimize_track.cuh"
 
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 #include "optimize_types.h"
 
 namespace nudge::cuda {

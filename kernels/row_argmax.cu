@@ -10,8 +10,8 @@
  */
 #include "row_argmax.cuh"
 
-#include "cuda/cuda_check.h"
-#include "cuda/launch.h"
+#include "cuda_check.h"
+#include "launch.h"
 
 namespace nudge::cuda {
 

@@ -1,5 +1,5 @@
 // Each row's class: the first maximum of its probabilities. CPU twin: the std::max_element the optimize engine
-// applies to Backend::predict's output (host/optimize_engine.cpp), which an optimize chunk's first evaluation makes
+// applies to Backend::predict's output (host/optimize/optimize_engine.cpp), which an optimize chunk's first evaluation makes
 // unnecessary (ChunkResult::start_class).
 #pragma once
 #include <cuda_runtime_api.h>

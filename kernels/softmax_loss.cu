@@ -22,8 +22,8 @@
 
 #include <cmath>
 
-#include "cuda/cuda_check.h"
-#include "cuda/launch.h"
+#include "cuda_check.h"
+#include "launch.h"
 
 namespace nudge::cuda {
 

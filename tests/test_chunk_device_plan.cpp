@@ -1,4 +1,4 @@
-// What the GPU hot path costs per chunk, counted without a GPU (host/chunk_device_plan.h): the CUDA backend takes
+// What the GPU hot path costs per chunk, counted without a GPU (host/core/chunk_device_plan.h): the CUDA backend takes
 // its chunks' device memory through a ReusePool and checks at run time that it allocates exactly
 // chunk_state_buffers() and uploads exactly chunk_upload_bytes(), so these counts are the card's.
 //   - ReusePool: blocks come back to the pool and are handed out again; upstream sees no allocation in steady state.

@@ -1,4 +1,4 @@
-// Every CPU layer (host/cpu_layers.h), forward and backward, against its double-precision twin in
+// Every CPU layer (host/cpu/cpu_layers.h), forward and backward, against its double-precision twin in
 // tests/support/reference_math on seeded random shapes: odd map sizes, pool windows that floor, batch 1 and 5,
 // 1..5 input channels. Outputs are poisoned with NaN (every element must be written) and followed by a guard
 // region (nothing may be written past the end). Then the whole CpuNetwork forward against the double network.

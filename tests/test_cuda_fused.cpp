@@ -49,8 +49,8 @@
 #include "start_images.h"
 
 #if NUDGE_HAVE_CUDA
-#include "cuda/cuda_context.h"
-#include "cuda/fused_chunk.h"
+#include "cuda_context.h"
+#include "fused_chunk.h"
 #include "cuda_backend.h"
 #include "fused_optimize.cuh"
 #endif
@@ -142,7 +142,7 @@ StepConfig step_config(LossKind loss, InputOptimizer opt, Norm norm, float lr, b
   return c;
 }
 
-// The engine's loop (host/optimize_engine.cpp) on any chunk.
+// The engine's loop (host/optimize/optimize_engine.cpp) on any chunk.
 ChunkResult drive(OptimizeChunk& chunk, int steps) {
   for (int s = 0; s < steps && chunk.active_count() > 0; ++s) chunk.step();
   return chunk.finish();
@@ -292,7 +292,7 @@ void expect_equal(const std::vector<T>& got, const std::vector<T>& ref, const st
 constexpr double kDecisionMargin = 1e-4;
 
 // How far probabilities p are from meeting entry i's goal under cfg (positive: met), in the goal's own units; the
-// goal tests are host/optimize_types.h's.
+// goal tests are host/core/optimize_types.h's.
 double goal_margin(const Job& job, const StepConfig& cfg, int i, const float* p) {
   const int cls = job.cls[i];
   float other = 0;

@@ -32,10 +32,10 @@
 #include "bias_grad.cuh"
 #include "bias_relu.cuh"
 #include "compact_active.cuh"
-#include "cuda/cublas_dense.h"
-#include "cuda/cuda_context.h"
-#include "cuda/cudnn_conv.h"
-#include "cuda/staged_upload.h"
+#include "cublas_dense.h"
+#include "cuda_context.h"
+#include "cudnn_conv.h"
+#include "staged_upload.h"
 #include "gather_rows.cuh"
 #include "input_step.cuh"
 #include "maxpool.cuh"
@@ -611,7 +611,7 @@ TEST_F(CudaKernels, NoiseBitIdentical) {
       ref[static_cast<size_t>(i) * D + p] = counter_uniform(seed, kStreamNoise, first + i, static_cast<uint32_t>(p));
   GuardedBuffer<float> out(ref.size());
   cuda::noise_images_cuda(out.get(), n, D, seed, first, 0);
-  // Exact: integer Philox from the same header (host/counter_rng.h) and a float formed from 24 bits.
+  // Exact: integer Philox from the same header (host/core/counter_rng.h) and a float formed from 24 bits.
   EXPECT_TRUE(all_equal("noise", out.download(), ref));
   EXPECT_TRUE(out.guard_intact());
 

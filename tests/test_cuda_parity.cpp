@@ -28,14 +28,15 @@
 #include "cuda_test_util.h"
 #include "errors.h"
 #include "losses.h"
+#include "make_backend.h"
 #include "model.h"
 #include "optimize_engine.h"
 #include "start_images.h"
 #include "trades_loss.h"
 
 #if NUDGE_HAVE_CUDA
-#include "cuda/cuda_context.h"
-#include "cuda/cuda_network.h"
+#include "cuda_context.h"
+#include "cuda_network.h"
 #include "cuda_backend.h"
 #endif
 

@@ -1,5 +1,5 @@
-// The image priors of class visualisation (host/regularizers.h) and the regularised / ensemble optimize chunk
-// (host/regularized_chunk.h), checked through their contracts:
+// The image priors of class visualisation (host/optimize/regularizers.h) and the regularised / ensemble optimize chunk
+// (host/optimize/regularized_chunk.h), checked through their contracts:
 //   - each penalty's gradient against central differences: anisotropic TV at points away from its kinks (every
 //     neighbour difference far larger than h, where the piecewise-linear penalty is exactly linear), isotropic TV
 //     (smooth there too), L2 and L1 decay; each penalty's value against its formula;

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "evaluate.h"
 #include "errors.h"
+#include "make_backend.h"
 #include "model_loading.h"
 
 namespace nudge::cli {

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "errors.h"
 #include "image_io.h"
+#include "make_backend.h"
 #include "model_loading.h"
 
 namespace nudge::cli {

@@ -13,6 +13,7 @@
 #include "dataset.h"
 #include "errors.h"
 #include "image_io.h"
+#include "make_backend.h"
 #include "model_loading.h"
 #include "optimize_job.h"
 #include "optimize_report.h"

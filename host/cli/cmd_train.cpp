@@ -14,6 +14,7 @@
 #include "dataset.h"
 #include "errors.h"
 #include "evaluate.h"
+#include "make_backend.h"
 #include "train.h"
 
 namespace nudge::cli {

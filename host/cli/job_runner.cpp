@@ -6,6 +6,7 @@
 
 #include "backend.h"
 #include "errors.h"
+#include "make_backend.h"
 #include "model_loading.h"
 #include "optimize_engine.h"
 #include "optimize_report.h"

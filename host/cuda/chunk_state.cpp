@@ -1,12 +1,12 @@
-#include "cuda/chunk_state.h"
+#include "chunk_state.h"
 
 #include <cmath>
 #include <numeric>
 #include <vector>
 
-#include "cuda/cuda_check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/staged_upload.h"
+#include "cuda_check.h"
+#include "cuda_context.h"
+#include "staged_upload.h"
 #include "errors.h"
 #include "noise.cuh"
 
@@ -63,7 +63,7 @@ ChunkState::ChunkState(const ChunkInput& in, const StepConfig& cfg, int D_, int 
     keep = DeviceBuffer<uint8_t>(N, name("keep flags").c_str(), from);
   }
   if (!in.init) start_class = DeviceBuffer<int32_t>(N, name("start classes").c_str(), from);
-  // The buffers above are the plan's (host/chunk_device_plan.h), which the tests without a GPU count.
+  // The buffers above are the plan's (host/core/chunk_device_plan.h), which the tests without a GPU count.
   size_t planned = 0, made = x.bytes() + x0.bytes() + m.bytes() + v.bytes() + target.bytes() + eps.bytes() +
                             best_images.bytes() + best_probs.bytes() + best_loss.bytes() + kind.bytes() + cls.bytes() +
                             steps_done.bytes() + success_step.bytes() + goal_reached.bytes() + active.bytes() +

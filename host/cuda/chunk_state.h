@@ -18,7 +18,7 @@
 #include <string>
 
 #include "backend.h"
-#include "cuda/device_memory.h"
+#include "device_memory.h"
 
 namespace nudge::cuda {
 

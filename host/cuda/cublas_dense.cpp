@@ -2,12 +2,12 @@
 // [c, r]. So each row-major product is computed as its transpose: Y = X W^T  <=>  Y^T = W X^T, and so on below.
 // cublasSgemm(h, opA, opB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc) computes C [m, n] = opA(A) [m, k] *
 // opB(B) [k, n], all column-major.
-#include "cuda/cublas_dense.h"
+#include "cublas_dense.h"
 
 #include <cublas_v2.h>
 
-#include "cuda/cuda_check.h"
-#include "cuda/cuda_context.h"
+#include "cuda_check.h"
+#include "cuda_context.h"
 
 namespace nudge::cuda {
 

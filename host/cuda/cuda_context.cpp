@@ -1,12 +1,12 @@
-#include "cuda/cuda_context.h"
+#include "cuda_context.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
-#include "cuda/cuda_check.h"
-#include "cuda/cudnn_conv.h"
-#include "cuda/staged_upload.h"
+#include "cuda_check.h"
+#include "cudnn_conv.h"
+#include "staged_upload.h"
 
 namespace nudge::cuda {
 

@@ -14,7 +14,7 @@
 #include <memory>
 #include <string>
 
-#include "cuda/device_memory.h"
+#include "device_memory.h"
 #include "serial_worker.h"
 
 namespace nudge::cuda {

@@ -1,15 +1,15 @@
-#include "cuda/cuda_network.h"
+#include "cuda_network.h"
 
 #include <algorithm>
 #include <type_traits>
 
 #include "bias_grad.cuh"
 #include "bias_relu.cuh"
-#include "cuda/cublas_dense.h"
-#include "cuda/cuda_check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/cudnn_conv.h"
-#include "cuda/nvtx.h"
+#include "cublas_dense.h"
+#include "cuda_check.h"
+#include "cuda_context.h"
+#include "cudnn_conv.h"
+#include "nvtx.h"
 #include "maxpool.cuh"
 
 namespace nudge::cuda {

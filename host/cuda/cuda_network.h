@@ -1,4 +1,4 @@
-// The network's forward and backward passes on the GPU for one batch: the twin of CpuNetwork (host/cpu_network.h),
+// The network's forward and backward passes on the GPU for one batch: the twin of CpuNetwork (host/cpu/cpu_network.h),
 // layer by layer with the same buffers' meaning. Convolutions through cuDNN (cudnn_conv.h), dense layers through
 // cuBLAS (cublas_dense.h), everything else through kernels/.
 //
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "architecture.h"
-#include "cuda/device_memory.h"
+#include "device_memory.h"
 
 namespace nudge::cuda {
 

@@ -1,9 +1,9 @@
-#include "cuda/cuda_optimize_chunk.h"
+#include "cuda_optimize_chunk.h"
 
 #include "compact_active.cuh"
-#include "cuda/cuda_check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/nvtx.h"
+#include "cuda_check.h"
+#include "cuda_context.h"
+#include "nvtx.h"
 #include "errors.h"
 #include "gather_rows.cuh"
 #include "input_step.cuh"

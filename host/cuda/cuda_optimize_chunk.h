@@ -1,4 +1,4 @@
-// An optimize chunk whose state lives on the GPU: the twin of CpuOptimizeChunk (host/cpu_backend.cpp).
+// An optimize chunk whose state lives on the GPU: the twin of CpuOptimizeChunk (host/cpu/cpu_backend.cpp).
 //
 // Per step(), on the context's stream:
 //   1. the active entries' iterates -> the network (directly while every entry is active, else gathered into a
@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "backend.h"
-#include "cuda/chunk_state.h"
-#include "cuda/cuda_network.h"
-#include "cuda/device_memory.h"
+#include "chunk_state.h"
+#include "cuda_network.h"
+#include "device_memory.h"
 
 namespace nudge::cuda {
 

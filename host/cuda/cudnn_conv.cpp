@@ -1,5 +1,5 @@
 // Every cuDNN call of nudge lives in this file (see cudnn_conv.h for the algorithm policy).
-#include "cuda/cudnn_conv.h"
+#include "cudnn_conv.h"
 
 #include <cudnn.h>
 
@@ -11,8 +11,8 @@
 #include <tuple>
 #include <vector>
 
-#include "cuda/cuda_check.h"
-#include "cuda/cuda_context.h"
+#include "cuda_check.h"
+#include "cuda_context.h"
 
 namespace nudge::cuda {
 

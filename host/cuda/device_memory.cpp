@@ -1,10 +1,10 @@
-#include "cuda/device_memory.h"
+#include "device_memory.h"
 
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
 
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 
 namespace nudge::cuda {
 

@@ -15,17 +15,9 @@
 #include <utility>
 
 #include "chunk_device_plan.h"
+#include "device_out_of_memory.h"
 
 namespace nudge::cuda {
-
-class DeviceOutOfMemory : public std::bad_alloc {
- public:
-  explicit DeviceOutOfMemory(std::string message) : message_(std::move(message)) {}
-  const char* what() const noexcept override { return message_.c_str(); }
-
- private:
-  std::string message_;
-};
 
 // `what` names the buffer in the out-of-memory message ("optimize chunk: iterates").
 void* device_alloc(size_t bytes, const char* what);

@@ -1,4 +1,4 @@
-#include "cuda/fused_chunk.h"
+#include "fused_chunk.h"
 
 #include <cuda_runtime_api.h>
 
@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "compact_active.cuh"
-#include "cuda/chunk_state.h"
-#include "cuda/cuda_check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/device_memory.h"
-#include "cuda/nvtx.h"
+#include "chunk_state.h"
+#include "cuda_check.h"
+#include "cuda_context.h"
+#include "device_memory.h"
+#include "nvtx.h"
 #include "errors.h"
 #include "fused_optimize.cuh"
 

@@ -25,7 +25,7 @@
 
 #include "architecture.h"
 #include "backend.h"
-#include "cuda/device_memory.h"
+#include "device_memory.h"
 #include "model.h"
 
 namespace nudge::cuda {

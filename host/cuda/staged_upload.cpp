@@ -1,10 +1,10 @@
-#include "cuda/staged_upload.h"
+#include "staged_upload.h"
 
 #include <algorithm>
 #include <cstring>
 #include <utility>
 
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 #include "errors.h"
 
 namespace nudge::cuda {

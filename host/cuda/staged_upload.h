@@ -11,7 +11,7 @@
 
 #include <cstddef>
 
-#include "cuda/device_memory.h"
+#include "device_memory.h"
 
 namespace nudge::cuda {
 

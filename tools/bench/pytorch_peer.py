@@ -13,7 +13,7 @@
             after each step, cross-entropy, a fixed number of steps with no early stop; reports image-steps/s
             (N * steps / seconds) for each batch size of a sweep (N is processed batch by batch) and the best.
             The noise is nudge's own (`nudge optimize --init noise --seed S`: Philox4x32-10 keyed by seed and image
-            index, host/counter_rng.h, reimplemented in NumPy here), so both start from the very same images.
+            index, host/core/counter_rng.h, reimplemented in NumPy here), so both start from the very same images.
 
 The architecture is nudge's reference one (Architecture::reference_string()), built by hand here:
   1x28x28 -> conv3x3 24 -> ReLU -> maxpool2 -> conv3x3 36 -> ReLU -> maxpool2 -> conv3x3 64 -> ReLU -> flatten
@@ -45,7 +45,7 @@ REFERENCE_ARCH = "1x28x28:conv24k3,relu,pool2,conv36k3,relu,pool2,conv64k3,relu,
 
 
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """host/counter_rng.h's philox4x32_10 on uint32 arrays (same round structure, constants and output order)."""
+    """host/core/counter_rng.h's philox4x32_10 on uint32 arrays (same round structure, constants and output order)."""
     m0, m1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
     low = np.uint64(0xFFFFFFFF)
     for _ in range(10):
@@ -60,7 +60,7 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 def nudge_noise(seed, n, pixels=784, chunk=8192):
-    """nudge's noise start images 0..n-1 for `seed` (host/start_images.cpp noise_image): pixel p of image i is 24
+    """nudge's noise start images 0..n-1 for `seed` (host/optimize/start_images.cpp noise_image): pixel p of image i is 24
     bits of Philox block p/4 of (seed, stream 1, index i), scaled to [0,1). float32 [n, pixels]."""
     out = np.empty((n, pixels), dtype=np.float32)
     blocks = (pixels + 3) // 4
@@ -231,7 +231,7 @@ def run_train(args, device):
             "test_accuracy": correct / x_test.shape[0], "per_epoch": epochs}
 
 def lr_at(schedule, lr, t, epochs):
-    """host/train_schedule.cpp's learning_rate_at for constant and cyclic."""
+    """host/train/train_schedule.cpp's learning_rate_at for constant and cyclic."""
     if schedule == "constant":
         return lr
     peak = 0.4 * epochs

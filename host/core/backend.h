@@ -96,7 +96,7 @@ class Backend {
   // from the forward pass before the update.
   virtual TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) = 0;
 
-  // One Adam step on TRADES' loss (host/trades_loss.h): the batch mean of CE(clean) + beta * KL(p(clean) || p(adv)),
+  // One Adam step on TRADES' loss (host/core/trades_loss.h): the batch mean of CE(clean) + beta * KL(p(clean) || p(adv)),
   // with gradient through both passes. x_clean and x_adv are [n, D], example i attacked into x_adv[i].
   virtual TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n,
                                             float beta, const AdamConfig& adam) = 0;
@@ -129,9 +129,5 @@ class Backend {
   // The largest chunk this backend wants at once (memory and cache bound).
   virtual int preferred_chunk() const = 0;
 };
-
-// device: "auto" | "cpu" | "cuda". "auto" takes the GPU when nudge was built with CUDA and a device is present,
-// else the CPU, and then writes one line to stderr saying why. "cuda" without a usable GPU throws InputError.
-std::unique_ptr<Backend> make_backend(const std::string& device);
 
 }  // namespace nudge

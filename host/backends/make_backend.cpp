@@ -1,4 +1,4 @@
-#include "backend.h"
+#include "make_backend.h"
 
 #include <iostream>
 
@@ -9,13 +9,6 @@
 #endif
 
 namespace nudge {
-
-OptimizePath parse_optimize_path(const std::string& s) {
-  if (s == "auto") return OptimizePath::Auto;
-  if (s == "fused") return OptimizePath::Fused;
-  if (s == "layers") return OptimizePath::Layers;
-  throw InputError("unknown --path '" + s + "' (expected auto, fused or layers)");
-}
 
 std::unique_ptr<Backend> make_backend(const std::string& device) {
   if (device != "auto" && device != "cpu" && device != "cuda")

@@ -1,5 +1,5 @@
 // Training a classifier with Adam on mini-batches, through any Backend: standard training on the clean images, or
-// adversarial training (host/adversarial.h), where each batch is first attacked and the model then trained on the
+// adversarial training (host/train/adversarial.h), where each batch is first attacked and the model then trained on the
 // attacked images (PGD-AT, Fast-AT) or on TRADES' loss.
 #pragma once
 #include <cstdint>

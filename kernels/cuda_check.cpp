@@ -1,9 +1,9 @@
-#include "cuda/cuda_check.h"
+#include "cuda_check.h"
 
 #include <cstdlib>
 #include <cstring>
 
-#include "cuda/device_memory.h"
+#include "device_out_of_memory.h"
 #include "errors.h"
 
 namespace nudge::cuda {
