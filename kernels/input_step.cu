@@ -21,6 +21,7 @@
 #include "input_step.cuh"
 
 #include "cuda_check.h"
+#include "optimize_math.h"
 
 namespace nudge::cuda {
 
@@ -44,8 +45,6 @@ __device__ double block_sum(double v) {
   return total;  // valid in every thread
 }
 
-__device__ float clamp01(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
-
 __global__ void __launch_bounds__(kThreads) input_step_kernel(InputStepParams p) {
   const int i = blockIdx.x;
   if (p.keep && !p.keep[i]) return;
@@ -57,28 +56,13 @@ __global__ void __launch_bounds__(kThreads) input_step_kernel(InputStepParams p)
   const float* x0 = p.x0 + row;
   const int t = p.steps_done[e] + 1;
   const float eps = p.norm == Norm::None ? 0.0f : p.eps[e];
-  float c1 = 1.0f, c2 = 1.0f;
-  if (p.optimizer == InputOptimizer::Adam) {
-    c1 = 1.0f - powf(p.beta1, static_cast<float>(t));
-    c2 = 1.0f - powf(p.beta2, static_cast<float>(t));
-  }
+  const PixelStep st{p.optimizer, p.lr, p.beta1, p.beta2, p.adam_eps,
+                     adam_correction(p.optimizer, p.beta1, p.beta2, t)};
+  const bool adam = p.optimizer == InputOptimizer::Adam;
   double sq = 0;
   for (int j = threadIdx.x; j < D; j += kThreads) {
-    const float gj = g[j];
-    float xj = x[j];
-    switch (p.optimizer) {
-      case InputOptimizer::Adam: {
-        const float mj = p.beta1 * p.m[row + j] + (1.0f - p.beta1) * gj;
-        const float vj = p.beta2 * p.v[row + j] + (1.0f - p.beta2) * gj * gj;
-        p.m[row + j] = mj;
-        p.v[row + j] = vj;
-        xj -= p.lr * (mj / c1) / (sqrtf(vj / c2) + p.adam_eps);
-        break;
-      }
-      case InputOptimizer::Sgd: xj -= p.lr * gj; break;
-      case InputOptimizer::Sign: xj -= p.lr * static_cast<float>((gj > 0) - (gj < 0)); break;
-    }
-    if (p.norm == Norm::Linf) xj = fminf(fmaxf(xj, x0[j] - eps), x0[j] + eps);
+    float xj = move_pixel(st, x[j], g[j], adam ? p.m + row + j : nullptr, adam ? p.v + row + j : nullptr);
+    if (p.norm == Norm::Linf) xj = linf_clip(xj, x0[j], eps);
     if (p.norm == Norm::L2) {
       const double d = static_cast<double>(xj - x0[j]);
       sq += d * d;
@@ -88,21 +72,15 @@ __global__ void __launch_bounds__(kThreads) input_step_kernel(InputStepParams p)
     }
   }
   if (p.norm != Norm::L2) {
-    // Review fix: every thread reads steps_done[e] at its start (t above); without this barrier thread 0 could
-    // write the new count before a later warp has read the old one, and that warp would use t + 1 for its pixels'
-    // bias correction. (The L2 path is ordered by the barriers in block_sum.) p.norm is uniform: no divergence.
+    // Every thread read steps_done[e] at its start (t above); without this barrier thread 0 could write the new
+    // count before a later warp has read the old one, and that warp would use t + 1 for its pixels' bias
+    // correction. (The L2 path is ordered by the barriers in block_sum.) p.norm is uniform: no divergence.
     __syncthreads();
     if (threadIdx.x == 0) p.steps_done[e] = t;
     return;
   }
-  const double len = sqrt(block_sum(sq));
-  const bool scale = len > eps;
-  const float f = scale ? static_cast<float>(eps / len) : 1.0f;
-  for (int j = threadIdx.x; j < D; j += kThreads) {
-    float xj = x[j];
-    if (scale) xj = x0[j] + (xj - x0[j]) * f;
-    x[j] = clamp01(xj);
-  }
+  const L2Scale f = l2_scale(block_sum(sq), eps);
+  for (int j = threadIdx.x; j < D; j += kThreads) x[j] = clamp01(l2_scaled(x[j], x0[j], f));
   if (threadIdx.x == 0) p.steps_done[e] = t;
 }
 

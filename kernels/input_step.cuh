@@ -1,5 +1,5 @@
 // The fused input-optimizer step: gradient update, projection onto the eps-ball, clamp to [0,1], for every active
-// entry of an optimize chunk in one launch. CPU twin: input_update_one / project_one (host/core/input_step.h).
+// entry of an optimize chunk in one launch. CPU twin: input_update_one / project_one (host/core/optimize_math.h).
 #pragma once
 #include <cuda_runtime_api.h>
 

@@ -6,8 +6,7 @@
  *   if !goal_reached[e] and (met or loss[i] < best_loss[e]): best_loss, best_probs, best_images[e] = this iterate;
  *       if met: goal_reached[e] = 1, success_step[e] = steps_done[e]    (the first success is kept for good)
  *   keep[i] = !(met and early_stop)
- * exactly as CpuOptimizeChunk::evaluate_and_update. argmax is the first maximum; KL is summed in double with
- * p clamped at 1e-45 like kl_divergence.
+ * exactly as CpuOptimizeChunk::evaluate_and_update, with the CPU's own goal_met (host/core/optimize_math.h).
  * Layout:    row-indexed inputs [rows, ...], entry-indexed state [entries, ...], row-major.
  * Threads:   one warp per row, 8 rows per 256-thread block. Lane 0 decides (K is small), the decision is broadcast with
  *            a shuffle, and the whole warp copies the D pixels of an improved iterate (coalesced).
@@ -21,31 +20,13 @@
 #include "optimize_track.cuh"
 
 #include "cuda_check.h"
-#include "optimize_types.h"
+#include "optimize_math.h"
 
 namespace nudge::cuda {
 
 namespace {
 
 constexpr int kThreads = 256, kRowsPerBlock = kThreads / 32;
-
-__device__ bool goal_met(const float* p, int K, const float* t, TargetKind kind, int cls, float stop_prob,
-                         float stop_kl) {
-  int top = 0;
-  for (int j = 1; j < K; ++j)
-    if (p[j] > p[top]) top = j;
-  switch (kind) {
-    case TargetKind::OneHot: return stop_prob > 0 ? p[cls] >= stop_prob : top == cls;
-    case TargetKind::Untargeted: return top != cls && (stop_prob <= 0 || p[cls] <= 1.0f - stop_prob);
-    case TargetKind::Soft: {
-      double kl = 0;
-      for (int j = 0; j < K; ++j)
-        if (t[j] > 0) kl += t[j] * (log(static_cast<double>(t[j])) - log(fmax(static_cast<double>(p[j]), 1e-45)));
-      return static_cast<float>(kl) <= stop_kl;
-    }
-  }
-  return false;
-}
 
 __global__ void __launch_bounds__(kThreads) optimize_track_kernel(TrackParams p) {
   const int lane = threadIdx.x % 32;

@@ -1,5 +1,5 @@
 // The optimize chunk's per-iterate bookkeeping: goal test, best iterate, success step, early stop. CPU twin: goal_met
-// (host/core/losses.h) and the bookkeeping in CpuOptimizeChunk::evaluate_and_update (host/cpu/cpu_backend.cpp).
+// (host/core/optimize_math.h) and the bookkeeping in CpuOptimizeChunk::evaluate_and_update (host/cpu/cpu_backend.cpp).
 #pragma once
 #include <cuda_runtime_api.h>
 

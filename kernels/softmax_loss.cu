@@ -7,9 +7,8 @@
  *   Untargeted (true label y): CE/KL -> -log(1 - p_y) = lse(z) - lse(z without y), d/dz = p - q (q: softmax
  *   without y); CW -> max(z_y - max_{j!=y} z_j, -kappa).
  *
- * Numerics follow the CPU twin operation by operation: the maximum in float, the exponential sums, the logarithms and
- * the log-sum-exp in double (so logits of +-1e4 stay finite and precise), probabilities rounded to float once. The GPU's double exp/log are
- * within an ulp or two of glibc's, so results usually agree bit for bit after rounding to float.
+ * The maths is the CPU's own (host/core/optimize_math.h: loss_forward_backward_one, log_sum_exp), so the two differ
+ * only by the GPU's double exp/log, within an ulp or two of glibc's: results usually agree bit for bit in float.
  * Layout:    logits/probs/dlogits row-major [rows, K]; targets indexed by entry (see SoftmaxLossParams::entry).
  * Threads:   one thread per row; K is small (10), so a row's work is a few dozen double ops and no cooperation pays.
  * Precond.:  K >= 2; target_class in [0, K) for OneHot/Untargeted rows.
@@ -24,6 +23,7 @@
 
 #include "cuda_check.h"
 #include "launch.h"
+#include "optimize_math.h"
 
 namespace nudge::cuda {
 
@@ -31,86 +31,9 @@ namespace {
 
 constexpr int kThreads = 128;
 
-// Max over j != skip (skip = -1: all), as the CPU twin's log_sum_exp; then sum_j exp(z_j - m) in double.
-__device__ void max_and_sum(const float* z, int K, int skip, float* m_out, double* s_out) {
-  float m = -INFINITY;
-  for (int j = 0; j < K; ++j)
-    if (j != skip) m = m < z[j] ? z[j] : m;  // std::max(m, z[j])
-  double s = 0;
-  for (int j = 0; j < K; ++j)
-    if (j != skip) s += exp(static_cast<double>(z[j] - m));
-  *m_out = m;
-  *s_out = s;
-}
-
-__device__ int argmax_except(const float* z, int K, int skip) {
-  int best = -1;
-  for (int j = 0; j < K; ++j)
-    if (j != skip && (best < 0 || z[j] > z[best])) best = j;
-  return best;
-}
-
-// Softmax into probs; returns the log-sum-exp of all logits, in double as the twin (with logits near 1e4 a float
-// m + log(s) would keep only ~1e-3 of the loss's precision).
-__device__ double softmax_row(const float* z, int K, float* probs) {
-  float m;
-  double s;
-  max_and_sum(z, K, -1, &m, &s);
-  for (int j = 0; j < K; ++j) probs[j] = static_cast<float>(exp(static_cast<double>(z[j] - m)) / s);
-  return static_cast<double>(m) + log(s);
-}
-
-__device__ float loss_row(const float* z, int K, const float* t, TargetKind kind, int cls, LossKind loss,
-                          float kappa, float divisor, float* probs, float* dz) {
-  const double lse = softmax_row(z, K, probs);
-  if (loss == LossKind::CarliniWagner && kind != TargetKind::Soft) {
-    const int other = argmax_except(z, K, cls);
-    const float margin = kind == TargetKind::OneHot ? z[other] - z[cls] : z[cls] - z[other];
-    const bool active = margin > -kappa;
-    if (dz) {
-      for (int j = 0; j < K; ++j) dz[j] = 0.0f;
-      if (active) {
-        const float s = kind == TargetKind::OneHot ? 1.0f : -1.0f;
-        dz[other] += s / divisor;
-        dz[cls] -= s / divisor;
-      }
-    }
-    return active ? margin : -kappa;
-  }
-  if (kind == TargetKind::Untargeted) {
-    float m_o;
-    double s_o;
-    max_and_sum(z, K, cls, &m_o, &s_o);
-    const double lse_other = static_cast<double>(m_o) + log(s_o);
-    if (dz) {
-      for (int j = 0; j < K; ++j) {
-        // The CPU twin keeps q from its log-sum-exp pass up to 64 classes and recomputes it above that.
-        const float q = j == cls ? 0.0f
-                        : K <= 64 ? static_cast<float>(exp(static_cast<double>(z[j] - m_o)) / s_o)
-                                  : static_cast<float>(exp(z[j] - lse_other));
-        dz[j] = (probs[j] - q) / divisor;
-      }
-    }
-    return static_cast<float>(lse - lse_other);
-  }
-  double ce = 0, tsum = 0, entropy = 0;
-  for (int j = 0; j < K; ++j) {
-    const float tj = t ? t[j] : (j == cls ? 1.0f : 0.0f);
-    tsum += tj;
-    if (tj > 0) {
-      ce -= static_cast<double>(tj) * (z[j] - lse);
-      entropy -= static_cast<double>(tj) * log(static_cast<double>(tj));
-    }
-  }
-  if (dz)
-    for (int j = 0; j < K; ++j) {
-      const float tj = t ? t[j] : (j == cls ? 1.0f : 0.0f);
-      dz[j] = static_cast<float>(probs[j] * tsum - tj) / divisor;
-    }
-  return static_cast<float>(loss == LossKind::KL ? ce - entropy : ce);
-}
-
-__global__ void __launch_bounds__(kThreads) softmax_loss_kernel(SoftmaxLossParams p) {
+// The minimum-blocks hint (4 x 128 threads, so up to 128 registers) lets ptxas keep the loss's doubles in registers:
+// without it, it chose 40 registers and an 8-byte spill for this kernel.
+__global__ void __launch_bounds__(kThreads, 4) softmax_loss_kernel(SoftmaxLossParams p) {
   const int i = blockIdx.x * kThreads + threadIdx.x;
   if (i >= p.rows) return;
   const int K = p.K;
@@ -120,8 +43,8 @@ __global__ void __launch_bounds__(kThreads) softmax_loss_kernel(SoftmaxLossParam
   const int cls = p.target_class[e];
   const float* t = p.target_dist ? p.target_dist + static_cast<size_t>(e) * K : nullptr;
   float* dz = p.dlogits ? p.dlogits + static_cast<size_t>(i) * K : nullptr;
-  p.loss_out[i] = loss_row(z, K, t, kind, cls, p.loss, p.kappa, p.dlogits_divisor,
-                           p.probs + static_cast<size_t>(i) * K, dz);
+  p.loss_out[i] = loss_forward_backward_one(z, K, t, kind, cls, p.loss, p.kappa, p.probs + static_cast<size_t>(i) * K,
+                                            dz, p.dlogits_divisor);
   // std::max_element: the first of equal maxima.
   if (p.correct) p.correct[i] = argmax_except(z, K, -1) == cls;
 }
@@ -130,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(const float* __restri
                                                            float* __restrict__ probs) {
   const int i = blockIdx.x * kThreads + threadIdx.x;
   if (i >= rows) return;
-  softmax_row(logits + static_cast<size_t>(i) * K, K, probs + static_cast<size_t>(i) * K);
+  softmax(logits + static_cast<size_t>(i) * K, K, probs + static_cast<size_t>(i) * K);
 }
 
 unsigned row_blocks(int rows) { return static_cast<unsigned>((rows + kThreads - 1) / kThreads); }

@@ -1,5 +1,5 @@
 // Softmax and the per-image losses of input optimization and training. CPU twin: loss_forward_backward_one
-// (host/core/losses.h) and the CPU backend's softmax.
+// (host/core/optimize_math.h) and the CPU backend's softmax.
 #pragma once
 #include <cuda_runtime_api.h>
 

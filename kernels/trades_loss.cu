@@ -1,5 +1,5 @@
 /* TRADES' loss CE(z, y) + beta * KL(softmax(z) || softmax(za)) and its gradients with respect to both the clean
- * logits z and the attacked logits za, per example; the maths is trades_loss_one (host/core/trades_loss.h), compiled here
+ * logits z and the attacked logits za, per example; the maths is trades_loss_one (host/core/optimize_math.h), compiled here
  * for the device from the same source as the CPU backend's.
  *
  * Layout:    logits and dlogits row-major [2n, K], example i's clean row i and attacked row n + i.
@@ -17,7 +17,7 @@
 
 #include "cuda_check.h"
 #include "launch.h"
-#include "trades_loss.h"
+#include "optimize_math.h"
 
 namespace nudge::cuda {
 

@@ -1,5 +1,5 @@
 // TRADES' training loss and its logit gradients for a batch laid out as [clean images; attacked images]. CPU twin:
-// trades_loss_one (host/core/trades_loss.h), which this kernel calls: one source for both.
+// trades_loss_one (host/core/optimize_math.h), which this kernel calls: one source for both.
 #pragma once
 #include <cuda_runtime_api.h>
 

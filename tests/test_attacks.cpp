@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "attack_losses.h"
+#include "optimize_math.h"
 #include "attacks.h"
 #include "cpu_backend.h"
 #include "dataset.h"

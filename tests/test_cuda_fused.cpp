@@ -42,7 +42,7 @@
 
 #include "backend.h"
 #include "cpu_backend.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "model.h"
 #include "optimize_types.h"
 #include "cuda_test_util.h"

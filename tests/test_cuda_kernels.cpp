@@ -21,11 +21,9 @@
 #include "cuda_test_util.h"
 #include "counter_rng.h"
 #include "cpu_layers.h"
-#include "input_step.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "optimize_types.h"
 #include "start_images.h"
-#include "trades_loss.h"
 
 #if NUDGE_HAVE_CUDA
 #include "adam.cuh"
@@ -386,7 +384,7 @@ TEST_F(CudaKernels, TradesLossMatchesCpu) {
         kl_ref[i] = static_cast<float>(t.kl);
         clean_ref[i] = static_cast<int>(std::max_element(z, z + K) - z) == labels[i];
         adv_ref[i] = static_cast<int>(std::max_element(za, za + K) - za) == labels[i];
-        const double lse = trades_log_sum_exp(z, K), lsea = trades_log_sum_exp(za, K);
+        const double lse = log_sum_exp(z, K), lsea = log_sum_exp(za, K);
         double mag = 0;
         for (int j = 0; j < K; ++j) mag = std::max(mag, static_cast<double>(std::fabs(z[j]) + std::fabs(za[j])));
         mag += std::fabs(lse) + std::fabs(lsea) + std::fabs(t.kl) + 1.0;

@@ -27,12 +27,11 @@
 #include "cpu_network.h"
 #include "cuda_test_util.h"
 #include "errors.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "make_backend.h"
 #include "model.h"
 #include "optimize_engine.h"
 #include "start_images.h"
-#include "trades_loss.h"
 
 #if NUDGE_HAVE_CUDA
 #include "cuda_context.h"
@@ -414,7 +413,7 @@ TEST_F(CudaBackendParity, TrainStepTrades) {
     // First order in the logits' disagreement: |dCE| <= |p - onehot|_1 dz <= 2 dz; for KL, the attacked logits'
     // gradient q - p has L1 norm <= 2, the clean ones' sum_j p_j |log p_j - log q_j - KL| <= 2 max_j |log p_j -
     // log q_j|. Plus one float rounding of each per-example value the GPU stores.
-    const double lse = trades_log_sum_exp(zi, K_), lsea = trades_log_sum_exp(zai, K_);
+    const double lse = log_sum_exp(zi, K_), lsea = log_sum_exp(zai, K_);
     double spread = 0;
     for (int j = 0; j < K_; ++j) spread = std::max(spread, std::fabs((zi[j] - lse) - (zai[j] - lsea)));
     ce_bound += 2 * z_bound + 2 * kUlp * t.ce;

@@ -23,8 +23,7 @@
 #include "architecture.h"
 #include "cpu_backend.h"
 #include "cpu_network.h"
-#include "input_step.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "model.h"
 #include "reference_math.h"
 

@@ -27,7 +27,7 @@
 #include "cpu_backend.h"
 #include "dataset.h"
 #include "errors.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "model.h"
 #include "optimize_job.h"
 #include "start_images.h"

@@ -21,7 +21,7 @@
 #include "dataset.h"
 #include "errors.h"
 #include "evaluate.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "model.h"
 #include "reference_math.h"
 #include "safetensors.h"

@@ -7,11 +7,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "attack_losses.h"
+#include "optimize_math.h"
 #include "attacks.h"
 #include "counter_rng.h"
 #include "errors.h"
-#include "input_step.h"
 
 namespace nudge {
 

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "attack_losses.h"
+#include "optimize_math.h"
 #include "attacks.h"
 #include "errors.h"
 

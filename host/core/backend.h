@@ -96,7 +96,7 @@ class Backend {
   // from the forward pass before the update.
   virtual TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) = 0;
 
-  // One Adam step on TRADES' loss (host/core/trades_loss.h): the batch mean of CE(clean) + beta * KL(p(clean) || p(adv)),
+  // One Adam step on TRADES' loss (host/core/optimize_math.h): the batch mean of CE(clean) + beta * KL(p(clean) || p(adv)),
   // with gradient through both passes. x_clean and x_adv are [n, D], example i attacked into x_adv[i].
   virtual TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n,
                                             float beta, const AdamConfig& adam) = 0;

@@ -9,10 +9,8 @@
 
 #include "cpu_network.h"
 #include "errors.h"
-#include "input_step.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "parallel_errors.h"
-#include "trades_loss.h"
 
 namespace nudge {
 
@@ -226,12 +224,7 @@ class CpuBackend : public Backend {
                              [&] { return std::make_unique<CpuOptimizeChunk>(*this, in, cfg); });
   }
 
-  static void softmax(const float* z, int K, float* p) {
-    const float m = *std::max_element(z, z + K);
-    double s = 0;
-    for (int j = 0; j < K; ++j) s += std::exp(static_cast<double>(z[j] - m));
-    for (int j = 0; j < K; ++j) p[j] = static_cast<float>(std::exp(static_cast<double>(z[j] - m)) / s);
-  }
+  static void softmax(const float* z, int K, float* p) { nudge::softmax(z, K, p); }
 
  private:
   // One Adam step whose gradient is summed over per-thread slices of the batch. Thread t takes examples

@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "counter_rng.h"
-#include "input_step.h"
+#include "optimize_math.h"
 #include "parallel_errors.h"
 
 namespace nudge {

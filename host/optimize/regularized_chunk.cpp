@@ -5,8 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "input_step.h"
-#include "losses.h"
+#include "optimize_math.h"
 #include "parallel_errors.h"
 
 namespace nudge {

@@ -7,7 +7,7 @@
 #include "counter_rng.h"
 #include "engine_chunk.h"
 #include "errors.h"
-#include "input_step.h"
+#include "optimize_math.h"
 
 namespace nudge {
 

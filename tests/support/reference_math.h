@@ -67,7 +67,7 @@ std::vector<double> network_forward(const Architecture& arch, const std::vector<
 std::vector<std::vector<double>> params_to_double(const Model& model);
 
 // ---- losses ---------------------------------------------------------------------------------------------------
-// The loss of one image from its logits, computed in double straight from the formulas in host/core/losses.h (with
+// The loss of one image from its logits, computed in double straight from the formulas in host/core/optimize_math.h (with
 // log-sum-exp). branch (optional) identifies the piece of a piecewise loss (Carlini-Wagner: which other logit is
 // the maximum and whether the margin is above -kappa), so a finite difference can tell when it straddles a kink.
 double loss_one(const double* z, int K, const double* t, TargetKind kind, int cls, LossKind loss, double kappa,
