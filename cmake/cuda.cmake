@@ -25,7 +25,8 @@ if(NUDGE_HAVE_CUDA)
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   # Device code (kernels/) and the host code that drives it (host/cuda/) join the nudge_core library.
-  file(GLOB NUDGE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/*.cu ${PROJECT_SOURCE_DIR}/host/cuda/*.cpp)
+  file(GLOB NUDGE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/*.cu
+       ${PROJECT_SOURCE_DIR}/kernels/fused/*.cu ${PROJECT_SOURCE_DIR}/host/cuda/*.cpp)
   # -lineinfo: compute-sanitizer and ncu point at source lines (no effect on the code). ptxas warns on any spill.
   string(APPEND CMAKE_CUDA_FLAGS " -lineinfo -Xptxas=-warn-spills")
   # The start-up check compares the device with the architectures compiled in (commas: a CMake list would split).
