@@ -21,7 +21,7 @@ struct FusedWeightSources {
   const float* tensor[kFusedParamTensors] = {};
 };
 
-// Floats in the packed weight buffer (the layouts the kernel reads, see fused_optimize.cu).
+// Floats in the packed weight buffer (the layouts the kernel reads, see fused/layout.cuh).
 size_t fused_packed_weight_count();
 // Bytes of dynamic shared memory one block uses.
 size_t fused_smem_bytes();

@@ -1,4 +1,4 @@
-// The fused optimize kernel (kernels/fused_optimize.cu) and its chunk (host/cuda/fused_chunk.h), checked against the
+// The fused optimize kernel (kernels/fused/) and its chunk (host/cuda/fused_chunk.h), checked against the
 // CPU backend's optimize chunk on the committed reference model:
 //   - one step: probabilities within 1e-4 relative, losses, images, success steps and update counts (SGD, so an
 //     FP32 difference in the gradient moves a pixel by lr times that difference; Adam's first step is a sign
