@@ -188,4 +188,24 @@ ChunkResult ChunkState::download(cudaStream_t s) const {
   return r;
 }
 
+ChunkArrays ChunkState::arrays() const {
+  ChunkArrays a;
+  a.x = x.get();
+  a.x0 = x0.get();
+  a.m = m.get();
+  a.v = v.get();
+  a.target_dist = target.get();
+  a.target_kind = kind.get();
+  a.target_class = cls.get();
+  a.eps = eps.get();
+  a.steps_done = steps_done.get();
+  a.goal_reached = goal_reached.get();
+  a.best_loss = best_loss.get();
+  a.best_probs = best_probs.get();
+  a.best_images = best_images.get();
+  a.success_step = success_step.get();
+  a.start_class = start_class.get();
+  return a;
+}
+
 }  // namespace nudge::cuda

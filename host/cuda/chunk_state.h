@@ -18,6 +18,7 @@
 #include <string>
 
 #include "backend.h"
+#include "chunk_params.h"
 #include "device_memory.h"
 
 namespace nudge::cuda {
@@ -44,6 +45,9 @@ class ChunkState {
   void before_compute(cudaStream_t stream);
   // Queues the copies of the results to the host on `stream` and waits for them.
   ChunkResult download(cudaStream_t stream) const;
+
+  // The per-entry arrays as the kernels take them (chunk_params.h).
+  ChunkArrays arrays() const;
 
   // Device bytes per entry of this state (without any network activations).
   static size_t bytes_per_entry(int D, int K, bool adam, bool active_list);

@@ -1,5 +1,6 @@
 #include "cuda_optimize_chunk.h"
 
+#include "chunk_params.h"
 #include "compact_active.cuh"
 #include "cuda_check.h"
 #include "cuda_context.h"
@@ -60,19 +61,9 @@ void CudaOptimizeChunk::evaluate_and_update(bool update) {
   }
   net_.forward(params_, batch, count);
 
-  SoftmaxLossParams lp;
-  lp.logits = net_.logits();
-  lp.rows = count;
-  lp.K = K_;
-  lp.entry = st_.active.get();
-  lp.target_dist = st_.target.get();
-  lp.target_kind = st_.kind.get();
-  lp.target_class = st_.cls.get();
-  lp.loss = cfg_.loss;
-  lp.kappa = cfg_.cw_kappa;
-  lp.probs = probs_.get();
-  lp.loss_out = loss_.get();
-  lp.dlogits = update ? dlogits_.get() : nullptr;
+  const ChunkArrays arrays = st_.arrays();
+  const SoftmaxLossParams lp = chunk_loss_params(arrays, cfg_, st_.active.get(), count, K_, net_.logits(), probs_.get(),
+                                                 loss_.get(), update ? dlogits_.get() : nullptr);
   softmax_loss_cuda(lp, s);
   if (!first_evaluated_ && st_.start_class.get()) {
     // The first evaluation is of every entry's first iterate, its start image (no init): its classes are the
@@ -81,51 +72,14 @@ void CudaOptimizeChunk::evaluate_and_update(bool update) {
   }
   first_evaluated_ = true;
 
-  TrackParams tp;
-  tp.rows = count;
-  tp.K = K_;
-  tp.D = D_;
-  tp.entry = st_.active.get();
-  tp.probs = probs_.get();
-  tp.loss = loss_.get();
-  tp.x = st_.x.get();
-  tp.target_dist = st_.target.get();
-  tp.target_kind = st_.kind.get();
-  tp.target_class = st_.cls.get();
-  tp.steps_done = st_.steps_done.get();
-  tp.stop_prob = cfg_.stop_prob;
-  tp.stop_kl = cfg_.stop_kl;
-  tp.early_stop = cfg_.early_stop;
-  tp.goal_reached = st_.goal_reached.get();
-  tp.best_loss = st_.best_loss.get();
-  tp.best_probs = st_.best_probs.get();
-  tp.best_images = st_.best_images.get();
-  tp.success_step = st_.success_step.get();
-  tp.keep = st_.keep.get();
-  optimize_track_cuda(tp, s);
+  optimize_track_cuda(chunk_track_params(arrays, cfg_, st_.active.get(), count, K_, D_, probs_.get(), loss_.get(),
+                                         st_.keep.get()),
+                      s);
 
   if (!update) return;
   net_.backward(params_, dlogits_.get(), count, nullptr, grad_.get());
 
-  InputStepParams sp;
-  sp.rows = count;
-  sp.D = D_;
-  sp.entry = st_.active.get();
-  sp.keep = st_.keep.get();
-  sp.grad = grad_.get();
-  sp.x = st_.x.get();
-  sp.x0 = st_.x0.get();
-  sp.m = st_.m.get();
-  sp.v = st_.v.get();
-  sp.steps_done = st_.steps_done.get();
-  sp.eps = st_.eps.get();
-  sp.optimizer = cfg_.optimizer;
-  sp.norm = cfg_.norm;
-  sp.lr = cfg_.lr;
-  sp.beta1 = cfg_.beta1;
-  sp.beta2 = cfg_.beta2;
-  sp.adam_eps = cfg_.adam_eps;
-  input_step_cuda(sp, s);
+  input_step_cuda(chunk_input_step_params(arrays, cfg_, st_.active.get(), count, D_, grad_.get(), st_.keep.get()), s);
 
   if (!cfg_.early_stop) return;  // nothing ever stops: the active list stays 0..n-1
   compact_active_cuda(st_.active.get(), st_.keep.get(), count, st_.active_next.get(), st_.count_dev.get(), s);

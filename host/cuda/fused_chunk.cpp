@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "chunk_params.h"
 #include "compact_active.cuh"
 #include "chunk_state.h"
 #include "cuda_check.h"
@@ -101,41 +102,14 @@ class FusedChunk : public OptimizeChunk {
     NvtxRange range("fused optimize launch");
     const cudaStream_t s = ctx_.stream();
     st_.before_compute(s);
-    FusedParams p;
-    p.weights = weights_;
+    FusedParams p = fused_params(st_.arrays(), cfg_, weights_);
     p.rows = rows_identity_ ? nullptr : st_.active.get();
     p.count = active_count_;
     p.tile = tile_ > 0 ? tile_ : std::clamp((active_count_ + sms_ - 1) / sms_, 1, kFusedTileMax);
     p.steps = steps;
     p.final_eval = final_eval;
-    p.x = st_.x.get();
-    p.x0 = st_.x0.get();
-    p.m = st_.m.get();
-    p.v = st_.v.get();
-    p.target_dist = st_.target.get();
-    p.target_kind = st_.kind.get();
-    p.target_class = st_.cls.get();
-    p.eps = st_.eps.get();
-    p.steps_done = st_.steps_done.get();
-    p.goal_reached = st_.goal_reached.get();
-    p.best_loss = st_.best_loss.get();
-    p.best_probs = st_.best_probs.get();
-    p.best_images = st_.best_images.get();
-    p.success_step = st_.success_step.get();
     const bool compact = cfg_.early_stop && steps > 0 && !final_eval;
     p.keep = compact ? st_.keep.get() : nullptr;
-    p.start_class = st_.start_class.get();  // written at each entry's first evaluation only (steps_done 0)
-    p.loss = cfg_.loss;
-    p.optimizer = cfg_.optimizer;
-    p.norm = cfg_.norm;
-    p.lr = cfg_.lr;
-    p.beta1 = cfg_.beta1;
-    p.beta2 = cfg_.beta2;
-    p.adam_eps = cfg_.adam_eps;
-    p.kappa = cfg_.cw_kappa;
-    p.stop_prob = cfg_.stop_prob;
-    p.stop_kl = cfg_.stop_kl;
-    p.early_stop = cfg_.early_stop;
     fused_optimize_cuda(p, sms_, s);
     if (!compact) return;
 
