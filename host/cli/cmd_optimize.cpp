@@ -41,7 +41,7 @@ nlohmann::json job_to_json(const OptimizeFlags& f, const OptimizeJob& j, const s
   if (!f.range.empty()) s["range"] = f.range;
   if (!j.image_dir.empty()) s["image_dir"] = j.image_dir;
   if (!j.target_dist.empty()) s["target_dist"] = j.target_dist;
-  else s["target"] = j.target;
+  else s["target"] = j.target.text;
   s["loss"] = to_string(j.step.loss);
   s["optimizer"] = to_string(j.step.optimizer);
   s["lr"] = j.step.lr;

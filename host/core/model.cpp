@@ -87,4 +87,16 @@ void Model::save(const std::string& path, const std::map<std::string, std::strin
   write_file_atomically(path, serialize(extra_metadata));
 }
 
+void assert_params_match_architecture(const Model& model, const char* who) {
+  const std::vector<ParamSpec> specs = model.arch.params();
+  if (model.params.size() != specs.size())
+    throw InternalError(std::string(who) + ": model has " + std::to_string(model.params.size()) +
+                        " tensors; its architecture needs " + std::to_string(specs.size()));
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (model.params[i].shape != specs[i].shape)
+      throw InternalError(std::string(who) + ": tensor " + specs[i].name + " has shape " +
+                          shape_to_string(model.params[i].shape) + ", the architecture needs " +
+                          shape_to_string(specs[i].shape));
+}
+
 }  // namespace nudge

@@ -35,4 +35,9 @@ struct Model {
   std::string serialize(const std::map<std::string, std::string>& extra_metadata = {}) const;
 };
 
+// Asserts Model's invariant (one tensor per Architecture::params() entry, same order and shape), which load(),
+// from_safetensors() and glorot() establish: a backend calls it before it trusts the shapes. InternalError, naming
+// `who`, when a caller broke it.
+void assert_params_match_architecture(const Model& model, const char* who);
+
 }  // namespace nudge

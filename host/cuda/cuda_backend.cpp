@@ -59,16 +59,17 @@ void download(T* dst, const T* src, size_t count, cudaStream_t s) {
   CUDA_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, s));
 }
 
-// Target classes index the logits on the device: check them on the host first.
-void check_classes(const int32_t* cls, const int32_t* kind, int n, int K, const char* what) {
+// Target classes index the logits on the device, so a bad one would read out of bounds there. The dataset reader and
+// validate_job refuse bad labels and targets; this asserts that precondition on the host.
+void assert_classes(const int32_t* cls, const int32_t* kind, int n, int K, const char* what) {
   for (int i = 0; i < n; ++i) {
     const bool needs_class = !kind || static_cast<TargetKind>(kind[i]) != TargetKind::Soft;
     if (needs_class && (cls[i] < 0 || cls[i] >= K))
-      throw InputError(std::string(what) + ": entry " + std::to_string(i) + " has class " + std::to_string(cls[i]) +
-                       "; the model has " + std::to_string(K) + " classes");
+      throw InternalError(std::string(what) + ": entry " + std::to_string(i) + " has class " + std::to_string(cls[i]) +
+                          "; the model has " + std::to_string(K) + " classes");
     if (kind && (kind[i] < 0 || kind[i] > static_cast<int32_t>(TargetKind::Untargeted)))
-      throw InputError(std::string(what) + ": entry " + std::to_string(i) + " has an unknown target kind " +
-                       std::to_string(kind[i]));
+      throw InternalError(std::string(what) + ": entry " + std::to_string(i) + " has an unknown target kind " +
+                          std::to_string(kind[i]));
   }
 }
 
@@ -83,16 +84,11 @@ class CudaBackend : public Backend {
   bool is_gpu() const override { return true; }
 
   void load_model(const Model& model) override {
+    assert_params_match_architecture(model, "cuda backend");
     const std::vector<ParamSpec> specs = model.arch.params();
-    if (model.params.size() != specs.size())
-      throw InputError("model has " + std::to_string(model.params.size()) + " tensors; its architecture needs " +
-                       std::to_string(specs.size()));
     std::vector<size_t> offsets;
     size_t total = 0;
     for (size_t i = 0; i < specs.size(); ++i) {
-      if (model.params[i].shape != specs[i].shape)
-        throw InputError("tensor " + specs[i].name + " has shape " + shape_to_string(model.params[i].shape) +
-                         ", the architecture needs " + shape_to_string(specs[i].shape));
       offsets.push_back(total);
       total += model.params[i].size();
     }
@@ -156,7 +152,7 @@ class CudaBackend : public Backend {
     if (n <= 0) throw InternalError("train_step: empty batch");
     NvtxRange range("train_step");
     const int D = arch_.input.size(), K = arch_.num_classes();
-    check_classes(labels, nullptr, n, K, "train_step labels");
+    assert_classes(labels, nullptr, n, K, "train_step labels");
     const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     ensure_batch(n);  // the whole batch at once: the gradient is over all of it
@@ -202,7 +198,7 @@ class CudaBackend : public Backend {
     if (n <= 0) throw InternalError("train_step_trades: empty batch");
     NvtxRange range("train_step_trades");
     const int D = arch_.input.size(), K = arch_.num_classes();
-    check_classes(labels, nullptr, n, K, "train_step_trades labels");
+    assert_classes(labels, nullptr, n, K, "train_step_trades labels");
     const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     // Clean and attacked images form one batch of 2n: one forward and one backward give both passes' gradients.
@@ -281,7 +277,7 @@ class CudaBackend : public Backend {
     require_model("input_gradient");
     NvtxRange range("input_gradient");
     const int D = arch_.input.size(), K = arch_.num_classes();
-    check_classes(target_class, target_kind, n, K, "input_gradient");
+    assert_classes(target_class, target_kind, n, K, "input_gradient");
     const cudaStream_t s = ctx_->stream();
     const auto params = param_ptrs();
     for (int b = 0; b < n; b += kSliceImages) {
@@ -315,7 +311,7 @@ class CudaBackend : public Backend {
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
     require_model("begin_optimize");
-    check_classes(in.target_class, in.target_kind, in.n, arch_.num_classes(), "optimize");
+    assert_classes(in.target_class, in.target_kind, in.n, arch_.num_classes(), "optimize");
     if (path_ != OptimizePath::Layers) {
       std::string why;
       const bool fits = fused_path_supports(arch_) && fused_device_supports(*ctx_, &why);

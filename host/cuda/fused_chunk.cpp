@@ -28,14 +28,14 @@ constexpr int kStepsPerLaunchFree = 8;
 void check_input(const ChunkInput& in) {
   if (in.n <= 0 || !in.target_kind || !in.target_class)
     throw InternalError("fused optimize chunk: a chunk needs entries with target kinds and classes");
-  // The kernel indexes the logits with the class: check it here, where the message can name the entry.
+  // The kernel indexes the logits with the class; validate_job refuses a bad one, this asserts it.
   for (int i = 0; i < in.n; ++i) {
     const int32_t kind = in.target_kind[i];
     if (kind < 0 || kind > static_cast<int32_t>(TargetKind::Untargeted))
-      throw InputError("optimize: entry " + std::to_string(i) + " has an unknown target kind " + std::to_string(kind));
+      throw InternalError("optimize: entry " + std::to_string(i) + " has an unknown target kind " + std::to_string(kind));
     if (static_cast<TargetKind>(kind) != TargetKind::Soft && (in.target_class[i] < 0 || in.target_class[i] >= kK))
-      throw InputError("optimize: entry " + std::to_string(i) + " has class " + std::to_string(in.target_class[i]) +
-                       "; the model has " + std::to_string(kK) + " classes");
+      throw InternalError("optimize: entry " + std::to_string(i) + " has class " + std::to_string(in.target_class[i]) +
+                          "; the model has " + std::to_string(kK) + " classes");
   }
 }
 
@@ -196,17 +196,9 @@ std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const
   if (!fused_path_supports(model.arch))
     throw InternalError("fused optimize chunk: the fused kernel is built for " +
                         std::string(Architecture::reference_string()) + " only, not " + model.arch.to_string());
-  const std::vector<ParamSpec> specs = model.arch.params();
-  if (model.params.size() != specs.size())
-    throw InputError("model has " + std::to_string(model.params.size()) + " tensors; its architecture needs " +
-                     std::to_string(specs.size()));
+  assert_params_match_architecture(model, "fused optimize chunk");
   size_t total = 0;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    if (model.params[i].shape != specs[i].shape)
-      throw InputError("tensor " + specs[i].name + " has shape " + shape_to_string(model.params[i].shape) +
-                       ", the architecture needs " + shape_to_string(specs[i].shape));
-    total += model.params[i].size();
-  }
+  for (const Tensor& t : model.params) total += t.size();
   DeviceBuffer<float> flat(total, "fused chunk: model parameters");
   std::vector<const float*> ptrs;
   size_t offset = 0;

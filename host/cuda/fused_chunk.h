@@ -53,7 +53,7 @@ size_t fused_chunk_bytes_per_entry(bool adam);
 
 // The chunk, from the backend's device parameters: one pointer per Architecture::params() entry, in that order,
 // valid while this call runs (the chunk packs its own copy on ctx's stream). Throws InternalError if `arch` is not
-// supported, InputError for a bad target class or kind.
+// supported or a target class or kind is out of range (validate_job refuses those first).
 std::unique_ptr<OptimizeChunk> make_fused_optimize_chunk(CudaContext& ctx, const Architecture& arch,
                                                          const std::vector<const float*>& device_params,
                                                          const ChunkInput& in, const StepConfig& cfg,

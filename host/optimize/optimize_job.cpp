@@ -66,6 +66,21 @@ float parse_finite(const std::string& text, const std::string& flag) {
   return static_cast<float>(v);
 }
 
+TargetSpec::TargetSpec(const std::string& t) : text(t) {
+  if (t.empty()) return;
+  if (t == "all") kind = Kind::All;
+  else if (t == "other") kind = Kind::Other;
+  else if (t == "next") kind = Kind::Next;
+  else if (t == "untargeted") kind = Kind::Untargeted;
+  else {
+    char* end = nullptr;
+    errno = 0;
+    const long c = std::strtol(t.c_str(), &end, 10);
+    kind = *end == '\0' && errno == 0 ? Kind::Class : Kind::Invalid;
+    cls = kind == Kind::Class ? c : -1;
+  }
+}
+
 void validate_job(const OptimizeJob& job, int classes) {
   const bool soft = !job.target_dist.empty();
   if (soft && !job.target.empty()) throw InputError("give either --target or --target-dist, not both");
@@ -86,19 +101,14 @@ void validate_job(const OptimizeJob& job, int classes) {
     if (job.step.loss == LossKind::CarliniWagner)
       throw InputError("--loss cw needs a one-hot or untargeted target, not a distribution");
   } else {
-    const std::string& t = job.target;
-    if (t == "next" || t == "other" || t == "untargeted") {
-      if (!labels_known(job.init))
-        throw InputError("--target " + t + " needs true labels: start from dataset images (--init test or train)");
-    } else if (t != "all") {
-      char* end = nullptr;
-      const long c = std::strtol(t.c_str(), &end, 10);
-      if (t.empty() || *end != '\0')
-        throw InputError("--target '" + t + "': expected a class number, all, other, next or untargeted");
-      if (c < 0 || c >= classes)
-        throw InputError("--target " + t + ": the model has " + std::to_string(classes) + " classes (0-" +
-                         std::to_string(classes - 1) + ")");
-    }
+    const TargetSpec& t = job.target;
+    if (t.kind == TargetSpec::Kind::Invalid)
+      throw InputError("--target '" + t.text + "': expected a class number, all, other, next or untargeted");
+    if (t.needs_labels() && !labels_known(job.init))
+      throw InputError("--target " + t.text + " needs true labels: start from dataset images (--init test or train)");
+    if (t.kind == TargetSpec::Kind::Class && (t.cls < 0 || t.cls >= classes))
+      throw InputError("--target " + t.text + ": the model has " + std::to_string(classes) + " classes (0-" +
+                       std::to_string(classes - 1) + ")");
   }
   for (float e : job.eps)
     if (!(e >= 0)) throw InputError("--eps must be >= 0 (got " + std::to_string(e) + ")");
@@ -136,17 +146,21 @@ void validate_job(const OptimizeJob& job, int classes) {
 
 std::vector<RowTarget> targets_for(const OptimizeJob& job, long source, int label, int classes) {
   if (!job.target_dist.empty()) return {{TargetKind::Soft, -1}};
-  const std::string& t = job.target;
-  if (t == "all") return {{TargetKind::OneHot, static_cast<int>(source % classes)}};
-  if (t == "next") return {{TargetKind::OneHot, (label + 1) % classes}};
-  if (t == "untargeted") return {{TargetKind::Untargeted, label}};
-  if (t == "other") {
-    std::vector<RowTarget> out;
-    for (int c = 0; c < classes; ++c)
-      if (c != label) out.push_back({TargetKind::OneHot, c});
-    return out;
+  switch (job.target.kind) {
+    case TargetSpec::Kind::All: return {{TargetKind::OneHot, static_cast<int>(source % classes)}};
+    case TargetSpec::Kind::Next: return {{TargetKind::OneHot, (label + 1) % classes}};
+    case TargetSpec::Kind::Untargeted: return {{TargetKind::Untargeted, label}};
+    case TargetSpec::Kind::Other: {
+      std::vector<RowTarget> out;
+      for (int c = 0; c < classes; ++c)
+        if (c != label) out.push_back({TargetKind::OneHot, c});
+      return out;
+    }
+    case TargetSpec::Kind::Class: return {{TargetKind::OneHot, static_cast<int>(job.target.cls)}};
+    case TargetSpec::Kind::None:
+    case TargetSpec::Kind::Invalid: break;
   }
-  return {{TargetKind::OneHot, std::atoi(t.c_str())}};
+  throw InternalError("targets_for: a job without a valid target (validate_job refuses it)");
 }
 
 std::string target_name(const RowTarget& t) {

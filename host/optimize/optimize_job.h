@@ -24,6 +24,22 @@ struct IndexRange {
 constexpr int kMaxRestarts = 1000;
 constexpr size_t kMaxEpsValues = 1000;
 
+// --target as parsed once, when the job is read: a class, or a rule that picks the class per start image. Built from
+// the flag's text (implicitly, so `job.target = "all"` reads as the flag does); text the grammar does not know is
+// kept as Invalid and refused by validate_job, which also checks a class against the model.
+struct TargetSpec {
+  enum class Kind { None, Class, All, Other, Next, Untargeted, Invalid };
+  Kind kind = Kind::None;
+  long cls = -1;     // Kind::Class
+  std::string text;  // as given, for messages and summary.json
+  TargetSpec() = default;
+  TargetSpec(const std::string& text);  // NOLINT(google-explicit-constructor): a flag's text is a spec
+  TargetSpec(const char* text) : TargetSpec(std::string(text)) {}  // NOLINT(google-explicit-constructor)
+  bool empty() const { return kind == Kind::None; }
+  // next, other and untargeted derive the class from the start image's true label.
+  bool needs_labels() const { return kind == Kind::Next || kind == Kind::Other || kind == Kind::Untargeted; }
+};
+
 struct OptimizeJob {
   InitKind init = InitKind::Noise;
   std::string image_dir;         // InitKind::Images: a folder of PNG/PGM files (sorted by name)
@@ -32,7 +48,7 @@ struct OptimizeJob {
   IndexRange range;              // Test/Train: --range START:END, expanded only once the split's size is known
   float gauss_sigma = 0.15f;     // Gauss: N(0.5, sigma^2), clamped to [0,1]
   float gray_value = 0.5f;       // Gray
-  std::string target = "";       // "3" | "all" | "other" | "next" | "untargeted"; "" when target_dist is used
+  TargetSpec target;             // "3" | "all" | "other" | "next" | "untargeted"; none when target_dist is used
   std::vector<float> target_dist;
   StepConfig step;
   int steps = 20;                // update budget per entry
