@@ -101,7 +101,8 @@ class Backend {
   virtual TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n,
                                             float beta, const AdamConfig& adam) = 0;
 
-  // Loss and its gradient with respect to the input, per image (probs [n,K], loss [n], grad [n,D]).
+  // Loss and its gradient with respect to the input, per image (probs [n,K], loss [n], grad [n,D]). grad null: the
+  // loss and probabilities only, without the backward pass.
   virtual void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
                               const int32_t* target_class, LossKind loss, float kappa, float* probs, float* loss_out,
                               float* grad) = 0;

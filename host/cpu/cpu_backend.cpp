@@ -186,14 +186,15 @@ class CpuBackend : public Backend {
       const int m = std::min(mb, n - b);
       CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
-      std::vector<float> dlogits(static_cast<size_t>(m) * K);
+      std::vector<float> dlogits(grad ? static_cast<size_t>(m) * K : 0);
       for (int i = 0; i < m; ++i) {
         const int e = b + i;
         loss_out[e] = loss_forward_backward_one(nw.logits() + i * K, K, target_dist + static_cast<size_t>(e) * K,
                                                 static_cast<TargetKind>(target_kind[e]), target_class[e], loss, kappa,
-                                                probs + static_cast<size_t>(e) * K, dlogits.data() + i * K);
+                                                probs + static_cast<size_t>(e) * K,
+                                                grad ? dlogits.data() + i * K : nullptr);
       }
-      nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
+      if (grad) nw.backward(params, dlogits.data(), m, nullptr, grad + static_cast<size_t>(b) * D);
     });
     errors.rethrow();
   }

@@ -299,12 +299,12 @@ class CudaBackend : public Backend {
       lp.kappa = kappa;
       lp.probs = probs_.get();
       lp.loss_out = loss_.get();
-      lp.dlogits = dlogits_.get();
+      lp.dlogits = grad ? dlogits_.get() : nullptr;
       softmax_loss_cuda(lp, s);
-      net_->backward(params, dlogits_.get(), m, nullptr, dx_.get());
+      if (grad) net_->backward(params, dlogits_.get(), m, nullptr, dx_.get());
       download(probs + static_cast<size_t>(b) * K, probs_.get(), static_cast<size_t>(m) * K, s);
       download(loss_out + b, loss_.get(), m, s);
-      download(grad + static_cast<size_t>(b) * D, dx_.get(), static_cast<size_t>(m) * D, s);
+      if (grad) download(grad + static_cast<size_t>(b) * D, dx_.get(), static_cast<size_t>(m) * D, s);
       ctx_->synchronize();
     }
   }

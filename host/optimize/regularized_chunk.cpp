@@ -86,9 +86,11 @@ class RegularizedChunk : public OptimizeChunk {
     }
     for (size_t m = 0; m < models_.size(); ++m) {
       Backend& b = *models_[m];
-      // The goal and the reported probabilities are judged on the image itself, never on a shifted copy.
+      // The goal and the reported probabilities are judged on the image itself, never on a shifted copy. Its
+      // gradient is needed only for an update without jitter (with jitter, the shifted copy's replaces it).
+      const bool own_gradient = update && reg_.jitter == 0;
       b.input_gradient(img.data(), A, dist.data(), kind.data(), cls.data(), cfg_.loss, cfg_.cw_kappa, probs.data(),
-                       loss.data(), grad.data());
+                       loss.data(), own_gradient ? grad.data() : nullptr);
       if (m == 0) probs0 = probs;
       for (int a = 0; a < A; ++a) {
         total_loss[a] += loss[a];
