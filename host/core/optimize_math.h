@@ -32,7 +32,7 @@
 //
 // Checked by tests/test_losses.cpp (losses against finite differences), tests/test_input_step.cpp (pixel updates and
 // projections), tests/test_attacks.cpp, tests/test_adversarial_training.cpp (TRADES in double) and, through the
-// kernels, tests/test_cuda_kernels.cpp and tests/test_cuda_fused.cpp.
+// kernels, tests/test_cuda_kernels_loss.cpp, tests/test_cuda_kernels_optimize.cpp and tests/test_cuda_fused_*.cpp.
 #pragma once
 #include <math.h>
 

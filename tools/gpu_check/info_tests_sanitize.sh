@@ -132,18 +132,37 @@ stage_tests() {
   [ "$bad" -eq 0 ] && [ "$rc1" != 124 ] && [ "$rc2" != 124 ]
 }
 
-# compute-sanitizer on one binary with one tool, under its own bound; one report line.
+# compute-sanitizer with one tool on one or more binaries in turn (one process each, the same gtest filter), all
+# under one bound of `secs` seconds: each binary gets what the ones before it left. One report line for the lot:
+# their summaries (each different one once), their gtest counts summed, the first non-zero exit.
 sanitize_one() {
-  local tool=$1 secs=$2 bin=$3 filter=$4 log="$work/sanitize-run.tmp"
-  timeout -k 5 "$secs" compute-sanitizer --tool "$tool" --error-exitcode 99 ${5:-} "$bin" --gtest_filter="$filter" >"$log" 2>&1
-  local rc=$?
-  { echo "===== compute-sanitizer --tool $tool $(basename "$bin") --gtest_filter=$filter (exit $rc)"; cat "$log"; } >>"$logs/sanitize.log"
-  local summary tests
-  summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1 | sed 's/^========= //')
-  tests=$(grep -Eo '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+' "$log" | sed -E 's/^\[  ([A-Z]+) +\] ([0-9]+)/\2 \L\1/' |
-    tr '\n' ',' | sed 's/,$//; s/,/, /g')
-  note "| $tool | $(basename "$bin") \`$filter\` | ${secs} s | ${summary:-no summary$([ $rc -eq 124 ] && echo ': stopped at its bound')} | ${tests:-?} | $rc |"
-  rm -f "$log"
+  local tool=$1 secs=$2 filter=$3 extra=$4 log="$work/sanitize-run.tmp"
+  shift 4
+  local deadline rc=0 r left bin names="" summary="" s
+  deadline=$(($(now) + secs))
+  : >"$log.all"
+  for bin in "$@"; do
+    names="${names:+$names, }$(basename "$bin")"
+    left=$((deadline - $(now)))
+    if [ "$left" -ge 1 ]; then
+      # shellcheck disable=SC2086  # $extra is zero or more options
+      timeout -k 5 "$left" compute-sanitizer --tool "$tool" --error-exitcode 99 $extra "$bin" --gtest_filter="$filter" >"$log" 2>&1
+      r=$?
+    else
+      echo "not run: the bound of ${secs} s was spent" >"$log"
+      r=124
+    fi
+    { echo "===== compute-sanitizer --tool $tool $(basename "$bin") --gtest_filter=$filter (exit $r)"; cat "$log"; } >>"$logs/sanitize.log"
+    s=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1 | sed 's/^========= //')
+    if [ -n "$s" ] && [[ "; $summary; " != *"; $s; "* ]]; then summary="${summary:+$summary; }$s"; fi
+    cat "$log" >>"$log.all"
+    [ "$rc" -ne 0 ] || rc=$r
+  done
+  local tests
+  tests=$(grep -Eo '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+' "$log.all" | sed -E 's/^\[  ([A-Z]+) +\] ([0-9]+)/\2 \L\1/' |
+    awk '!($2 in n) { order[++k] = $2 } { n[$2] += $1 } END { for (i = 1; i <= k; ++i) printf "%s%d %s", (i > 1 ? ", " : ""), n[order[i]], order[i] }')
+  note "| $tool | $names \`$filter\` | ${secs} s | ${summary:-no summary$([ $rc -eq 124 ] && echo ': stopped at its bound')} | ${tests:-?} | $rc |"
+  rm -f "$log" "$log.all"
   [ "$rc" -eq 0 ]
 }
 
@@ -153,18 +172,20 @@ stage_sanitize() {
     note "**compute-sanitizer**: not on PATH"
     return 1
   }
-  note "**compute-sanitizer** (each run under its own bound; small shapes):"
+  note "**compute-sanitizer** (each line's runs under one bound, one process per binary; small shapes):"
   note ""
-  note "| tool | binary, tests | bound | summary | gtest | exit |"
+  note "| tool | binaries, tests | bound | summary | gtest | exit |"
   note "| --- | --- | --- | --- | --- | --- |"
-  local kt="$build/tests/test_cuda_kernels" pt="$build/tests/test_cuda_parity" ft="$build/tests/test_cuda_fused" ok=0
+  local t="$build/tests" ok=0
+  local kernels=("$t/test_cuda_kernels_layers" "$t/test_cuda_kernels_loss" "$t/test_cuda_kernels_optimize")
+  local fused="$t/test_cuda_fused_device" parity=("$t/test_cuda_parity_backend" "$t/test_cuda_parity_optimize")
   : >"$logs/sanitize.log"
-  sanitize_one memcheck 18 "$kt" 'Cuda*' || ok=1
-  sanitize_one memcheck 13 "$ft" 'FusedKernel.*:FusedChunk.SizesThatDoNotDivideTheTileMatchCpu' || ok=1
-  sanitize_one memcheck 13 "$pt" 'CudaBackendParity.Predict:BothPaths/CudaOptimizeParity.ChunkWithoutEarlyStop/*' || ok=1
+  sanitize_one memcheck 18 'Cuda*' '' "${kernels[@]}" || ok=1
+  sanitize_one memcheck 13 'FusedKernel.*:FusedChunk.SizesThatDoNotDivideTheTileMatchCpu' '' "$fused" || ok=1
+  sanitize_one memcheck 13 'CudaBackendParity.Predict:BothPaths/CudaOptimizeParity.ChunkWithoutEarlyStop/*' '' "${parity[@]}" || ok=1
   # racecheck is slow on shared-memory-heavy kernels: the fused kernel on 37 entries for 3 steps (every phase,
   # tiles of 8 with a partial last tile), and the smem kernels of the layer path on their test shapes.
-  sanitize_one racecheck 28 "$ft" 'FusedKernel.WritesEveryResultNothingPastTheEndAndLeavesStoppedEntriesAlone' '--racecheck-report analysis' || ok=1
-  sanitize_one racecheck 14 "$kt" 'CudaKernels.BiasGrad:CudaKernels.CompactActive:CudaKernels.InputStep:CudaLossKernels.*' '--racecheck-report analysis' || ok=1
+  sanitize_one racecheck 28 'FusedKernel.WritesEveryResultNothingPastTheEndAndLeavesStoppedEntriesAlone' '--racecheck-report analysis' "$fused" || ok=1
+  sanitize_one racecheck 14 'CudaKernels.BiasGrad:CudaKernels.CompactActive:CudaKernels.InputStep:CudaLossKernels.*' '--racecheck-report analysis' "${kernels[@]}" || ok=1
   return $ok
 }
