@@ -5,7 +5,8 @@
  * Layout:    four float32 vectors of n elements.
  * Threads:   one thread per parameter, grid-stride.
  * Precond.:  none beyond n elements in each buffer; the buffers do not alias.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.AdamUpdate, and CudaBackendParity.TrainSteps end to end.
+ * Checked by tests/test_cuda_kernels_layers.cpp: CudaKernels.AdamUpdate, and tests/test_cuda_parity_training.cpp:
+ *            CudaBackendParity.TrainSteps end to end.
  *
  * Cost: ~12 flops + sqrt + 2 divisions per parameter; 28 bytes moved (read w, g, m, v; write w, m, v). The reference
  * model has 54k parameters: 1.5 MB, a few microseconds, i.e. launch bound.

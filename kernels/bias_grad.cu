@@ -6,7 +6,7 @@
  *            Double accumulation makes the GPU's rounding error negligible next to the CPU twin's float sums, and the
  *            fixed reduction order makes it deterministic (no atomics).
  * Precond.:  N >= 0, C, P > 0.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.BiasGrad (and the network parameter-gradient tests).
+ * Checked by tests/test_cuda_kernels_layers.cpp: CudaKernels.BiasGrad (and the network parameter-gradient tests).
  *
  * Cost: N*C*P adds, 4*N*C*P bytes read. Only training calls it, on batches of 32..1024: conv1 of the reference model
  * at batch 32 reads 2 MB, a few microseconds; the launch dominates.

@@ -8,7 +8,7 @@
  * Threads:   one thread per element, grid-stride loop over size_t indices (N*C*P may exceed 2^31).
  * Precond.:  N, C, P >= 0; buffers hold N*C*P floats; x == y allowed.
  * Semantics: ReLU as the CPU twin writes it, x > 0 ? x : 0 (NaN -> 0, -0 -> +0), not fmaxf.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.BiasAddAndRelu, CudaKernels.ReluBackward.
+ * Checked by tests/test_cuda_kernels_layers.cpp: CudaKernels.BiasAddAndRelu, CudaKernels.ReluBackward.
  *
  * Cost: 1 FLOP per element (2 with the bias); minimum bytes 8 per element (read + write; the bias stays in L1/L2),
  * 12 for relu_backward (y, dy, dx). Pure bandwidth: on an H100 (~3 TB/s) the reference model's conv1 output for 10k

@@ -4,7 +4,7 @@
  *            elements with a ballot and popc, warp 0 scans the 32 warp totals, and each kept element goes to
  *            base + warp offset + rank. One block keeps it simple and deterministic and needs no temporary storage.
  * Precond.:  count >= 0; out does not overlap active.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.CompactActive.
+ * Checked by tests/test_cuda_kernels_optimize.cpp: CudaKernels.CompactActive.
  *
  * Cost: no flops; 5 bytes read and <= 4 written per element. Being one block it is latency bound: ~count/1024
  * tiles at ~1 us each, ~100 us for 100k entries, next to a ~10+ ms optimize step at that size. Runs once per step

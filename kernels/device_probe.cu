@@ -2,7 +2,7 @@
  * this binary's device code for the current device. A device the compiled architectures (sm_90 SASS + compute_90
  * PTX by default) do not cover fails here with cudaErrorNoKernelImageForDevice instead of at the first real launch;
  * a driver too old for the embedded PTX fails with cudaErrorUnsupportedPtxVersion.
- * Checked by tests/test_cuda_parity.cpp: CudaAvailability.* via cuda_device_usable().
+ * Checked by tests/test_cuda_parity_backend.cpp: CudaAvailability.* via cuda_device_usable().
  */
 #include "device_probe.cuh"
 

@@ -4,7 +4,7 @@
  * Threads:   one thread per destination element, grid-stride over size_t indices; consecutive threads copy
  *            consecutive pixels of a row, so both sides are coalesced.
  * Precond.:  every rows[i] indexes a row of src; dst does not overlap src.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.GatherRows.
+ * Checked by tests/test_cuda_kernels_optimize.cpp: CudaKernels.GatherRows.
  *
  * Cost: no flops; 8 bytes per element (+4 per row for the index). 100k MNIST rows: 627 MB, ~0.2 ms on an H100.
  * Only runs once some entries have stopped; while all are active the chunk feeds its iterates to the network as is.

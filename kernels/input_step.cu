@@ -12,7 +12,7 @@
  * Precond.:  entries in `entry` are distinct; m and v non-null for Adam; eps non-null unless norm is None.
  * Numerics:  the GPU contracts multiply-adds into FMAs and its powf differs from glibc's by an ulp or so, so the
  *            result matches the twin to a few ulps, not bit for bit.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.InputStep (every optimizer x norm, with skipped rows).
+ * Checked by tests/test_cuda_kernels_optimize.cpp: CudaKernels.InputStep (every optimizer x norm, with skipped rows).
  *
  * Cost per pixel: Adam ~15 flops + a sqrt and a division; bytes: Adam reads g, x, x0, m, v and writes x, m, v
  * (32 B/pixel), SGD/Sign 16 B/pixel (+8 B for the L2 second pass, mostly from L1/L2). 100k MNIST rows with Adam move

@@ -9,7 +9,7 @@
  * Layout:    NCHW float32, argmax int32 [N,C,Ho,Wo].
  * Threads:   forward one thread per output element, backward one per input element; grid-stride, size_t indices.
  * Precond.:  p >= 1, H >= p, W >= p.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.MaxPool* (random data, odd sizes, deliberate ties).
+ * Checked by tests/test_cuda_kernels_layers.cpp: CudaKernels.MaxPool* (random data, odd sizes, deliberate ties).
  *
  * Cost: forward p*p compares per output, reads 4*N*C*H*W bytes, writes 8 per output (value + index): for p = 2,
  * 1.5x the input's bytes in total. Backward reads 8 per output and writes 4 per input. Both are bandwidth bound

@@ -7,7 +7,8 @@
  * Precond.:  n >= 0, D > 0.
  * entry_start_images_cuda: the same per optimize-chunk entry, image (first_row + i / epr) / rps, or a gray fill;
  * an optimize chunk's x0 then needs no upload (3 KB per MNIST entry, the largest input a chunk has).
- * Checked by tests/test_cuda_kernels.cpp: CudaKernels.NoiseBitIdentical, CudaKernels.EntryStartImagesBitIdentical.
+ * Checked by tests/test_cuda_kernels_optimize.cpp: CudaKernels.NoiseBitIdentical,
+ *            CudaKernels.EntryStartImagesBitIdentical.
  *
  * Cost: Philox-10 is ~10 x (2 mul.hi + 2 mul + 4 xor/add) ~ 120 integer ops per 4 pixels, 4 bytes written per
  * pixel. 10k MNIST images = 7.8M pixels: ~0.25 G int ops and 31 MB, well under 0.1 ms on an H100.

@@ -11,7 +11,7 @@
  * Threads:   one warp per row, 8 rows per 256-thread block. Lane 0 decides (K is small), the decision is broadcast with
  *            a shuffle, and the whole warp copies the D pixels of an improved iterate (coalesced).
  * Precond.:  entries in `entry` are distinct (each entry's state is written by one warp only).
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.OptimizeTrack.
+ * Checked by tests/test_cuda_kernels_optimize.cpp: CudaLossKernels.OptimizeTrack.
  *
  * Cost: ~10 flops per class per row; bytes ~ 4K read per row plus 4(D + K) written per improved row. Before any
  * success nearly every row improves (the loss keeps falling), so the copy dominates: 100k rows x 3 KB = 300 MB,

@@ -3,8 +3,8 @@
  * Layout:    probs row-major float32 [rows, K]; out indexed by entry (or by row when entry is null).
  * Threads:   one thread per row, grid-stride; K is small (10), so a row's loop is short and rows are independent.
  * Precond.:  rows >= 0, K >= 1; entry[r] distinct and within out.
- * Checked by tests/test_cuda_kernels.cpp: CudaKernels.RowArgmax; and through the layer-by-layer chunk's start
- *            classes by tests/test_cuda_parity.cpp (CudaOptimizeParity.*StartClass*).
+ * Checked by tests/test_cuda_kernels_optimize.cpp: CudaKernels.RowArgmax; and through the layer-by-layer chunk's
+ *            start classes by tests/test_cuda_parity_optimize.cpp (CudaOptimizeParity.*StartClass*).
  *
  * Cost: K loads and compares per row, 4K + 8 bytes per row: 100k rows, 4 MB, a few microseconds; once per chunk.
  */

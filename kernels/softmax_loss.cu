@@ -12,7 +12,7 @@
  * Layout:    logits/probs/dlogits row-major [rows, K]; targets indexed by entry (see SoftmaxLossParams::entry).
  * Threads:   one thread per row; K is small (10), so a row's work is a few dozen double ops and no cooperation pays.
  * Precond.:  K >= 2; target_class in [0, K) for OneHot/Untargeted rows.
- * Checked by tests/test_cuda_parity.cpp: CudaKernels.SoftmaxLoss* and CudaKernels.Softmax.
+ * Checked by tests/test_cuda_kernels_loss.cpp: CudaLossKernels.SoftmaxLoss* and CudaLossKernels.Softmax.
  *
  * Cost per row ~ 3K double exp/log + 10K flops; bytes 4*K read, 8*K + 8 written (+4*K of target). At 100k rows of
  * K = 10: ~12 MB, about 10 us of bandwidth; the double transcendentals (~3M) are of the same order on an H100.

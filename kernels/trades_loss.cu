@@ -7,9 +7,9 @@
  * Precond.:  K >= 2; labels in [0, K).
  * Numerics:  log-sum-exp and all sums in double, gradients rounded to float once; the device's double exp/log are
  *            within an ulp or two of glibc's, so the CPU twin agrees to float rounding.
- * Checked by tests/test_cuda_kernels.cpp (CudaKernels.TradesLossMatchesCpu); the shared maths against central
+ * Checked by tests/test_cuda_kernels_loss.cpp (CudaKernels.TradesLossMatchesCpu); the shared maths against central
  *            differences in tests/test_adversarial_training.cpp; the backend's step that calls it in
- *            tests/test_cuda_parity.cpp (CudaBackendParity.TrainStepTrades).
+ *            tests/test_cuda_parity_training.cpp (CudaBackendParity.TrainStepTrades).
  * Cost:      per example ~4K double transcendentals and 16K bytes moved at K = 10: a training batch of a few hundred
  *            examples is a few microseconds, launch-bound.
  */

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -17,6 +16,7 @@
 #include "cpu_backend.h"
 #include "dataset.h"
 #include "delegating_backend.h"
+#include "mnist.h"
 #include "model.h"
 #include "optimize_engine.h"
 #include "start_images.h"
@@ -27,20 +27,8 @@
 namespace nudge {
 namespace {
 
-namespace fs = std::filesystem;
-
-const std::string kMnist = NUDGE_SOURCE_DIR "/data/mnist";
+const std::string kMnist = testing_support::mnist_dir();
 const std::string kModel = NUDGE_SOURCE_DIR "/data/models/mnist_cnn.safetensors";
-
-bool have_mnist() {
-  for (const char* f : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                        "t10k-labels-idx1-ubyte"})
-    if (!fs::exists(kMnist + "/" + f)) return false;
-  return true;
-}
-
-#define REQUIRE_MNIST() \
-  if (!have_mnist()) GTEST_SKIP() << "MNIST not fetched: run data/fetch_mnist.sh"
 
 // TRADES' loss computed directly from its definition in long double: an oracle independent of the closed-form
 // gradient in optimize_math.h.

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <numeric>
 #include <random>
 #include <string>
@@ -18,20 +17,15 @@
 #include "dataset.h"
 #include "delegating_backend.h"
 #include "errors.h"
+#include "mnist.h"
 #include "model.h"
 #include "robustness.h"
 
 namespace nudge {
 namespace {
 
-namespace fs = std::filesystem;
-
-const std::string kMnist = NUDGE_SOURCE_DIR "/data/mnist";
+const std::string kMnist = testing_support::mnist_dir();
 const std::string kModel = NUDGE_SOURCE_DIR "/data/models/mnist_cnn.safetensors";
-
-bool have_mnist() { return fs::exists(kMnist + "/t10k-images-idx3-ubyte") && fs::exists(kMnist + "/t10k-labels-idx1-ubyte"); }
-#define REQUIRE_MNIST() \
-  if (!have_mnist()) GTEST_SKIP() << "MNIST not fetched: run data/fetch_mnist.sh"
 
 TEST(Apgd, CheckpointsFollowThePapersFormula) {
   for (int N : {100, 1000, 250}) {

@@ -21,6 +21,7 @@
 #include "atomic_file.h"
 #include "cli_sandbox.h"
 #include "image_io.h"
+#include "mnist.h"
 #include "model.h"
 
 namespace nudge {
@@ -29,19 +30,9 @@ namespace {
 namespace fs = std::filesystem;
 
 const std::string kModel = std::string(NUDGE_SOURCE_DIR) + "/data/models/mnist_cnn.safetensors";
-const std::string kMnist = std::string(NUDGE_SOURCE_DIR) + "/data/mnist";
+const std::string kMnist = testing_support::mnist_dir();
 // A tiny architecture for the training run: the test checks the file, not the accuracy.
 const char* kTinyArch = "1x28x28:conv4k3,relu,pool2,flatten,dense10";
-
-bool have_mnist() {
-  for (const char* f : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                        "t10k-labels-idx1-ubyte"})
-    if (!fs::exists(kMnist + "/" + f)) return false;
-  return true;
-}
-
-#define REQUIRE_MNIST() \
-  if (!have_mnist()) GTEST_SKIP() << "MNIST not fetched: run data/fetch_mnist.sh"
 
 using testing_support::RunOutput;
 using testing_support::slurp;

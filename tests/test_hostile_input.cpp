@@ -27,6 +27,7 @@
 #include "cli_sandbox.h"
 #include "errors.h"
 #include "image_io.h"
+#include "mnist.h"
 #include "model.h"
 #include "optimize_job.h"
 #include "optimize_report.h"
@@ -43,11 +44,7 @@ using testing_support::RunOutput;
 using testing_support::slurp;
 
 const std::string kModel = std::string(NUDGE_SOURCE_DIR) + "/data/models/mnist_cnn.safetensors";
-const std::string kMnist = std::string(NUDGE_SOURCE_DIR) + "/data/mnist";
-
-bool have_mnist() { return fs::exists(kMnist + "/t10k-images-idx3-ubyte") && fs::exists(kMnist + "/train-images-idx3-ubyte"); }
-#define REQUIRE_MNIST() \
-  if (!have_mnist()) GTEST_SKIP() << "MNIST not fetched: run data/fetch_mnist.sh"
+const std::string kMnist = testing_support::mnist_dir();
 
 class Sandbox : public testing_support::CliSandbox {
  public:

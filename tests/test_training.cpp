@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -22,6 +21,7 @@
 #include "errors.h"
 #include "evaluate.h"
 #include "optimize_math.h"
+#include "mnist.h"
 #include "model.h"
 #include "reference_math.h"
 #include "safetensors.h"
@@ -31,16 +31,9 @@
 namespace nudge {
 namespace {
 
-namespace fs = std::filesystem;
+using testing_support::have_mnist;
 
-const std::string kMnistDir = NUDGE_SOURCE_DIR "/data/mnist";
-
-bool have_mnist() {
-  for (const char* f : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                        "t10k-labels-idx1-ubyte"})
-    if (!fs::exists(kMnistDir + "/" + f)) return false;
-  return true;
-}
+const std::string kMnistDir = testing_support::mnist_dir();
 
 // Bit-for-bit equality of two models' parameters (so -0.0 vs 0.0 or a NaN payload would show).
 void expect_same_params(const Model& a, const Model& b, const std::string& what) {

@@ -30,9 +30,9 @@
 // (summed in double) exceeds eps; then every pixel is clamped to [0, 1], which cannot leave the ball (it only
 // shrinks |x - x0| per pixel).
 //
-// Checked by tests/test_gradients.cpp (losses against finite differences), tests/test_attacks.cpp,
-// tests/test_adversarial_training.cpp (TRADES in double) and, through the kernels, tests/test_cuda_kernels.cpp and
-// tests/test_cuda_fused.cpp.
+// Checked by tests/test_losses.cpp (losses against finite differences), tests/test_input_step.cpp (pixel updates and
+// projections), tests/test_attacks.cpp, tests/test_adversarial_training.cpp (TRADES in double) and, through the
+// kernels, tests/test_cuda_kernels_loss.cpp, tests/test_cuda_kernels_optimize.cpp and tests/test_cuda_fused_*.cpp.
 #pragma once
 #include <math.h>
 

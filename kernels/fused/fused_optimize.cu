@@ -22,9 +22,9 @@
  *           the CPU twins operation by operation (double exp/log/sum). Pool ties go to the first in row-major
  *           order. Deterministic: an entry's results do not depend on its tile-mates, the tile size, the grid or
  *           the steps per launch (every image's arithmetic runs the same instruction sequence).
- * Checked by tests/test_cuda_fused.cpp: against the CPU backend (on a GPU, and on the host through
- * fused_optimize_emulate, which runs this very block code), thread-order and tile-size invariance, poisoned and
- * guarded outputs, frozen early-stopped entries.
+ * Checked by tests/test_cuda_fused_device.cpp and tests/test_cuda_fused_emulation.cpp: against the CPU backend (on a
+ * GPU, and on the host through fused_optimize_emulate, which runs this very block code), thread-order and tile-size
+ * invariance, poisoned and guarded outputs, frozen early-stopped entries.
  *
  * Files: block.cuh (the executors that run the block code on the device and on the host, see there why), layout.cuh
  * (shapes, packed weights, shared memory, thread mapping), forward.cuh, loss_goal.cuh, backward.cuh, update.cuh (the

@@ -1,5 +1,6 @@
 // Helpers for the CUDA test suites (tests/test_cuda_*.cpp): guarded device buffers, element-wise comparison with
-// error reports, a per-run seed, and the skip logic. Header-only; everything CUDA is inside NUDGE_HAVE_CUDA.
+// error reports, float's unit roundoff, a per-run seed, and the skip logic. Header-only; everything CUDA is inside
+// NUDGE_HAVE_CUDA.
 //
 // Skips: every GPU test that cannot run says why through NUDGE_GPU_SKIP, never through GTEST_SKIP directly. With
 // NUDGE_REQUIRE_GPU=1 (tools/gpu_check.sh sets it on the card) such a skip is a failure instead, so a GPU run that
@@ -58,6 +59,8 @@ inline bool gpu_required() {
 struct Tolerance {
   double atol = 0, rtol = 0;
 };
+
+constexpr double kUlp = 1.0 / (1 << 24);  // unit roundoff of float (round to nearest)
 
 // |gpu - ref| <= atol_i + rtol |ref| element-wise (atol_i = per_atol[i] when given, else tol.atol). NaN in gpu where
 // ref is not NaN fails, so poisoned (never written) elements fail. On failure the message gives the count, max
