@@ -75,9 +75,11 @@ struct FixedJob {
   }
 };
 
-ChunkResult run_job(Backend& b, const FixedJob& j) {
+// `path`, when given, receives the implementation the chunk ran (OptimizeChunk::path).
+ChunkResult run_job(Backend& b, const FixedJob& j, std::string* path = nullptr) {
   b.load_model(j.model);
   auto chunk = b.begin_optimize(j.input(), j.cfg);
+  if (path) *path = chunk->path();
   for (int s = 0; s < j.steps && chunk->active_count() > 0; ++s) chunk->step();
   return chunk->finish();
 }
@@ -177,10 +179,10 @@ TEST(OptimizeFixture, HasClearSuccessesAndFailures) {
 // unchecked). Each test also checks that the path it asked for is the one that ran.
 class CudaOptimizeParity : public CudaBackendParity, public ::testing::WithParamInterface<OptimizePath> {
  protected:
-  void SetUp() override {
-    CudaBackendParity::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    gpu_->set_optimize_path(GetParam());
+  // The job on the path under test (StepConfig::path).
+  FixedJob on_path(FixedJob j) const {
+    j.cfg.path = GetParam();
+    return j;
   }
   std::string path_name() const { return GetParam() == OptimizePath::Fused ? "fused" : "layers"; }
 };
@@ -190,9 +192,10 @@ std::string path_param_name(const ::testing::TestParamInfo<OptimizePath>& info) 
 }
 
 TEST_P(CudaOptimizeParity, ChunkSameSuccessSet) {
-  const FixedJob& j = fixed_job();
-  const ChunkResult rc = run_job(*cpu_, j), rg = run_job(*gpu_, j);
-  EXPECT_EQ(gpu_->optimize_path_used(), path_name());
+  const FixedJob j = on_path(fixed_job());
+  std::string ran;
+  const ChunkResult rc = run_job(*cpu_, j), rg = run_job(*gpu_, j, &ran);
+  EXPECT_EQ(ran, path_name());
   ASSERT_EQ(rg.success_step.size(), rc.success_step.size());
   int moved = 0;
   double worst_prob = 0;
@@ -218,13 +221,14 @@ TEST_P(CudaOptimizeParity, ChunkSameSuccessSet) {
 
 // Without early stopping every entry takes the whole budget, and no step synchronizes with the host.
 TEST_P(CudaOptimizeParity, ChunkWithoutEarlyStop) {
-  FixedJob j = fixed_job();  // a copy
+  FixedJob j = on_path(fixed_job());
   j.cfg.early_stop = false;
   j.cfg.norm = Norm::L2;
   for (float& e : j.eps) e *= 10.0f;
   j.steps = 10;
-  const ChunkResult rc = run_job(*cpu_, j), rg = run_job(*gpu_, j);
-  EXPECT_EQ(gpu_->optimize_path_used(), path_name());
+  std::string ran;
+  const ChunkResult rc = run_job(*cpu_, j), rg = run_job(*gpu_, j, &ran);
+  EXPECT_EQ(ran, path_name());
   EXPECT_TRUE(all_equal("updates", rg.updates, rc.updates));
   for (int i = 0; i < j.n; ++i) {
     EXPECT_EQ(rg.updates[i], j.steps) << "entry " << i;
@@ -241,15 +245,15 @@ TEST_P(CudaOptimizeParity, ChunkWithoutEarlyStop) {
 // where the CPU's top two probabilities are within 1e-4, the probabilities' tolerance). With random starts (init)
 // the first iterate is not the start image and nothing is reported.
 TEST_P(CudaOptimizeParity, ChunkReportsStartClasses) {
-  const FixedJob& j = fixed_job();
+  const FixedJob j = on_path(fixed_job());
   gpu_->load_model(j.model);
   cpu_->load_model(j.model);
   std::vector<float> probs(static_cast<size_t>(j.n) * K_);
   cpu_->predict(j.start.data(), j.n, probs.data());
   auto chunk = gpu_->begin_optimize(j.input(), j.cfg);
+  EXPECT_EQ(chunk->path(), path_name());
   for (int s = 0; s < 3; ++s) chunk->step();
   const ChunkResult r = chunk->finish();
-  EXPECT_EQ(gpu_->optimize_path_used(), path_name());
   ASSERT_EQ(r.start_class.size(), static_cast<size_t>(j.n));
   int compared = 0;
   for (int i = 0; i < j.n; ++i) {
@@ -294,13 +298,13 @@ TEST_P(CudaOptimizeParity, EngineWithOverlappingChunksMatchesOneChunk) {
   job.step.stop_prob = 0.9f;
   const StartImages starts(job, nullptr, 28, 28);
   const OptimizePath path = GetParam();
+  job.step.path = path;
   {
     Rows small, whole;
     job.chunk = 48;  // 9 chunks
-    run_optimize(*gpu_, model_, job, starts, small, false);
+    EXPECT_EQ(run_optimize(*gpu_, model_, job, starts, small, false).path, path_name());
     job.chunk = 400;
-    run_optimize(*gpu_, model_, job, starts, whole, false);
-    EXPECT_EQ(gpu_->optimize_path_used(), path_name());
+    EXPECT_EQ(run_optimize(*gpu_, model_, job, starts, whole, false).path, path_name());
     ASSERT_EQ(small.index.size(), 400u);
     ASSERT_EQ(whole.index.size(), 400u);
     for (size_t i = 0; i < small.index.size(); ++i) ASSERT_EQ(small.index[i], static_cast<long>(i));

@@ -105,6 +105,7 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
     if (!f->target_dist.empty()) job.target_dist = parse_float_list(f->target_dist, "--target-dist");
     job.step.loss = parse_loss(f->loss);
     job.step.optimizer = parse_optimizer(f->optimizer);
+    job.step.path = parse_optimize_path(*path);
     if (!f->norm.empty()) job.step.norm = parse_norm(f->norm);
     if (!f->eps.empty()) job.eps = parse_float_list(f->eps, "--eps");
     if (!f->indices.empty() && !f->range.empty()) throw InputError("give --indices or --range, not both");
@@ -142,7 +143,6 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
     run.judge = *judge;
     run.data = o->data;
     run.device = o->device;
-    run.path = *path;
     run.out = o->out;
     run.spec = job_to_json(*f, job, run.models.front());
     run.quiet = cmd->count("--quiet") > 0;

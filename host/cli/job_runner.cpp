@@ -70,15 +70,15 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
 
   // The output folder is checked before any backend is made, so that a bad --out is the one message printed; the
   // folders made for it are removed again if the job fails before its results are written (they are then empty).
-  const OptimizePath path = parse_optimize_path(run.path);
   CreatedFolders made(ensure_output_dir(run.out));
   std::vector<std::unique_ptr<Backend>> backends;
   for (const Model& m : models) {
     backends.push_back(make_backend(run.device));
     backends.back()->load_model(m);
-    backends.back()->set_optimize_path(path);
+    const std::string refusal = backends.back()->path_refusal(job.step.path);
+    if (!refusal.empty()) throw InputError(refusal);
   }
-  if (path == OptimizePath::Fused && (job.reg.any() || models.size() > 1))
+  if (job.step.path == OptimizePath::Fused && (job.reg.any() || models.size() > 1))
     throw InputError("--path fused runs plain jobs only: priors and ensembles use the host-regularised path");
   std::unique_ptr<Backend> judge;
   if (judge_model) {

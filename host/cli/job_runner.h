@@ -16,7 +16,6 @@ struct JobRun {
   std::vector<std::string> models;  // the first is the primary model; the others form the ensemble
   std::string judge;                // optional: scores the results, never used in the optimization
   std::string data, device, out;
-  std::string path = "auto";        // --path auto|fused|layers
   nlohmann::json spec;              // the job as the user stated it, for summary.json
   bool quiet = false;
 };

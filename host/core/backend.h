@@ -14,8 +14,6 @@
 
 namespace nudge {
 
-enum class OptimizePath { Auto, Fused, Layers };
-OptimizePath parse_optimize_path(const std::string& s);  // "auto" | "fused" | "layers"; InputError otherwise
 
 struct AdamConfig {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-7f;
@@ -71,6 +69,8 @@ struct ChunkResult {
 class OptimizeChunk {
  public:
   virtual ~OptimizeChunk() = default;
+  // The implementation this chunk runs: "layers" or "fused" (for reports).
+  virtual std::string path() const { return "layers"; }
   // One step per call: evaluate each active entry's current iterate (goal, best-iterate bookkeeping, early stop),
   // then, for entries still active, a gradient step and projection. Entries that stopped cost nothing further.
   virtual void step() = 0;
@@ -118,14 +118,11 @@ class Backend {
 
   virtual std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) = 0;
 
-  // Which implementation begin_optimize uses where a backend has more than one. Auto: the fastest that supports the
-  // model (CUDA: the fused kernel for the reference architecture, else layer by layer). Fused: that kernel or an
-  // InputError saying why not. Layers: the layer-by-layer network.
-  virtual void set_optimize_path(OptimizePath path) {
-    if (path == OptimizePath::Fused) throw InputError("--path fused needs the CUDA backend (this is " + name() + ")");
+  // Why this backend cannot run optimize chunks on `path` for the loaded model ("" when it can): job validation
+  // asks before any compute, and begin_optimize(in, cfg) may then assume cfg.path is runnable.
+  virtual std::string path_refusal(OptimizePath path) const {
+    return path == OptimizePath::Fused ? "--path fused needs the CUDA backend (this is " + name() + ")" : "";
   }
-  // Names the implementation the last begin_optimize used ("layers", "fused"), for reports.
-  virtual std::string optimize_path_used() const { return "layers"; }
 
   // The largest chunk this backend wants at once (memory and cache bound).
   virtual int preferred_chunk() const = 0;

@@ -13,6 +13,11 @@ enum class Norm : int32_t { None = 0, Linf = 1, L2 = 2 };
 // Untargeted: any class but `target_class` (the true label).
 enum class TargetKind : int32_t { OneHot = 0, Soft = 1, Untargeted = 2 };
 
+// Which implementation of an optimize chunk runs where a backend has more than one. Auto: the fastest that supports
+// the model (CUDA: the fused kernel for the reference architecture, else layer by layer). Fused: that kernel (a job
+// asking for it where it cannot run is refused before any compute). Layers: the layer-by-layer network.
+enum class OptimizePath : int32_t { Auto = 0, Fused = 1, Layers = 2 };
+
 // Settings shared by every entry of a job.
 struct StepConfig {
   LossKind loss = LossKind::CrossEntropy;
@@ -26,11 +31,13 @@ struct StepConfig {
   float stop_prob = 0.0f;
   float stop_kl = 1e-3f;
   Norm norm = Norm::None;
+  OptimizePath path = OptimizePath::Auto;
 };
 
 LossKind parse_loss(const std::string& s);             // "ce" | "kl" | "cw"; InputError otherwise
 InputOptimizer parse_optimizer(const std::string& s);  // "adam" | "sgd" | "sign"
 Norm parse_norm(const std::string& s);                 // "linf" | "l2"
+OptimizePath parse_optimize_path(const std::string& s);  // "auto" | "fused" | "layers"
 const char* to_string(LossKind k);
 const char* to_string(InputOptimizer o);
 const char* to_string(Norm n);

@@ -79,7 +79,7 @@ class CudaBackend : public Backend {
   // Queued work may read the buffers about to be freed. (A chunk from begin_optimize must not outlive its backend.)
   ~CudaBackend() override { cudaStreamSynchronize(ctx_->stream()); }
 
-  // The optimize path that ran is reported separately (optimize_path_used), since it can differ per job.
+  // The optimize path that ran is reported by each chunk (OptimizeChunk::path), since it can differ per job.
   std::string name() const override { return "cuda (" + ctx_->description() + ")"; }
   bool is_gpu() const override { return true; }
 
@@ -312,30 +312,26 @@ class CudaBackend : public Backend {
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
     require_model("begin_optimize");
     assert_classes(in.target_class, in.target_kind, in.n, arch_.num_classes(), "optimize");
-    if (path_ != OptimizePath::Layers) {
-      std::string why;
-      const bool fits = fused_path_supports(arch_) && fused_device_supports(*ctx_, &why);
-      if (!fits && path_ == OptimizePath::Fused)
-        throw InputError("--path fused: " + (why.empty() ? "the fused kernel is specialised for the reference architecture " +
-                                                               std::string(Architecture::reference_string())
-                                                         : why));
-      if (fits) {
-        path_used_ = "fused";
-        // Packed once per load_model (or training step), not per chunk; queued on the stream before the chunk's
-        // launches, and after any earlier chunk's, which read the same weights.
-        if (!fused_packed_) {
-          fused_weights_ = pack_fused_weights(*ctx_, param_ptrs());
-          fused_packed_ = true;
-        }
-        return make_fused_optimize_chunk_packed(*ctx_, fused_weights_.get(), in, cfg);
+    if (cfg.path != OptimizePath::Layers && fused_fits(nullptr)) {
+      // Packed once per load_model (or training step), not per chunk; queued on the stream before the chunk's
+      // launches, and after any earlier chunk's, which read the same weights.
+      if (!fused_packed_) {
+        fused_weights_ = pack_fused_weights(*ctx_, param_ptrs());
+        fused_packed_ = true;
       }
+      return make_fused_optimize_chunk_packed(*ctx_, fused_weights_.get(), in, cfg);
     }
-    path_used_ = "layers";
+    if (cfg.path == OptimizePath::Fused) throw InternalError("begin_optimize: --path fused was not refused before");
     return std::make_unique<CudaOptimizeChunk>(*ctx_, arch_, param_ptrs(), in, cfg);
   }
 
-  void set_optimize_path(OptimizePath path) override { path_ = path; }
-  std::string optimize_path_used() const override { return path_used_; }
+  std::string path_refusal(OptimizePath path) const override {
+    std::string why;
+    if (path != OptimizePath::Fused || fused_fits(&why)) return "";
+    return "--path fused: " + (why.empty() ? "the fused kernel is specialised for the reference architecture " +
+                                                 std::string(Architecture::reference_string())
+                                           : why);
+  }
 
   int preferred_chunk() const override {
     size_t free_b = 0, total_b = 0;
@@ -352,8 +348,11 @@ class CudaBackend : public Backend {
   }
 
  private:
-  OptimizePath path_ = OptimizePath::Auto;
-  std::string path_used_ = "layers";
+  // Whether the fused kernel runs the loaded model on this device; `why` (may be null) says what the device lacks.
+  bool fused_fits(std::string* why) const {
+    return fused_path_supports(arch_) && fused_device_supports(*ctx_, why);
+  }
+
   void require_model(const char* what) const {
     if (!loaded_) throw InternalError(std::string("CudaBackend::") + what + " before load_model");
   }

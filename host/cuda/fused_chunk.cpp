@@ -96,6 +96,8 @@ class FusedChunk : public OptimizeChunk {
     return st_.download(ctx_.stream());
   }
 
+  std::string path() const override { return "fused"; }
+
  private:
   void launch(int steps, bool final_eval) {
     if (active_count_ == 0 || (steps == 0 && !final_eval)) return;

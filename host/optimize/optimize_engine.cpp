@@ -129,11 +129,11 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
 
   // Finishes the current chunk and hands its rows to the writer (after the previous chunk's rows).
   auto retire_current = [&] {
+    if (!regularized) stats.path = current->chunk->path();
     ChunkResult res = current->chunk->finish();
     current->chunk.reset();  // its device memory is free from here
     set_start_classes(current->prepared, res);
     ++stats.chunks;
-    if (!regularized) stats.path = backend.optimize_path_used();
     for (int i = 0; i < current->prepared.n; ++i) stats.image_steps += res.updates[i];
     writing.push_back(writer.submit([&, p = std::move(current->prepared), r = std::move(res)]() mutable {
       if (write_failed) return;  // rows after a failed one are not written

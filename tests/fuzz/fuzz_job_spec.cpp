@@ -16,7 +16,6 @@ namespace {
 
 void validate(const nudge::cli::JobRun& run) {
   nudge::validate_job(run.job, 10);
-  nudge::parse_optimize_path(run.path);
   const int label = run.job.init == nudge::InitKind::Test || run.job.init == nudge::InitKind::Train ? 3 : -1;
   for (long source = 0; source < 3; ++source)
     for (const nudge::RowTarget& t : nudge::targets_for(run.job, source, label, 10))

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "chunk_params.h"
 #include "cpu_backend.h"
 #include "optimize_math.h"
 #include "start_images.h"
@@ -101,41 +102,31 @@ ChunkResult run_emulated(const Job& job, const StepConfig& cfg, int steps, const
 
   auto launch = [&](int k, bool final_eval) {
     if (count == 0 || (k == 0 && !final_eval)) return;
-    cuda::FusedParams p;
-    p.weights = packed.data();
+    cuda::ChunkArrays arrays;
+    arrays.x = x.data();
+    arrays.x0 = job.start.data();
+    arrays.m = m.data();
+    arrays.v = v.data();
+    arrays.target_dist = job.dist.data();
+    arrays.target_kind = job.kind.data();
+    arrays.target_class = job.cls.data();
+    arrays.eps = job.eps.data();
+    arrays.steps_done = steps_done.data();
+    arrays.goal_reached = goal.data();
+    arrays.best_loss = best_loss.data();
+    arrays.best_probs = best_probs.data();
+    arrays.best_images = best_images.data();
+    arrays.success_step = success.data();
+    arrays.start_class = opt.start_class ? opt.start_class->data() : nullptr;
+    // The chunks' own parameter builder, so the emulation runs what the GPU chunk would launch.
+    cuda::FusedParams p = cuda::fused_params(arrays, cfg, packed.data());
     p.rows = rows.data();
     p.count = count;
     p.tile = opt.tile;
     p.steps = k;
     p.final_eval = final_eval;
-    p.x = x.data();
-    p.x0 = job.start.data();
-    p.m = m.data();
-    p.v = v.data();
-    p.target_dist = job.dist.data();
-    p.target_kind = job.kind.data();
-    p.target_class = job.cls.data();
-    p.eps = job.eps.data();
-    p.steps_done = steps_done.data();
-    p.goal_reached = goal.data();
-    p.best_loss = best_loss.data();
-    p.best_probs = best_probs.data();
-    p.best_images = best_images.data();
-    p.success_step = success.data();
     const bool compact = cfg.early_stop && k > 0 && !final_eval;
     p.keep = compact ? keep.data() : nullptr;
-    p.start_class = opt.start_class ? opt.start_class->data() : nullptr;
-    p.loss = cfg.loss;
-    p.optimizer = cfg.optimizer;
-    p.norm = cfg.norm;
-    p.lr = cfg.lr;
-    p.beta1 = cfg.beta1;
-    p.beta2 = cfg.beta2;
-    p.adam_eps = cfg.adam_eps;
-    p.kappa = cfg.cw_kappa;
-    p.stop_prob = cfg.stop_prob;
-    p.stop_kl = cfg.stop_kl;
-    p.early_stop = cfg.early_stop;
     cuda::fused_optimize_emulate(p, opt.blocks, opt.reverse_threads);
     if (!compact) return;
     int kept = 0;
