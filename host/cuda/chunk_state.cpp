@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <numeric>
+#include <utility>
 #include <vector>
 
+#include "compact_active.cuh"
 #include "cuda_check.h"
 #include "cuda_context.h"
 #include "staged_upload.h"
@@ -186,6 +188,14 @@ ChunkResult ChunkState::download(cudaStream_t s) const {
   if (start_class.get()) download_into(r.start_class, start_class, N, s);
   CUDA_CHECK(cudaStreamSynchronize(s));
   return r;
+}
+
+int ChunkState::compact_active(CudaContext& ctx, int count, cudaStream_t stream) {
+  compact_active_cuda(active.get(), keep.get(), count, active_next.get(), count_dev.get(), stream);
+  CUDA_CHECK(cudaMemcpyAsync(ctx.readback_slot(), count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+  ctx.synchronize();
+  std::swap(active, active_next);
+  return *ctx.readback_slot();
 }
 
 ChunkArrays ChunkState::arrays() const {

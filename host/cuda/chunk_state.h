@@ -46,6 +46,10 @@ class ChunkState {
   // Queues the copies of the results to the host on `stream` and waits for them.
   ChunkResult download(cudaStream_t stream) const;
 
+  // Drops the first `count` active rows whose keep flag is 0 from the active list (stable) on ctx's stream `stream`
+  // and returns how many remain; waits for the device, since the count sizes the next launch.
+  int compact_active(CudaContext& ctx, int count, cudaStream_t stream);
+
   // The per-entry arrays as the kernels take them (chunk_params.h).
   ChunkArrays arrays() const;
 

@@ -1,7 +1,6 @@
 #include "cuda_optimize_chunk.h"
 
 #include "chunk_params.h"
-#include "compact_active.cuh"
 #include "cuda_check.h"
 #include "cuda_context.h"
 #include "nvtx.h"
@@ -82,13 +81,9 @@ void CudaOptimizeChunk::evaluate_and_update(bool update) {
   input_step_cuda(chunk_input_step_params(arrays, cfg_, st_.active.get(), count, D_, grad_.get(), st_.keep.get()), s);
 
   if (!cfg_.early_stop) return;  // nothing ever stops: the active list stays 0..n-1
-  compact_active_cuda(st_.active.get(), st_.keep.get(), count, st_.active_next.get(), st_.count_dev.get(), s);
-  CUDA_CHECK(
-      cudaMemcpyAsync(ctx_.readback_slot(), st_.count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
-  ctx_.synchronize();
-  std::swap(st_.active, st_.active_next);
-  if (*ctx_.readback_slot() != active_count_) active_is_identity_ = false;
-  active_count_ = *ctx_.readback_slot();
+  const int kept = st_.compact_active(ctx_, count, s);
+  if (kept != active_count_) active_is_identity_ = false;
+  active_count_ = kept;
 }
 
 void CudaOptimizeChunk::step() {

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "chunk_params.h"
-#include "compact_active.cuh"
 #include "chunk_state.h"
 #include "cuda_check.h"
 #include "cuda_context.h"
@@ -116,13 +115,9 @@ class FusedChunk : public OptimizeChunk {
     if (!compact) return;
 
     // rows_ holds the identity until the first entry stops, so it is a valid input list either way.
-    compact_active_cuda(st_.active.get(), st_.keep.get(), active_count_, st_.active_next.get(), st_.count_dev.get(), s);
-    CUDA_CHECK(
-      cudaMemcpyAsync(ctx_.readback_slot(), st_.count_dev.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
-    ctx_.synchronize();
-    std::swap(st_.active, st_.active_next);
-    if (*ctx_.readback_slot() != active_count_) rows_identity_ = false;
-    active_count_ = *ctx_.readback_slot();
+    const int kept = st_.compact_active(ctx_, active_count_, s);
+    if (kept != active_count_) rows_identity_ = false;
+    active_count_ = kept;
   }
 
   CudaContext& ctx_;
