@@ -17,6 +17,7 @@
 #include "model_loading.h"
 #include "optimize_job.h"
 #include "optimize_report.h"
+#include "output_lock.h"
 #include "robustness.h"
 #include "robustness_plot.h"
 #include "start_images.h"
@@ -121,6 +122,7 @@ Runner add_robustness_command(CLI::App& app) {
     if (!f->indices.empty()) pick.indices = parse_index_list(f->indices, "--indices");
     const StartImages points(pick, &data, data.cols, data.rows);
     CreatedFolders made(ensure_output_dir(o->out));
+    const OutputLock lock(o->out, command_line());
     auto backend = make_backend(o->device);
     backend->load_model(model);
     const int H = data.rows, W = data.cols, D = H * W, n = static_cast<int>(points.count());

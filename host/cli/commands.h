@@ -19,6 +19,10 @@ struct CommonOptions {
 
 void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const std::string& out_help);
 
+// The command line as invoked (set once by main), for the output folder's lock: a refused job names the holder's.
+void set_command_line(int argc, char** argv);
+const std::string& command_line();
+
 Runner add_train_command(CLI::App& app);
 Runner add_eval_command(CLI::App& app);
 Runner add_predict_command(CLI::App& app);

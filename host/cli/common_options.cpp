@@ -23,4 +23,19 @@ void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const 
   if (!out_help.empty()) cmd.add_option("--out", o.out, out_help);
 }
 
+namespace {
+std::string& command_line_storage() {
+  static std::string line = "nudge";
+  return line;
+}
+}  // namespace
+
+void set_command_line(int argc, char** argv) {
+  std::string line;
+  for (int i = 0; i < argc; ++i) line += (i ? " " : "") + std::string(argv[i]);
+  command_line_storage() = line;
+}
+
+const std::string& command_line() { return command_line_storage(); }
+
 }  // namespace nudge::cli

@@ -5,11 +5,13 @@
 #include <memory>
 
 #include "backend.h"
+#include "commands.h"
 #include "errors.h"
 #include "make_backend.h"
 #include "model_loading.h"
 #include "optimize_engine.h"
 #include "optimize_report.h"
+#include "output_lock.h"
 
 namespace nudge::cli {
 
@@ -71,6 +73,10 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
   // The output folder is checked before any backend is made, so that a bad --out is the one message printed; the
   // folders made for it are removed again if the job fails before its results are written (they are then empty).
   CreatedFolders made(ensure_output_dir(run.out));
+  const OutputLock lock(run.out, command_line());
+  if (lock.removed_temporaries() > 0 && !run.quiet)
+    std::fprintf(stderr, "nudge: removed %d temporary file%s of an earlier, interrupted job in %s\n",
+                 lock.removed_temporaries(), lock.removed_temporaries() == 1 ? "" : "s", run.out.c_str());
   std::vector<std::unique_ptr<Backend>> backends;
   for (const Model& m : models) {
     backends.push_back(make_backend(run.device));

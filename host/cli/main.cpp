@@ -10,6 +10,7 @@
 int main(int argc, char** argv) {
   using namespace nudge::cli;
   nudge::keep_large_allocations_for_reuse();
+  set_command_line(argc, argv);
   CLI::App app{"nudge: train small image CNNs and optimize their inputs in batches"};
   app.require_subcommand(1);
   std::map<std::string, Runner> runners;

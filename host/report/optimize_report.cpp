@@ -12,6 +12,7 @@
 #include "contact_sheet.h"
 #include "errors.h"
 #include "parallel_errors.h"
+#include "output_lock.h"
 
 namespace nudge {
 
@@ -58,6 +59,9 @@ std::vector<std::string> ensure_output_dir(const std::string& dir) {
 }
 
 CreatedFolders::~CreatedFolders() {
+  // The deepest folder may hold the job's lock file (output_lock.h): it was made for this job, so no other job
+  // depends on that file.
+  if (!folders_.empty()) ::unlink((folders_.back() + "/" + kOutputLockName).c_str());
   for (auto it = folders_.rbegin(); it != folders_.rend(); ++it) ::rmdir(it->c_str());  // fails, harmlessly, if not empty
 }
 

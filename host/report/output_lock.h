@@ -1,0 +1,31 @@
+// One writer per output folder. A job holds an exclusive flock on DIR/.nudge.lock for as long as it may write there;
+// a second job asking for the same folder is refused with an InputError naming the holder (its pid, host, start
+// time and command line). The kernel drops the lock when the holder exits, however it exits, so a killed job never
+// leaves a stale lock. Holding the lock also means every "NAME.tmp.<pid>" file in the folder is a dead job's
+// leftover (AtomicFile's temporaries are the only writers' files): they are removed when the lock is taken.
+#pragma once
+#include <string>
+
+namespace nudge {
+
+class OutputLock {
+ public:
+  // `command` is recorded for the message a refused job prints. Throws InputError when another job holds the folder
+  // and IoError when the lock file cannot be made.
+  OutputLock(const std::string& dir, const std::string& command);
+  ~OutputLock();
+  OutputLock(const OutputLock&) = delete;
+  OutputLock& operator=(const OutputLock&) = delete;
+
+  // How many stale temporary files the constructor removed.
+  int removed_temporaries() const { return removed_; }
+
+ private:
+  int fd_ = -1;
+  int removed_ = 0;
+};
+
+// The name of the lock file inside an output folder.
+constexpr const char* kOutputLockName = ".nudge.lock";
+
+}  // namespace nudge
