@@ -6,9 +6,11 @@
 #include "allocator_policy.h"
 #include "commands.h"
 #include "errors.h"
+#include "interrupt.h"
 
 int main(int argc, char** argv) {
   using namespace nudge::cli;
+  nudge::install_interrupt_handlers();
   nudge::keep_large_allocations_for_reuse();
   set_command_line(argc, argv);
   CLI::App app{"nudge: train small image CNNs and optimize their inputs in batches"};
@@ -39,6 +41,10 @@ int main(int argc, char** argv) {
   }
   try {
     for (CLI::App* sub : app.get_subcommands()) return runners.at(sub->get_name())();
+  } catch (const nudge::Interrupted& e) {
+    std::fprintf(stderr, "nudge: %s; nothing of this run was kept (the output folder holds the previous complete "
+                 "results, if any)\n", e.what());
+    return 128 + e.signal;
   } catch (const nudge::InputError& e) {
     std::fprintf(stderr, "nudge: %s\n", e.what());
     return 2;

@@ -24,6 +24,7 @@
 #include "progress.h"
 #include "regularized_chunk.h"
 #include "serial_worker.h"
+#include "interrupt.h"
 
 namespace nudge {
 
@@ -197,6 +198,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     const long first = current->prepared.first;
     const int n = current->prepared.n;
     for (int s = 0; s < job.steps && chunk.active_count() > 0; ++s) {
+      throw_if_interrupted("the optimize job");
       chunk.step();
       if (progress) {
         char detail[128];
