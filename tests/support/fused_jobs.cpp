@@ -6,10 +6,13 @@
 #include <cstdlib>
 #include <memory>
 
-#include "chunk_params.h"
 #include "cpu_backend.h"
 #include "optimize_math.h"
 #include "start_images.h"
+
+#if NUDGE_HAVE_CUDA
+#include "chunk_params.h"
+#endif
 
 namespace nudge::test {
 
