@@ -541,5 +541,19 @@ TEST(HostileInput, AtomicFileBuffersAMebibyte) {
   EXPECT_EQ(st.st_size, 313600);
 }
 
+// Found by the job_spec fuzzer: a start folder whose name is not UTF-8 made the summary's JSON dump throw, after
+// the whole job had run ("internal error", exit 1, no summary). Such bytes are now written as U+FFFD.
+TEST(HostileInput, NonUtf8FolderNameStillGetsASummary) {
+  Sandbox box;
+  const std::string dir = box.path("gau\xd5\xd5s");
+  std::filesystem::create_directories(dir);
+  write_png_gray(dir + "/a.png", 28, 28, std::vector<uint8_t>(28 * 28, 100));
+  const RunOutput r = box.run({"optimize", "--model", kModel, "--init", dir, "--target", "3", "--steps", "2", "--quiet",
+                               "--out", "out"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json summary = nlohmann::json::parse(slurp(box.path("out/summary.json")));
+  EXPECT_NE(summary.dump().find("\xef\xbf\xbd"), std::string::npos) << "the bytes replaced by U+FFFD";
+}
+
 }  // namespace
 }  // namespace nudge

@@ -11,6 +11,7 @@
 #include "errors.h"
 #include "make_backend.h"
 #include "model_loading.h"
+#include "json_text.h"
 
 namespace nudge::cli {
 
@@ -52,7 +53,7 @@ Runner add_eval_command(CLI::App& app) {
       if (recipe != model.metadata.end()) j["recipe"] = nlohmann::json::parse(recipe->second, nullptr, false);
       j["seconds"] = r.seconds;
       j["images_per_s"] = ips;
-      std::printf("%s\n", j.dump().c_str());
+      std::printf("%s\n", json_text(j).c_str());
       return 0;
     }
     std::printf("%s on %s split (%d images, %s): accuracy %.2f%% (%d/%d), %.0f images/s\n", o->model.c_str(),

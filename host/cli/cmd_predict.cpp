@@ -13,6 +13,7 @@
 #include "image_io.h"
 #include "make_backend.h"
 #include "model_loading.h"
+#include "json_text.h"
 
 namespace nudge::cli {
 
@@ -72,7 +73,7 @@ Runner add_predict_command(CLI::App& app) {
         j["class"] = cls;
         j["probabilities"] = std::vector<float>(p, p + K);
         if (labels[i] >= 0) j["label"] = labels[i];
-        std::printf("%s\n", j.dump().c_str());
+        std::printf("%s\n", json_text(j).c_str());
       } else {
         std::printf("%s: class %d (%.2f%%)%s\n  ", names[i].c_str(), cls, 100 * p[cls],
                     labels[i] >= 0 ? (", true label " + std::to_string(labels[i])).c_str() : "");

@@ -21,6 +21,7 @@
 #include "robustness.h"
 #include "robustness_plot.h"
 #include "start_images.h"
+#include "json_text.h"
 
 namespace nudge::cli {
 
@@ -190,7 +191,7 @@ Runner add_robustness_command(CLI::App& app) {
     s["robust_accuracy"] = recount;
     s["seconds"] = r.seconds;
     AtomicFile sf(o->out + "/summary.json");
-    sf.write(s.dump(2) + "\n");
+    sf.write(json_text(s, 2) + "\n");
     sf.commit();
     std::vector<double> xs{0.0};
     xs.insert(xs.end(), cfg.eps.begin(), cfg.eps.end());

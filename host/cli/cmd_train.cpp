@@ -16,6 +16,7 @@
 #include "evaluate.h"
 #include "make_backend.h"
 #include "train.h"
+#include "json_text.h"
 
 namespace nudge::cli {
 
@@ -179,7 +180,7 @@ Runner add_train_command(CLI::App& app) {
                                {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" +
                                                    std::to_string(opt.batch) + " lr=" + std::to_string(opt.adam.lr) +
                                                    " seed=" + std::to_string(opt.seed)},
-                               {"nudge.recipe", recipe.dump()}}));
+                               {"nudge.recipe", json_text(recipe)}}));
     nlohmann::json j;
     j["model"] = o->out;
     j["recipe"] = recipe;
@@ -203,7 +204,7 @@ Runner add_train_command(CLI::App& app) {
       }
       j["epochs"].push_back(e);
     }
-    log_file.write(j.dump(2) + "\n");
+    log_file.write(json_text(j, 2) + "\n");
     out.commit();
     log_file.commit();
     std::printf("trained %d epochs in %.1fs; test accuracy %.2f%% (%d/%d); saved %s (log %s)%s\n",

@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "parallel_errors.h"
 #include "output_lock.h"
+#include "json_text.h"
 
 namespace nudge {
 
@@ -264,7 +265,7 @@ nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const Engi
 
   csv_->commit();
   npy_->commit();
-  write_file_atomically(dir_ + "/summary.json", s.dump(2) + "\n");
+  write_file_atomically(dir_ + "/summary.json", json_text(s, 2) + "\n");
   return s;
 }
 

@@ -11,6 +11,7 @@
 #include "errors.h"
 #include "job_runner.h"
 #include "backend.h"
+#include "json_text.h"
 
 namespace {
 
@@ -20,7 +21,7 @@ void validate(const nudge::cli::JobRun& run) {
   for (long source = 0; source < 3; ++source)
     for (const nudge::RowTarget& t : nudge::targets_for(run.job, source, label, 10))
       if (t.kind == nudge::TargetKind::OneHot && (t.cls < 0 || t.cls >= 10)) __builtin_trap();
-  run.spec.dump();
+  nudge::json_text(run.spec);
 }
 
 }  // namespace
