@@ -17,13 +17,14 @@ namespace nudge {
 
 namespace {
 
-// "NAME.tmp.<digits>": a temporary file of AtomicFile (or of an older nudge writing the same way).
-bool is_temporary(const std::string& name) {
+// The pid of "NAME.tmp.<pid>", a temporary file of AtomicFile (or of an older nudge writing the same way), as text;
+// "" for any other name.
+std::string temporary_pid(const std::string& name) {
   const size_t at = name.rfind(".tmp.");
-  if (at == std::string::npos || at == 0 || at + 5 >= name.size()) return false;
+  if (at == std::string::npos || at == 0 || at + 5 >= name.size()) return "";
   for (size_t i = at + 5; i < name.size(); ++i)
-    if (name[i] < '0' || name[i] > '9') return false;
-  return true;
+    if (name[i] < '0' || name[i] > '9') return "";
+  return name.substr(at + 5);
 }
 
 std::string holder_of(int fd) {
@@ -58,14 +59,12 @@ OutputLock::OutputLock(const std::string& dir, const std::string& command) {
     throw IoError("cannot write the lock file " + path + ": " + std::strerror(errno));
 
   // With the lock held no other job writes here, so every temporary file is a dead job's.
-  const std::string mine = ".tmp." + std::to_string(::getpid());
+  const std::string mine = std::to_string(::getpid());
   std::vector<std::string> stale;
   if (DIR* d = ::opendir(dir.c_str())) {
     while (const dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      if (is_temporary(name) && name.compare(name.size() - std::min(name.size(), mine.size()), std::string::npos,
-                                             mine) != 0)
-        stale.push_back(name);
+      const std::string pid = temporary_pid(e->d_name);
+      if (!pid.empty() && pid != mine) stale.push_back(e->d_name);
     }
     ::closedir(d);
   }
