@@ -93,6 +93,9 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
   cmd->add_option("--path", *path, "auto | fused | layers: the GPU implementation (fused: one kernel per step for the reference architecture)")
       ->capture_default_str();
   cmd->add_flag("--quiet", "no progress bar");
+  cmd->add_flag("--resume", "continue the interrupted job in --out from its journal (the same command otherwise)");
+  auto shard = std::make_shared<std::string>();
+  cmd->add_option("--shard", *shard, "K/N: compute part K (0-based) of N of the rows; join the parts with nudge merge");
   return [=]() {
     OptimizeJob job = f->job;
     if (given(*cmd, "--lr")) job.step.lr = parse_finite(f->lr, "--lr");
@@ -146,6 +149,8 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
     run.out = o->out;
     run.spec = job_to_json(*f, job, run.models.front());
     run.quiet = cmd->count("--quiet") > 0;
+    run.resume = cmd->count("--resume") > 0;
+    if (given(*cmd, "--shard")) parse_shard(*shard, &run.shard, &run.shards);
     if (execute)
       execute(run);
     else

@@ -94,6 +94,7 @@ Runner add_visualize_command(CLI::App& app) {
   cmd->add_option("--chunk", f->chunk, "images per chunk (default: the backend's choice)");
   cmd->add_option("--scale", f->scale, "pixels per image pixel in classes.png (default: 3 for K <= 10, 2 up to 30, else 1)");
   cmd->add_flag("--quiet", "no progress bar");
+  cmd->add_flag("--resume", "continue the interrupted job in --out from its journal (the same command otherwise)");
   return [=]() {
     if (f->per_class < 1) throw InputError("--per-class must be at least 1");
     if (f->steps < 1) throw InputError("--steps must be at least 1");
@@ -160,22 +161,24 @@ Runner add_visualize_command(CLI::App& app) {
                 {"early_stop", true},
                 {"seed", job.seed}};
 
-    std::vector<float> images;
-    run_job(run, &images);
-
-    // Image i is aimed at class i mod C: row c of the grid holds images c, c + C, c + 2C, ...
+    run.resume = cmd->count("--resume") > 0;
+    // classes.png is part of the folder's result set: it is staged and committed with the other files.
     const int D = H * W;
-    if (images.size() != static_cast<size_t>(job.count) * D)
-      throw InternalError("visualize: expected " + std::to_string(job.count) + " images, got " +
-                          std::to_string(images.size() / D));
-    std::vector<const float*> cells(static_cast<size_t>(job.count));
-    for (int c = 0; c < C; ++c)
-      for (int k = 0; k < K; ++k)
-        cells[static_cast<size_t>(c) * K + k] = images.data() + (static_cast<size_t>(k) * C + c) * D;
-    std::vector<std::string> labels;
-    for (int c = 0; c < C; ++c) labels.push_back(std::to_string(c));
+    run.extra_files = [=](const std::vector<float>& images, const std::function<std::string(const std::string&)>& stage) {
+      // Image i is aimed at class i mod C: row c of the grid holds images c, c + C, c + 2C, ...
+      if (images.size() != static_cast<size_t>(job.count) * D)
+        throw InternalError("visualize: expected " + std::to_string(job.count) + " images, got " +
+                            std::to_string(images.size() / D));
+      std::vector<const float*> cells(static_cast<size_t>(job.count));
+      for (int c = 0; c < C; ++c)
+        for (int k = 0; k < K; ++k)
+          cells[static_cast<size_t>(c) * K + k] = images.data() + (static_cast<size_t>(k) * C + c) * D;
+      std::vector<std::string> labels;
+      for (int c = 0; c < C; ++c) labels.push_back(std::to_string(c));
+      write_image_grid(stage("classes.png"), cells, W, H, K, scale, labels);
+    };
+    run_job(run, nullptr);
     const std::string grid = (fs::path(run.out) / "classes.png").string();
-    write_image_grid(grid, cells, W, H, K, scale, labels);
     std::printf("classes.png (%d x %d, row c = class c): %s\n", C, K, grid.c_str());
     std::printf("results.csv, summary.json, images.npy, grid.png: %s\n", run.out.c_str());
     return 0;

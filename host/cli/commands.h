@@ -31,5 +31,6 @@ struct JobRun;
 Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> execute = nullptr);
 Runner add_visualize_command(CLI::App& app);
 Runner add_robustness_command(CLI::App& app);
+Runner add_merge_command(CLI::App& app);
 
 }  // namespace nudge::cli

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,10 +19,19 @@ struct JobRun {
   std::string data, device, out;
   nlohmann::json spec;              // the job as the user stated it, for summary.json
   bool quiet = false;
+  bool resume = false;              // continue the folder's journal of this job (job_journal.h)
+  int shard = 0, shards = 1;        // --shard K/N: this run computes part K of N of the rows
+  // Called with every reported image before the results are committed, to stage further files of the set
+  // (visualize's classes.png) through `stage(name)`, which gives the path to write file `name` to.
+  std::function<void(const std::vector<float>& images, const std::function<std::string(const std::string&)>& stage)>
+      extra_files;
 };
 
 // Runs the job; returns the summary. When `images` is non-null it receives every reported image, row-major.
 nlohmann::json run_job(const JobRun& run, std::vector<float>* images);
+
+// --shard K/N as (K, N); InputError naming the flag when malformed.
+void parse_shard(const std::string& text, int* shard, int* shards);
 
 // The regulariser flags, shared by optimize and visualize.
 void add_regularizer_flags(CLI::App& cmd, RegularizerConfig& reg);

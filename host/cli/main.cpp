@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   runners["optimize"] = add_optimize_command(app);
   runners["visualize"] = add_visualize_command(app);
   runners["robustness"] = add_robustness_command(app);
+  runners["merge"] = add_merge_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -32,7 +33,7 @@ int main(int argc, char** argv) {
     // CLI11 checks that a subcommand was given before it looks at stray words, so "nudge trian" would only be told
     // that a subcommand is required.
     if (argc > 1 && argv[1][0] != '-' && runners.count(argv[1]) == 0) {
-      std::fprintf(stderr, "nudge: unknown command '%s' (expected train, eval, predict, optimize or visualize; see nudge --help)\n",
+      std::fprintf(stderr, "nudge: unknown command '%s' (expected train, eval, predict, optimize, visualize, robustness or merge; see nudge --help)\n",
                    argv[1]);
       return 2;
     }
@@ -42,8 +43,8 @@ int main(int argc, char** argv) {
   try {
     for (CLI::App* sub : app.get_subcommands()) return runners.at(sub->get_name())();
   } catch (const nudge::Interrupted& e) {
-    std::fprintf(stderr, "nudge: %s; nothing of this run was kept (the output folder holds the previous complete "
-                 "results, if any)\n", e.what());
+    // The message says what was kept and how to continue (each long job words its own).
+    std::fprintf(stderr, "nudge: %s\n", e.what());
     return 128 + e.signal;
   } catch (const nudge::InputError& e) {
     std::fprintf(stderr, "nudge: %s\n", e.what());

@@ -154,7 +154,9 @@ void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayou
     o.l2 = static_cast<float>(std::sqrt(sq));
   });
   errors.rethrow();
-  sink.rows(out);
+  long image_steps = 0;
+  for (int i = 0; i < c.n; ++i) image_steps += res.updates[i];
+  sink.rows(out, image_steps);
 }
 
 }  // namespace nudge

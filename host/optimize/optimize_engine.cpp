@@ -24,6 +24,7 @@
 #include "progress.h"
 #include "regularized_chunk.h"
 #include "serial_worker.h"
+#include "errors.h"
 #include "interrupt.h"
 
 namespace nudge {
@@ -59,14 +60,17 @@ class ChunkPool {
 }  // namespace
 
 EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob& job, const StartImages& starts,
-                         RowSink& sink, bool progress, const std::vector<Backend*>& ensemble) {
+                         RowSink& sink, bool progress, const std::vector<Backend*>& ensemble, RowRange range) {
   const int K = model.arch.num_classes();
   const int D = model.arch.input.size();
   validate_job(job, K);
   const auto t0 = std::chrono::steady_clock::now();
 
   const JobLayout layout = job_layout(job, starts, D, K);
-  const long rows = layout.rows;
+  const long begin_row = range.first, rows = range.end < 0 ? layout.rows : range.end;
+  if (begin_row < 0 || begin_row > rows || rows > layout.rows)
+    throw InternalError("run_optimize: rows [" + std::to_string(begin_row) + ", " + std::to_string(rows) +
+                        ") outside the job's " + std::to_string(layout.rows));
   const int per_row = layout.per_row;
   const int chunk_entries = std::max(per_row, job.chunk > 0 ? job.chunk : backend.preferred_chunk());
   long rows_per_chunk = std::max(1, chunk_entries / per_row);
@@ -75,8 +79,8 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
   const int host_threads = backend.is_gpu() ? std::max(1, omp_get_max_threads()) : 1;
 
   EngineStats stats;
-  stats.rows = rows;
-  stats.entries = rows * per_row;
+  stats.rows = rows - begin_row;
+  stats.entries = stats.rows * per_row;
   stats.entries_per_row = per_row;
   const bool regularized = job.reg.any() || !ensemble.empty();
   std::vector<Backend*> models{&backend};
@@ -188,7 +192,7 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     return live;
   };
 
-  if (rows > 0) current = start(prepare(0, rows_from(0)), false);
+  if (rows > begin_row) current = start(prepare(begin_row, rows_from(begin_row)), false);
   while (current) {
     // The next chunk is begun before this one steps, so that its upload (on a GPU) runs during these steps.
     std::unique_ptr<LiveChunk> next;
@@ -203,8 +207,8 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
       if (progress) {
         char detail[128];
         std::snprintf(detail, sizeof detail, "chunk %ld/%ld step %d/%d, %d active", stats.chunks + 1,
-                      (rows + rows_per_chunk - 1) / rows_per_chunk, s + 1, job.steps, chunk.active_count());
-        bar.update(first * per_row * job.steps + static_cast<long>(n) * (s + 1), detail);
+                      (rows - begin_row + rows_per_chunk - 1) / rows_per_chunk, s + 1, job.steps, chunk.active_count());
+        bar.update((first - begin_row) * per_row * job.steps + static_cast<long>(n) * (s + 1), detail);
       }
     }
     retire_current();

@@ -28,6 +28,9 @@ struct RowResult {
   int restart = 0;
   float linf = 0, l2 = 0; // distance of the reported image to its start
   std::vector<float> probs;
+  // The judge's verdict on the reported image (judge_class -1: no judge), filled in before the row is journaled.
+  int judge_class = -1;
+  float judge_p_target = 0;  // the judge's probability of the row's one-hot target (0 for other targets)
   const float* start = nullptr;  // valid during RowSink::row only
   const float* image = nullptr;
 };
@@ -37,8 +40,10 @@ class RowSink {
  public:
   virtual ~RowSink() = default;
   virtual void row(const RowResult& r) = 0;
-  // A chunk's rows at once, in order; a sink may override it to work on them in parallel.
-  virtual void rows(const std::vector<RowResult>& batch) {
+  // A chunk's rows at once, in order; a sink may override it to work on them in parallel. image_steps: the updates
+  // the chunk applied, summed over all its entries (a journal keeps it, so that a resumed job counts them all).
+  virtual void rows(const std::vector<RowResult>& batch, long image_steps) {
+    (void)image_steps;
     for (const RowResult& r : batch) row(r);
   }
 };
@@ -51,10 +56,17 @@ struct EngineStats {
   std::string path;       // which chunk implementation ran: "layers", "fused" or the host-regularised one
 };
 
+// The rows of a job that one run computes: [first, end), end -1 meaning the last row. A shard, a rank of an MPI job
+// or a resumed job runs a part; every row's result is the same as in a whole run.
+struct RowRange {
+  long first = 0, end = -1;
+};
+
 // Runs the job; `progress` draws a bar on stderr. Throws InputError for a job that fails validation.
 // `ensemble`: further models (same input shape and classes) that every image must convince as well; with them, or
 // with any regulariser, the job runs on the host-regularised chunk (regularized_chunk.h).
 EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob& job, const StartImages& starts,
-                         RowSink& sink, bool progress, const std::vector<Backend*>& ensemble = {});
+                         RowSink& sink, bool progress, const std::vector<Backend*>& ensemble = {},
+                         RowRange range = {});
 
 }  // namespace nudge

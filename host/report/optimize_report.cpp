@@ -31,7 +31,6 @@ void append_g6(std::string& s, double v) {
 }
 // The band a soft target is judged by in summaries: every class's probability within 0.01 of its target.
 constexpr double kBand = 0.01;
-constexpr size_t kJudgeBatch = 256;
 }
 
 std::vector<std::string> ensure_output_dir(const std::string& dir) {
@@ -77,9 +76,9 @@ std::string csv_field(const std::string& text) {
 }
 
 OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
-                               std::vector<float> target_dist, Backend* judge)
+                               std::vector<float> target_dist, bool judged)
     : dir_(out_dir), classes_(classes), height_(height), width_(width), steps_(steps), target_dist_(std::move(target_dist)),
-      judge_(judge) {
+      judged_rows_(judged) {
   ensure_output_dir(dir_);
   csv_ = std::make_unique<AtomicFile>(dir_ + "/results.csv");
   npy_ = std::make_unique<NpyStreamWriter>(dir_ + "/images.npy", std::vector<int64_t>{rows, height, width});
@@ -87,7 +86,7 @@ OptimizeReport::OptimizeReport(const std::string& out_dir, long rows, int classe
   for (int k = 0; k < classes_; ++k) header += ",p" + std::to_string(k);
   header += ",loss,eps,linf,l2";
   if (!target_dist_.empty()) header += ",max_dev";
-  if (judge_) header += ",judge_class,judge_p_target";
+  if (judged_rows_) header += ",judge_class,judge_p_target";
   header += "\n";
   csv_->write(header);
 }
@@ -107,6 +106,12 @@ std::string OptimizeReport::format_line(const RowResult& r, bool* within_band) c
     *within_band = dev <= kBand;
     append_g6(line, dev);
   }
+  if (judged_rows_) {
+    line += "," + std::to_string(r.judge_class);
+    if (r.target.kind == TargetKind::OneHot) append_g6(line, r.judge_p_target);
+    else line += ",";
+  }
+  line += '\n';
   return line;
 }
 
@@ -116,7 +121,7 @@ void OptimizeReport::row(const RowResult& r) {
   record(r, std::move(line), within_band);
 }
 
-void OptimizeReport::rows(const std::vector<RowResult>& batch) {
+void OptimizeReport::rows(const std::vector<RowResult>& batch, long) {
   // Formatting is most of a row's cost and independent per row: do it on all cores, then record in order.
   std::vector<std::string> lines(batch.size());
   std::vector<char> band(batch.size());
@@ -136,14 +141,11 @@ void OptimizeReport::record(const RowResult& r, std::string line, bool within_ba
   const int final_class = static_cast<int>(std::max_element(r.probs.begin(), r.probs.end()) - r.probs.begin());
   char buf[64];
   within_band_ += within_band;
-  if (judge_) {
-    // Judged in batches: one image at a time would cost more than the optimization itself.
-    pending_.push_back({line, std::vector<float>(r.image, r.image + static_cast<size_t>(height_) * width_), r.target});
-    if (pending_.size() >= kJudgeBatch) flush_judged();
-  } else {
-    line += '\n';
-    csv_->write(line);
+  if (judged_rows_ && r.target.kind == TargetKind::OneHot) {
+    ++judged_;
+    judge_agree_ += r.judge_p_target >= 0.5f;
   }
+  csv_->write(line);
   npy_->append(r.image, static_cast<size_t>(height_) * width_);
   if (keep_all_) all_images_.insert(all_images_.end(), r.image, r.image + static_cast<size_t>(height_) * width_);
 
@@ -185,44 +187,22 @@ void OptimizeReport::check_finite(const RowResult& r) const {
                      "or check the model (no results written)");
 }
 
-void OptimizeReport::flush_judged() {
-  if (pending_.empty()) return;
-  const size_t D = static_cast<size_t>(height_) * width_;
-  std::vector<float> x(pending_.size() * D), probs(pending_.size() * classes_);
-  for (size_t i = 0; i < pending_.size(); ++i) std::copy(pending_[i].image.begin(), pending_[i].image.end(), x.begin() + i * D);
-  judge_->predict(x.data(), static_cast<int>(pending_.size()), probs.data());
-  char buf[64];
-  for (size_t i = 0; i < pending_.size(); ++i) {
-    const float* jp = probs.data() + i * classes_;
-    const int jc = static_cast<int>(std::max_element(jp, jp + classes_) - jp);
-    const RowTarget& t = pending_[i].target;
-    if (t.kind == TargetKind::OneHot) {
-      ++judged_;
-      judge_agree_ += jp[t.cls] >= 0.5f;
-      std::snprintf(buf, sizeof buf, ",%d,%.6g\n", jc, jp[t.cls]);
-    } else {
-      std::snprintf(buf, sizeof buf, ",%d,\n", jc);
-    }
-    csv_->write(pending_[i].line + buf);
-  }
-  pending_.clear();
+nlohmann::json OptimizeReport::progress_summary() const {
+  return {{"rows_done", rows_},
+          {"successes", successes_},
+          {"success_rate", rows_ ? static_cast<double>(successes_) / rows_ : 0.0}};
 }
 
-nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const EngineStats& stats,
-                                      const std::string& device) {
-  flush_judged();
+nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, long image_steps, int entries_per_row) {
   std::vector<SheetCell> cells;
   for (const GridItem& g : grid_) cells.push_back({g.start.data(), g.image.data(), width_, height_, g.caption});
   if (!cells.empty()) write_contact_sheet(dir_ + "/grid.png", cells, 10, 2);
 
   nlohmann::json s;
   s["job"] = job_spec;
-  s["device"] = device;
   s["rows"] = rows_;
-  s["entries"] = stats.entries;
-  s["entries_per_row"] = stats.entries_per_row;
-  s["chunks"] = stats.chunks;
-  s["path"] = stats.path;
+  s["entries"] = rows_ * entries_per_row;
+  s["entries_per_row"] = entries_per_row;
   s["success_rate"] = rows_ ? static_cast<double>(successes_) / rows_ : 0.0;
   s["successes"] = successes_;
   s["success_denominator"] = "all " + std::to_string(rows_) + " rows (start image x target)";
@@ -233,7 +213,7 @@ nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const Engi
     s["success_denominator_correct_before"] =
         std::to_string(correct_before_) + " rows whose start image the model classified correctly";
   }
-  if (judge_) {
+  if (judged_rows_) {
     s["judge_rows"] = judged_;
     s["judge_agreement"] = judged_ ? static_cast<double>(judge_agree_) / judged_ : 0.0;
     s["judge_agreement_definition"] = "fraction of one-hot rows whose image the judge gives the target class p >= 0.5";
@@ -259,13 +239,10 @@ nlohmann::json OptimizeReport::finish(const nlohmann::json& job_spec, const Engi
     s["mean_steps_to_success"] = nullptr;
     s["median_steps_to_success"] = nullptr;
   }
-  s["image_steps"] = stats.image_steps;
-  s["wall_seconds"] = stats.seconds;
-  s["image_steps_per_s"] = stats.seconds > 0 ? stats.image_steps / stats.seconds : 0.0;
+  s["image_steps"] = image_steps;
 
   csv_->commit();
   npy_->commit();
-  write_file_atomically(dir_ + "/summary.json", json_text(s, 2) + "\n");
   return s;
 }
 

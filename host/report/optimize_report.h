@@ -1,8 +1,12 @@
-// The files an optimize job leaves in its output folder, each written to a temporary name and renamed when whole:
+// The files an optimize job leaves in its output folder, written into the job's staging folder and committed together
+// (result_commit.h):
 //   results.csv   one row per (start image, target): the reported iterate's probabilities p0..p9, success, distances
 //   images.npy    float32 [rows, H, W], the reported iterates, NumPy's format
 //   grid.png      contact sheet of up to 100 rows: start image, result, target, class and probability
-//   summary.json  the job, success rates with their denominators, steps, speed, device (written last)
+//   summary.json  the job, success rates with their denominators, steps (written by the caller, last)
+// Everything here is a pure function of the rows in order, so a resumed, sharded or MPI job, whose rows partly come
+// from a journal (row_journal.h), writes the same bytes as a single uninterrupted run. Timing, device and chunking,
+// which differ between such runs, go to run.json (job_runner.cpp).
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -20,23 +24,25 @@ class OptimizeReport : public RowSink {
  public:
   // Creates the folder if needed and opens the streamed files; InputError if it cannot be written.
   // target_dist: the job's soft target (empty for one-hot jobs); rows then also report their distance to it.
-  // judge: an independent model, never used in the optimization, that scores each reported image afterwards
-  // (agreement = the judge gives the row's target class p >= 0.5). row() runs on the engine's writer thread, so the
-  // judge predicts concurrently with the optimizing backend: it must be a backend object of its own (on a GPU, its
-  // own context and stream; its few batches of memory are outside the optimizer's chunk budget).
+  // judged: the rows carry an independent judge's verdict (RowResult::judge_class; agreement = the judge gives the
+  // row's target class p >= 0.5), written as two more columns.
   OptimizeReport(const std::string& out_dir, long rows, int classes, int height, int width, int steps,
-                 std::vector<float> target_dist = {}, Backend* judge = nullptr);
+                 std::vector<float> target_dist = {}, bool judged = false);
   void row(const RowResult& r) override;
   // The same for many rows: their CSV lines are formatted in parallel (OpenMP), then recorded in order.
-  void rows(const std::vector<RowResult>& batch) override;
-  // Writes grid.png and summary.json and renames everything into place. Returns the summary.
-  nlohmann::json finish(const nlohmann::json& job_spec, const EngineStats& stats, const std::string& device);
+  void rows(const std::vector<RowResult>& batch, long image_steps) override;
+  // Writes grid.png and closes results.csv and images.npy (in the folder given to the constructor). Returns the
+  // summary for summary.json, which the caller writes last. image_steps: the updates of the whole job.
+  nlohmann::json finish(const nlohmann::json& job_spec, long image_steps, int entries_per_row);
+  long rows_recorded() const { return rows_; }
+  // The counts so far, for the summary of an interrupted job (summary.incomplete.json).
+  nlohmann::json progress_summary() const;
   // Every reported image, kept only when asked (class-visualisation grids need them all).
   void keep_all_images(bool keep) { keep_all_ = keep; }
   const std::vector<float>& all_images() const { return all_images_; }
 
  private:
-  // The row's results.csv line without the judge's columns (thread-safe); within_band: soft rows within kBand.
+  // The row's results.csv line (thread-safe); within_band: soft rows within kBand.
   std::string format_line(const RowResult& r, bool* within_band) const;
   // Everything else a row does, in row order: the files, the counts, the grid.
   void record(const RowResult& r, std::string line, bool within_band);
@@ -47,7 +53,7 @@ class OptimizeReport : public RowSink {
   int classes_, height_, width_, steps_;
   std::vector<float> target_dist_;
   long within_band_ = 0;  // soft rows whose every probability is within kBand of the target
-  Backend* judge_ = nullptr;
+  bool judged_rows_ = false;
   long judged_ = 0, judge_agree_ = 0;
   std::unique_ptr<AtomicFile> csv_;
   std::unique_ptr<NpyStreamWriter> npy_;
@@ -59,13 +65,6 @@ class OptimizeReport : public RowSink {
     std::vector<float> start, image;
     std::string caption;
   };
-  struct PendingRow {
-    std::string line;  // the CSV line so far, without the judge's columns
-    std::vector<float> image;
-    RowTarget target;
-  };
-  void flush_judged();
-  std::vector<PendingRow> pending_;
   bool keep_all_ = false;
   std::vector<float> all_images_;
   std::vector<GridItem> grid_;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "result_commit.h"
 
 namespace nudge {
 
@@ -58,18 +59,25 @@ OutputLock::OutputLock(const std::string& dir, const std::string& command) {
   if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
     throw IoError("cannot write the lock file " + path + ": " + std::strerror(errno));
 
-  // With the lock held no other job writes here, so every temporary file is a dead job's.
+  // A commit that a killed job left half done is finished first: its staging folder holds the new set.
+  recovered_commit_ = recover_commit(dir);
+  // With the lock held no other job writes here, so every temporary file and staging folder is a dead job's.
   const std::string mine = std::to_string(::getpid());
-  std::vector<std::string> stale;
+  std::vector<std::string> stale, stale_staging;
   if (DIR* d = ::opendir(dir.c_str())) {
     while (const dirent* e = ::readdir(d)) {
       const std::string pid = temporary_pid(e->d_name);
       if (!pid.empty() && pid != mine) stale.push_back(e->d_name);
+      if (is_stale_staging(e->d_name)) stale_staging.push_back(e->d_name);
     }
     ::closedir(d);
   }
   for (const std::string& name : stale)
     if (::unlink((dir + "/" + name).c_str()) == 0) ++removed_;
+  for (const std::string& name : stale_staging) {
+    remove_flat_folder(dir + "/" + name);
+    ++removed_;
+  }
 }
 
 OutputLock::~OutputLock() {

@@ -1,0 +1,37 @@
+// Where an optimize job's rows go as the engine makes them: the judge's verdict is added (when there is a judge), the
+// report records them, and the journal keeps them on disk, chunk by chunk, for --resume and merges (row_journal.h).
+// Runs on the engine's writer thread.
+#pragma once
+#include <vector>
+
+#include "backend.h"
+#include "optimize_engine.h"
+#include "optimize_report.h"
+#include "row_journal.h"
+
+namespace nudge {
+
+// Fills each row's judge_class and judge_p_target from `judge` (in batches: one image at a time would cost more than
+// the optimization). The judge must be a backend object of its own, since it predicts while the optimizing backend
+// computes the next chunk (on a GPU: its own context and stream).
+void judge_rows(Backend& judge, std::vector<RowResult>& rows, int D, int K);
+
+class JobSink : public RowSink {
+ public:
+  // judge and report may be null (an MPI rank that only sends its rows); journal may be null (no journal kept).
+  JobSink(Backend* judge, OptimizeReport* report, RowJournalWriter* journal, int D, int K)
+      : judge_(judge), report_(report), journal_(journal), D_(D), K_(K) {}
+  void row(const RowResult& r) override { rows({r}, 0); }
+  void rows(const std::vector<RowResult>& batch, long image_steps) override;
+  long image_steps() const { return image_steps_; }
+
+ private:
+  Backend* judge_;
+  OptimizeReport* report_;
+  RowJournalWriter* journal_;
+  int D_, K_;
+  long image_steps_ = 0;
+  std::vector<RowResult> judged_;
+};
+
+}  // namespace nudge
