@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -10,6 +14,9 @@
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
+#include <thread>
+
+extern char** environ;
 
 namespace nudge::testing_support {
 
@@ -55,6 +62,28 @@ std::vector<std::string> CliSandbox::leftovers(const std::vector<std::string>& r
       found.push_back(fs::relative(e.path(), work()).string());
   }
   return found;
+}
+
+int spawn_and_signal(const std::vector<std::string>& args, const std::string& err_path, int sig,
+                     std::chrono::milliseconds delay) {
+  std::vector<std::string> full{NUDGE_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return -1;
+  std::this_thread::sleep_for(delay);
+  ::kill(pid, sig);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
 }
 
 }  // namespace nudge::testing_support

@@ -1,6 +1,7 @@
 // Running the real nudge binary (NUDGE_BINARY) from the CLI suites: a private folder whose work/ is the command's
 // current directory and whose capture/ receives its stdout and stderr.
 #pragma once
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -19,6 +20,11 @@ struct RunOutput {
   int code = -1;  // the exit status, or -1 when the command did not exit normally
   std::string out, err;
 };
+
+// Starts nudge with `args` (stdout to /dev/null, stderr to `err_path`), sends `sig` after `delay`, and returns its
+// wait status (-1 when it could not be started).
+int spawn_and_signal(const std::vector<std::string>& args, const std::string& err_path, int sig,
+                     std::chrono::milliseconds delay);
 
 class CliSandbox {
  public:

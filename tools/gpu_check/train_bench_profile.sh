@@ -83,7 +83,7 @@ stage_bench() {
   fi
   local mode nudge_rate peer_rate
   nudge_rate=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["image_steps_per_s"])' \
-    "$work/optimize-fused/summary.json" 2>/dev/null || echo "")
+    "$work/optimize-fused/run.json" 2>/dev/null || echo "")
   for mode in eager compile; do
     if [ "$mode" = eager ]; then
       timeout -k 5 18 "$py" "$root/tools/bench/pytorch_peer.py" optimize --device cuda --n 65536 --steps 20 \
