@@ -1,10 +1,11 @@
-// One writer per output folder. A job holds an exclusive flock on DIR/.nudge.lock for as long as it may write there;
-// a second job asking for the same folder is refused with an InputError naming the holder (its pid, host, start
-// time and command line). The kernel drops the lock when the holder exits, however it exits, so a killed job never
-// leaves a stale lock. Holding the lock also means every "NAME.tmp.<pid>" file in the folder is a dead job's
-// leftover (AtomicFile's temporaries are the only writers' files): they are removed when the lock is taken.
+// One writer per output folder. A job holds an exclusive flock on DIR/.nudge.lock (core/file_lock.h) for as long as
+// it may write there; a second job asking for the same folder is refused with an InputError naming the holder (its
+// pid, host, start time and command line). Holding the lock also means every "NAME.tmp.<pid>" file in the folder is a
+// dead job's leftover (AtomicFile's temporaries are the only writers' files): they are removed when the lock is taken.
 #pragma once
 #include <string>
+
+#include "file_lock.h"
 
 namespace nudge {
 
@@ -13,7 +14,6 @@ class OutputLock {
   // `command` is recorded for the message a refused job prints. Throws InputError when another job holds the folder
   // and IoError when the lock file cannot be made.
   OutputLock(const std::string& dir, const std::string& command);
-  ~OutputLock();
   OutputLock(const OutputLock&) = delete;
   OutputLock& operator=(const OutputLock&) = delete;
 
@@ -21,7 +21,8 @@ class OutputLock {
   int removed_temporaries() const { return removed_; }
 
  private:
-  int fd_ = -1;
+  // The file stays on release: optimize_report.cpp removes it with the folders a failed job made.
+  FileLock lock_;
   int removed_ = 0;
 };
 
