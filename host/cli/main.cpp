@@ -42,8 +42,11 @@ int main(int argc, char** argv) {
   try {
     for (CLI::App* sub : app.get_subcommands()) return runners.at(sub->get_name())();
   } catch (const nudge::Interrupted& e) {
-    std::fprintf(stderr, "nudge: %s; nothing of this run was kept (the output folder holds the previous complete "
-                 "results, if any)\n", e.what());
+    if (e.kept.empty())
+      std::fprintf(stderr, "nudge: %s; nothing of this run was kept (the output folder holds the previous complete "
+                   "results, if any)\n", e.what());
+    else
+      std::fprintf(stderr, "nudge: %s; %s\n", e.what(), e.kept.c_str());
     return 128 + e.signal;
   } catch (const nudge::InputError& e) {
     std::fprintf(stderr, "nudge: %s\n", e.what());
