@@ -1,9 +1,7 @@
 // SIGINT and SIGTERM stop a running job cleanly (host/core/interrupt.h): exit 130 / 143 with a message, no temporary
 // file left behind, and the folder's previous complete results untouched.
 #include <gtest/gtest.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,8 +12,6 @@
 #include <vector>
 
 #include "cli_sandbox.h"
-
-extern char** environ;
 
 namespace nudge {
 namespace {
@@ -28,19 +24,8 @@ const std::string kModel = std::string(NUDGE_SOURCE_DIR) + "/data/models/mnist_c
 // Starts nudge with `args` (stderr to `err_path`), sends `sig` after `delay`, and returns its wait status.
 int run_and_signal(const std::vector<std::string>& args, const std::string& err_path, int sig,
                    std::chrono::milliseconds delay) {
-  std::vector<std::string> full{NUDGE_BINARY};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) return -1;
+  const int pid = testing_support::spawn_nudge(args, err_path);
+  if (pid < 0) return -1;
   std::this_thread::sleep_for(delay);
   ::kill(pid, sig);
   int status = 0;

@@ -1,6 +1,8 @@
 #include "cli_sandbox.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 
@@ -10,6 +12,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
+
+extern char** environ;
 
 namespace nudge::testing_support {
 
@@ -26,6 +30,23 @@ std::string slurp(const fs::path& p) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+int spawn_nudge(const std::vector<std::string>& args, const std::string& err_path) {
+  std::vector<std::string> full{NUDGE_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? static_cast<int>(pid) : -1;
 }
 
 CliSandbox::CliSandbox(const std::string& prefix) : dir_(prefix), root_(dir_.path()) {
