@@ -30,9 +30,11 @@ using testing_support::slurp;
 
 const char* kTinyArch = "1x28x28:conv4k3,relu,pool2,flatten,dense10";
 
-// A short job writing `out` with the options `extra`; --limit 300 and --epochs 3 unless `extra` sets them.
+// A short job writing `out` with the options `extra`; --limit 300 and --epochs 3 unless `extra` sets them. On the CPU
+// backend, whose training is bit-reproducible (cuDNN's may choose other algorithms from run to run).
 std::vector<std::string> train_args(const std::string& out, const std::vector<std::string>& extra) {
-  std::vector<std::string> a{"train", "--data", testing_support::mnist_dir(), "--arch", kTinyArch, "--out", out};
+  std::vector<std::string> a{"train", "--data", testing_support::mnist_dir(), "--arch", kTinyArch, "--device", "cpu",
+                             "--out", out};
   for (const auto& [flag, value] : {std::pair<const char*, const char*>{"--limit", "300"}, {"--epochs", "3"}})
     if (std::find(extra.begin(), extra.end(), flag) == extra.end()) a.insert(a.end(), {flag, value});
   a.insert(a.end(), extra.begin(), extra.end());

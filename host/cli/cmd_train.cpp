@@ -183,7 +183,6 @@ Runner add_train_command(CLI::App& app) {
     const std::string ckpt = checkpoint_path_for(o->out);
     for (const std::string& p : {o->out, ckpt, f->log.empty() ? log : std::string()})
       if (!p.empty()) remove_dead_temporaries_of(p);
-    auto backend = make_backend(o->device);
     const TrainSpec spec = train_spec(a.to_string(), opt, train);
     const bool had_checkpoint = std::filesystem::exists(ckpt);
     TrainCheckpoint resumed;
@@ -200,6 +199,10 @@ Runner add_train_command(CLI::App& app) {
                          ", not the --arch it records");
       resumed.resumed_after.push_back(resumed.progress.epoch);
       hooks.resume = &resumed.progress;
+    }
+    // After the checks above, so that a refused resume says only why.
+    auto backend = make_backend(o->device);
+    if (hooks.resume) {
       std::fprintf(stderr, "nudge train: resuming from %s after epoch %d of %d\n", ckpt.c_str(),
                    resumed.progress.epoch, opt.epochs);
       if (resumed.device != backend->name())
