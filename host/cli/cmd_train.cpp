@@ -1,19 +1,26 @@
 // nudge train: fit a model on the training split (standard or adversarial training), report its test accuracy, save
-// it atomically with its recipe in the metadata and a JSON training log beside it.
+// it atomically with its recipe in the metadata and a JSON training log beside it. After every epoch it writes a
+// checkpoint (train/checkpoint.h) beside the model; SIGINT/SIGTERM stop the run with it kept, and the same command
+// with --resume continues to the very model an uninterrupted run writes. One job at a time per --out (a lock file).
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <limits>
 #include <memory>
 
 #include "atomic_file.h"
 #include "backend.h"
+#include "checkpoint.h"
 #include "commands.h"
 #include "dataset.h"
 #include "errors.h"
 #include "evaluate.h"
+#include "file_lock.h"
+#include "interrupt.h"
 #include "make_backend.h"
 #include "train.h"
 #include "json_text.h"
@@ -77,6 +84,19 @@ nlohmann::json recipe_json(const std::string& arch, const TrainOptions& opt, con
   return r;
 }
 
+// Removes the temporaries that a killed earlier job left of `path` (held under this job's lock).
+void remove_dead_temporaries_of(const std::string& path) {
+  const std::filesystem::path p(path);
+  remove_stale_temporaries(p.has_parent_path() ? p.parent_path().string() : ".", p.filename().string());
+}
+
+// Tests stop a run right after epoch k's checkpoint, deterministically, as a SIGINT arriving then would
+// (NUDGE_TEST_INTERRUPT_AFTER_EPOCH=k; tests/test_train_resume.cpp).
+void interrupt_for_tests(int epoch) {
+  const char* k = std::getenv("NUDGE_TEST_INTERRUPT_AFTER_EPOCH");
+  if (k && std::atoi(k) == epoch) std::raise(SIGINT);
+}
+
 }  // namespace
 
 Runner add_train_command(CLI::App& app) {
@@ -86,6 +106,7 @@ Runner add_train_command(CLI::App& app) {
   auto t = std::make_shared<TrainOptions>();
   auto f = std::make_shared<AdvFlags>();
   auto arch = std::make_shared<std::string>(Architecture::reference_string());
+  auto resume = std::make_shared<bool>(false);
   add_common_options(*cmd, *o, false, "where to write the trained model (safetensors)");
   cmd->add_option("--arch", *arch, "architecture string")->capture_default_str();
   // Int ranges, not CLI::PositiveNumber, whose message prints DBL_MAX in full ("0 not in range 0.000000 to 1797...").
@@ -120,6 +141,8 @@ Runner add_train_command(CLI::App& app) {
   needs_adv(cmd->add_option("--collapse-drop", f->collapse_drop, "a fall of robust accuracy below the best epoch's by this much is a collapse")
                 ->capture_default_str()->check(CLI::Range(0.0, 1.0)));
   cmd->add_option("--log", f->log, "JSON training log (default: beside the model, NAME.train.json)");
+  cmd->add_flag("--resume", *resume, "continue an interrupted run from its checkpoint (OUT.checkpoint); every other "
+                "option must be as before");
   return [=]() {
     const Architecture a = Architecture::parse(*arch);
     const Dataset train = load_dataset(o->data, "train");
@@ -155,7 +178,41 @@ Runner add_train_command(CLI::App& app) {
     // Opened now so that an unwritable destination fails before training, not after it.
     AtomicFile out(o->out);
     AtomicFile log_file(log);
+    // The model, its log and its checkpoint belong to one job at a time. The lock file goes when the job does.
+    const FileLock lock(o->out + ".lock", "--out " + o->out, command_line(), true);
+    const std::string ckpt = checkpoint_path_for(o->out);
+    for (const std::string& p : {o->out, ckpt, f->log.empty() ? log : std::string()})
+      if (!p.empty()) remove_dead_temporaries_of(p);
+    const TrainSpec spec = train_spec(a.to_string(), opt, train);
+    const bool had_checkpoint = std::filesystem::exists(ckpt);
+    TrainCheckpoint resumed;
+    TrainHooks hooks;
+    if (*resume) {
+      if (!had_checkpoint)
+        throw InputError("--resume: there is no checkpoint " + ckpt + " to continue (nudge train writes one after "
+                         "every epoch and removes it when the run finishes); run without --resume to start afresh");
+      resumed = read_checkpoint(ckpt);
+      const std::string diff = spec_difference(resumed.spec, spec);
+      if (!diff.empty()) throw InputError("--resume: " + diff + " (" + ckpt + ")");
+      if (resumed.progress.model.arch.to_string() != a.to_string())
+        throw InputError(ckpt + ": its weights are for " + resumed.progress.model.arch.to_string() +
+                         ", not the --arch it records");
+      resumed.resumed_after.push_back(resumed.progress.epoch);
+      hooks.resume = &resumed.progress;
+    }
+    // After the checks above, so that a refused resume says only why.
     auto backend = make_backend(o->device);
+    if (hooks.resume) {
+      std::fprintf(stderr, "nudge train: resuming from %s after epoch %d of %d\n", ckpt.c_str(),
+                   resumed.progress.epoch, opt.epochs);
+      if (resumed.device != backend->name())
+        std::fprintf(stderr, "nudge train: note: the checkpoint was made on %s and this run is on %s, so the model "
+                     "need not be bit-identical to an uninterrupted run's\n", resumed.device.c_str(),
+                     backend->name().c_str());
+    } else if (had_checkpoint) {
+      std::fprintf(stderr, "nudge train: %s holds an earlier, interrupted run; this run starts afresh and replaces it "
+                   "after its first epoch (add --resume to continue that run instead)\n", ckpt.c_str());
+    }
     const int images = std::min(t->limit ? t->limit : train.count, train.count - (opt.adv.method == AdvMethod::None ? 0 : opt.adv.check_count));
     std::fprintf(stderr, "nudge train: %s, %d params, %d images x %d epochs, batch %d, %s, on %s\n", a.to_string().c_str(),
                  static_cast<int>(a.param_count()), images, t->epochs, t->batch,
@@ -164,17 +221,39 @@ Runner add_train_command(CLI::App& app) {
                         ", " + std::to_string(opt.adv.method == AdvMethod::Fgsm ? 1 : opt.adv.steps) + " steps of " +
                         std::to_string(opt.adv.step_size).substr(0, 6)).c_str(),
                  backend->name().c_str());
+    int saved_epoch = hooks.resume ? hooks.resume->epoch : 0;
+    hooks.epoch_done = [&](const TrainProgress& p) {
+      TrainCheckpoint c;
+      c.spec = spec;
+      c.device = backend->name();
+      c.resumed_after = resumed.resumed_after;
+      c.progress = p;
+      write_file_atomically(ckpt, serialize_checkpoint(c));
+      saved_epoch = p.epoch;
+      interrupt_for_tests(p.epoch);
+    };
     Model model = Model::glorot(a, o->seed);
     TrainSummary sum;
-    train_model(*backend, model, train, opt, &sum);
+    EvalResult ev;
+    try {
+      train_model(*backend, model, train, opt, &sum, hooks);
+      backend->load_model(model);
+      ev = evaluate_model(*backend, test, a.num_classes());
+      throw_if_interrupted("the final evaluation");
+    } catch (Interrupted& e) {
+      e.kept = saved_epoch > 0
+                   ? "epoch " + std::to_string(saved_epoch) + " of " + std::to_string(opt.epochs) + " is saved in " +
+                         ckpt + " (" + o->out + " was not written); to continue, run the same command with --resume"
+                   : "no epoch had finished, so nothing of this run was kept" +
+                         (had_checkpoint ? "; the earlier checkpoint " + ckpt + " is as it was" : std::string());
+      throw;
+    }
     double seconds = 0;
     long attack_steps = 0;
     for (const auto& s : sum.epochs) {
       seconds += s.seconds;
       attack_steps += s.attack_image_steps;
     }
-    backend->load_model(model);
-    const EvalResult ev = evaluate_model(*backend, test, a.num_classes());
     const nlohmann::json recipe = recipe_json(a.to_string(), opt, sum);
     out.write(model.serialize({{"nudge.test_accuracy", std::to_string(ev.accuracy())},
                                {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" +
@@ -189,6 +268,7 @@ Runner add_train_command(CLI::App& app) {
     j["attack_image_steps"] = attack_steps;
     j["test_accuracy"] = ev.accuracy();
     if (!sum.guard_message.empty()) j["guard"] = sum.guard_message;
+    if (!resumed.resumed_after.empty()) j["resumed_after_epochs"] = resumed.resumed_after;
     for (const auto& s : sum.epochs) {
       nlohmann::json e = {{"epoch", s.epoch}, {"seconds", s.seconds}, {"images_per_s", s.images_per_s},
                           {"clean_loss", s.loss}, {"clean_accuracy", s.accuracy}, {"lr", s.lr}};
@@ -207,6 +287,8 @@ Runner add_train_command(CLI::App& app) {
     log_file.write(json_text(j, 2) + "\n");
     out.commit();
     log_file.commit();
+    std::error_code ignored;  // a checkpoint left behind would only offer to resume a finished run
+    std::filesystem::remove(ckpt, ignored);
     std::printf("trained %d epochs in %.1fs; test accuracy %.2f%% (%d/%d); saved %s (log %s)%s\n",
                 static_cast<int>(sum.epochs.size()), seconds, 100 * ev.accuracy(), ev.correct, ev.count,
                 o->out.c_str(), log.c_str(), sum.collapsed ? "; the guard stopped training (see the log)" : "");

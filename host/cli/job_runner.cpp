@@ -181,9 +181,9 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
                  backend.name().c_str());
     if (run.shards > 1)
       std::fprintf(stderr, "nudge: shard %d/%d: rows %ld to %ld\n", run.shard, run.shards, part.first, part.end - 1);
-    if (replayed > 0)
-      std::fprintf(stderr, "nudge: resuming: %ld of %ld rows were in the journal\n", replayed, header.rows);
   }
+  // Said even with --quiet: a scheduler's log should show that a job continued rather than began.
+  if (replayed > 0) std::fprintf(stderr, "nudge: resuming: %ld of %ld rows were in the journal\n", replayed, header.rows);
   JobSink sink(judge.get(), &report, &journal.writer(), D, K);
   EngineStats stats;
   try {
@@ -197,10 +197,11 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
     s["rows_total"] = header.rows;
     s["resume"] = "run the same command with --resume";
     write_file_atomically(run.out + "/summary.incomplete.json", json_text(s, 2) + "\n");
-    throw Interrupted(e.signal, std::string(e.what()) + "; " + std::to_string(done) + " of " +
-                                    std::to_string(header.rows) + " rows are kept in " + run.out +
-                                    "'s journal: run the same command with --resume to continue (" + run.out +
-                                    " still holds the previous complete results, if any)");
+    Interrupted stop(e.signal, e.what());
+    stop.kept = std::to_string(done) + " of " + std::to_string(header.rows) + " rows are kept in " + run.out +
+                "'s journal: run the same command with --resume to continue (" + run.out +
+                " still holds the previous complete results, if any)";
+    throw stop;
   }
   nlohmann::json s = report.finish(header.job, sink.image_steps() + journal.image_steps_replayed(), stats.entries_per_row);
   if (run.extra_files) run.extra_files(report.all_images(), [&](const std::string& name) { return staging.path(name); });

@@ -43,8 +43,11 @@ int main(int argc, char** argv) {
   try {
     for (CLI::App* sub : app.get_subcommands()) return runners.at(sub->get_name())();
   } catch (const nudge::Interrupted& e) {
-    // The message says what was kept and how to continue (each long job words its own).
-    std::fprintf(stderr, "nudge: %s\n", e.what());
+    if (e.kept.empty())
+      std::fprintf(stderr, "nudge: %s; nothing of this run was kept (the output folder holds the previous complete "
+                   "results, if any)\n", e.what());
+    else
+      std::fprintf(stderr, "nudge: %s; %s\n", e.what(), e.kept.c_str());
     return 128 + e.signal;
   } catch (const nudge::InputError& e) {
     std::fprintf(stderr, "nudge: %s\n", e.what());

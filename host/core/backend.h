@@ -19,6 +19,14 @@ struct AdamConfig {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-7f;
 };
 
+// The training optimizer's state, for a checkpoint that resumes bit for bit: Adam's moments, flat in the order and
+// layout of the loaded model's parameters (Architecture::params(), each tensor's elements in turn), and its step
+// count, which sets the bias corrections.
+struct TrainState {
+  std::vector<float> adam_m, adam_v;
+  long step = 0;
+};
+
 struct TrainStepResult {
   double loss_sum = 0;  // summed cross-entropy over the batch (TRADES: of the clean images)
   int correct = 0;      // argmax == label (TRADES: of the clean images)
@@ -88,6 +96,11 @@ class Backend {
 
   virtual void load_model(const Model& model) = 0;  // also resets the training optimizer state
   virtual void store_model(Model& model) = 0;       // parameters back into `model`
+
+  // The optimizer state that load_model reset and train steps advanced, and its restoration after a load_model of the
+  // same weights (InternalError when the sizes do not fit the loaded model).
+  virtual TrainState export_train_state() = 0;
+  virtual void import_train_state(const TrainState& state) = 0;
 
   // probs [n, K]. x [n, D] with D = C*H*W of the model's input.
   virtual void predict(const float* x, int n, float* probs) = 0;

@@ -1,7 +1,8 @@
 // SIGINT and SIGTERM as a request to stop: the first one sets a flag that long loops poll (the optimize engine after
 // every step), so a job unwinds normally, every AtomicFile removes its temporary file, and the output folder keeps
 // the previous complete results; nudge then exits 128 + the signal (130, 143). A second signal kills at once, as
-// usual. Until resume exists (issue 14) an interrupted job keeps nothing of its own.
+// usual. An optimize or visualize job keeps nothing of its own; nudge train keeps its last complete epoch's checkpoint
+// and says so in `kept` (cli/cmd_train.cpp).
 #pragma once
 #include <stdexcept>
 #include <string>
@@ -11,6 +12,8 @@ namespace nudge {
 struct Interrupted : std::runtime_error {
   Interrupted(int sig, const std::string& what) : std::runtime_error(what), signal(sig) {}
   int signal;
+  // What the job kept and how to continue it, for main's message; empty: nothing of the run was kept.
+  std::string kept;
 };
 
 // Call once, first thing in main().

@@ -102,6 +102,17 @@ class CpuBackend : public Backend {
     }
   }
 
+  TrainState export_train_state() override { return {adam_m_, adam_v_, adam_t_}; }
+
+  void import_train_state(const TrainState& state) override {
+    if (state.adam_m.size() != flat_.size() || state.adam_v.size() != flat_.size() || state.step < 0)
+      throw InternalError("import_train_state: " + std::to_string(state.adam_m.size()) + " moments for a model of " +
+                          std::to_string(flat_.size()) + " parameters");
+    adam_m_ = state.adam_m;
+    adam_v_ = state.adam_v;
+    adam_t_ = state.step;
+  }
+
   std::vector<const float*> param_ptrs() const {
     std::vector<const float*> p;
     for (size_t off : offsets_) p.push_back(flat_.data() + off);

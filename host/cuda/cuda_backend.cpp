@@ -130,6 +130,29 @@ class CudaBackend : public Backend {
     ctx_->synchronize();
   }
 
+  TrainState export_train_state() override {
+    require_model("export_train_state");
+    TrainState state;
+    state.adam_m.resize(adam_m_.size());
+    state.adam_v.resize(adam_v_.size());
+    download(state.adam_m.data(), adam_m_.get(), adam_m_.size(), ctx_->stream());
+    download(state.adam_v.data(), adam_v_.get(), adam_v_.size(), ctx_->stream());
+    ctx_->synchronize();
+    state.step = adam_t_;
+    return state;
+  }
+
+  void import_train_state(const TrainState& state) override {
+    require_model("import_train_state");
+    if (state.adam_m.size() != params_.size() || state.adam_v.size() != params_.size() || state.step < 0)
+      throw InternalError("import_train_state: " + std::to_string(state.adam_m.size()) + " moments for a model of " +
+                          std::to_string(params_.size()) + " parameters");
+    upload(adam_m_.get(), state.adam_m.data(), state.adam_m.size(), ctx_->stream());
+    upload(adam_v_.get(), state.adam_v.data(), state.adam_v.size(), ctx_->stream());
+    ctx_->synchronize();  // the host vectors may go once this returns
+    adam_t_ = state.step;
+  }
+
   void predict(const float* x, int n, float* probs) override {
     require_model("predict");
     NvtxRange range("predict");

@@ -1,11 +1,12 @@
-// One writer per output folder. A job holds an exclusive flock on DIR/.nudge.lock for as long as it may write there;
-// a second job asking for the same folder is refused with an InputError naming the holder (its pid, host, start
-// time and command line). The kernel drops the lock when the holder exits, however it exits, so a killed job never
-// leaves a stale lock. Holding the lock also means every "NAME.tmp.<pid>" file and every staging folder in the folder
-// is a dead job's leftover (AtomicFile's temporaries and result_commit.h's staging are the only writers' files): they
-// are removed when the lock is taken, after a commit that a killed job left half done has been finished.
+// One writer per output folder. A job holds an exclusive flock on DIR/.nudge.lock (core/file_lock.h) for as long as
+// it may write there; a second job asking for the same folder is refused with an InputError naming the holder (its
+// pid, host, start time and command line). Holding the lock also means every "NAME.tmp.<pid>" file and staging folder
+// in the folder is a dead job's leftover (AtomicFile's temporaries and result_commit.h's staging are the only writers'
+// files): they are removed when the lock is taken, after a commit that a killed job left half done is finished.
 #pragma once
 #include <string>
+
+#include "file_lock.h"
 
 namespace nudge {
 
@@ -14,7 +15,6 @@ class OutputLock {
   // `command` is recorded for the message a refused job prints. Throws InputError when another job holds the folder
   // and IoError when the lock file cannot be made.
   OutputLock(const std::string& dir, const std::string& command);
-  ~OutputLock();
   OutputLock(const OutputLock&) = delete;
   OutputLock& operator=(const OutputLock&) = delete;
 
@@ -24,9 +24,10 @@ class OutputLock {
   bool recovered_commit() const { return recovered_commit_; }
 
  private:
-  int fd_ = -1;
+  // The file stays on release: optimize_report.cpp removes it with the folders a failed job made.
+  FileLock lock_;
+  bool recovered_commit_ = false;  // declared before removed_: set while removed_ is computed
   int removed_ = 0;
-  bool recovered_commit_ = false;
 };
 
 // The name of the lock file inside an output folder.

@@ -6,6 +6,7 @@
 
 #include "counter_rng.h"
 #include "errors.h"
+#include "interrupt.h"
 #include "progress.h"
 
 namespace nudge {
@@ -136,7 +137,7 @@ std::string progress_detail(const TrainOptions& opt, const EpochSums& s, int b, 
 }  // namespace
 
 std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt,
-                                    TrainSummary* summary) {
+                                    TrainSummary* summary, const TrainHooks& hooks) {
   const AdversarialConfig& adv = opt.adv;
   const bool adversarial = adv.method != AdvMethod::None;
   const int D = data.rows * data.cols, K = model.arch.num_classes();
@@ -154,7 +155,6 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
     check_y[i] = data.labels[available + i];
   }
 
-  backend.load_model(model);
   BatchTrainer trainer(backend, opt, D, K);
   std::vector<float> x(static_cast<size_t>(opt.batch) * D);
   std::vector<int32_t> y(opt.batch);
@@ -165,13 +165,37 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
   sum.check_images = check;
   sum.kept_epoch = opt.epochs;
   std::vector<double> robust_history;
+  const bool guarded = adversarial && check > 0;
   Model best = model;
-  for (int epoch = 1; epoch <= opt.epochs; ++epoch) {
+  int first_epoch = 1;
+  if (const TrainProgress* r = hooks.resume) {
+    backend.load_model(r->model);
+    backend.import_train_state(r->optimizer);
+    sum = r->summary;
+    if (guarded) {
+      best = r->best.params.empty() ? r->model : r->best;
+      for (const EpochStats& e : sum.epochs) robust_history.push_back(e.check_robust);
+    }
+    first_epoch = r->epoch + 1;
+    if (sum.collapsed) {  // the guard had stopped the run; only the model was still to be written
+      model = best;
+      check_weights_loadable(model, opt.adam.lr);
+      return sum.epochs;
+    }
+  } else {
+    backend.load_model(model);
+  }
+  for (int epoch = first_epoch; epoch <= opt.epochs; ++epoch) {
     ProgressBar bar("epoch " + std::to_string(epoch) + "/" + std::to_string(opt.epochs), batches);
     const std::vector<int> order = epoch_order(count, opt.seed, epoch);
     EpochSums s;
     float lr = opt.adam.lr, eps = 0;
     for (int b = 0; b < batches; ++b) {
+      if (interrupt_signal() != 0) {
+        bar.finish();  // the message goes on a clean line
+        throw_if_interrupted(("epoch " + std::to_string(epoch) + ", batch " + std::to_string(b + 1) + "/" +
+                              std::to_string(batches) + " of training").c_str());
+      }
       const int n = std::min(opt.batch, count - b * opt.batch);
       for (int i = 0; i < n; ++i) {
         const int idx = order[b * opt.batch + i];
@@ -229,23 +253,36 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
       bar.line(line);
     }
     sum.epochs.push_back(st);
-    if (!adversarial || check == 0) continue;
-    robust_history.push_back(st.check_robust);
-    const GuardVerdict v = guard_verdict(robust_history, adv.collapse_drop);
-    if (v.best_epoch == epoch - 1) {
-      backend.store_model(best);
-      sum.kept_epoch = epoch;
+    if (guarded) {
+      robust_history.push_back(st.check_robust);
+      const GuardVerdict v = guard_verdict(robust_history, adv.collapse_drop);
+      if (v.best_epoch == epoch - 1) {
+        backend.store_model(best);
+        sum.kept_epoch = epoch;
+      }
+      if (adv.guard && v.collapsed) {
+        char msg[320];
+        std::snprintf(msg, sizeof msg,
+                      "guard: held-out robust accuracy fell from %.2f%% (epoch %d) to %.2f%% (epoch %d): catastrophic "
+                      "overfitting; stopped and kept epoch %d's model",
+                      100 * robust_history[v.best_epoch], v.best_epoch + 1, 100 * st.check_robust, epoch,
+                      v.best_epoch + 1);
+        sum.collapsed = true;
+        sum.guard_message = msg;
+        std::fprintf(stderr, "%s\n", msg);
+      }
     }
-    if (adv.guard && v.collapsed) {
-      char msg[320];
-      std::snprintf(msg, sizeof msg,
-                    "guard: held-out robust accuracy fell from %.2f%% (epoch %d) to %.2f%% (epoch %d): catastrophic "
-                    "overfitting; stopped and kept epoch %d's model",
-                    100 * robust_history[v.best_epoch], v.best_epoch + 1, 100 * st.check_robust, epoch,
-                    v.best_epoch + 1);
-      sum.collapsed = true;
-      sum.guard_message = msg;
-      std::fprintf(stderr, "%s\n", msg);
+    if (hooks.epoch_done) {
+      // Reads the backend's state only: a run that checkpoints computes exactly what one that does not computes.
+      TrainProgress p;
+      p.epoch = epoch;
+      backend.store_model(p.model);
+      p.optimizer = backend.export_train_state();
+      p.summary = sum;
+      if (guarded) p.best = best;
+      hooks.epoch_done(p);
+    }
+    if (sum.collapsed) {
       model = best;
       check_weights_loadable(model, opt.adam.lr);
       return sum.epochs;

@@ -3,6 +3,7 @@
 // attacked images (PGD-AT, Fast-AT) or on TRADES' loss.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,10 +44,27 @@ struct TrainSummary {
   std::string guard_message;
 };
 
+// The state of a run after `epoch` complete epochs: what a checkpoint holds (checkpoint.h) and a resumed run starts
+// from. Everything else a run uses (the epoch's shuffle, the attacks' seeds, the schedules' lr and eps, the guard's
+// check) is a function of (seed, epoch, batch), so this is enough to continue bit for bit.
+struct TrainProgress {
+  int epoch = 0;
+  Model model;           // the weights after those epochs
+  TrainState optimizer;  // Adam's moments and step count
+  TrainSummary summary;  // their stats, the guard's kept epoch and verdict
+  Model best;            // the guard's kept weights (adversarial training with a check), else no params
+};
+
+struct TrainHooks {
+  const TrainProgress* resume = nullptr;                  // continue from here; `model` is then only overwritten
+  std::function<void(const TrainProgress&)> epoch_done;  // after every complete epoch (the checkpoint writer)
+};
+
 // Trains `model` in place (the backend holds the working copy; the result is stored back into `model`). With
-// adversarial training and a guard, the last check_count training images are held out.
+// adversarial training and a guard, the last check_count training images are held out. Polls for SIGINT/SIGTERM
+// before every batch (interrupt.h): an Interrupted then leaves, and the last epoch_done holds the last complete epoch.
 std::vector<EpochStats> train_model(Backend& backend, Model& model, const Dataset& data, const TrainOptions& opt,
-                                    TrainSummary* summary = nullptr);
+                                    TrainSummary* summary = nullptr, const TrainHooks& hooks = {});
 
 // Throws InputError ("training diverged ...") when a batch's loss is NaN or infinite: the run stops before its model
 // is saved, so a diverged run never replaces the previous model file.

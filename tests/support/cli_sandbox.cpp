@@ -1,10 +1,10 @@
 #include "cli_sandbox.h"
 
-#include <gtest/gtest.h>
-#include <stdlib.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +33,23 @@ std::string slurp(const fs::path& p) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+int spawn_nudge(const std::vector<std::string>& args, const std::string& err_path) {
+  std::vector<std::string> full{NUDGE_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? static_cast<int>(pid) : -1;
 }
 
 CliSandbox::CliSandbox(const std::string& prefix) : dir_(prefix), root_(dir_.path()) {
@@ -66,19 +83,8 @@ std::vector<std::string> CliSandbox::leftovers(const std::vector<std::string>& r
 
 int spawn_and_signal(const std::vector<std::string>& args, const std::string& err_path, int sig,
                      std::chrono::milliseconds delay) {
-  std::vector<std::string> full{NUDGE_BINARY};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) return -1;
+  const int pid = spawn_nudge(args, err_path);
+  if (pid < 0) return -1;
   std::this_thread::sleep_for(delay);
   ::kill(pid, sig);
   int status = 0;

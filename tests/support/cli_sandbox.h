@@ -16,6 +16,10 @@ std::string quote(const std::string& s);
 // The whole file as bytes ("" when it cannot be opened).
 std::string slurp(const std::filesystem::path& p);
 
+// Starts nudge with `args` without waiting for it (stdin and stdout /dev/null, stderr to `err_path`, the current
+// directory unchanged, so paths should be absolute). Returns its pid, or -1 when it could not start.
+int spawn_nudge(const std::vector<std::string>& args, const std::string& err_path);
+
 struct RunOutput {
   int code = -1;  // the exit status, or -1 when the command did not exit normally
   std::string out, err;

@@ -16,6 +16,8 @@ class DelegatingBackend : public Backend {
   bool is_gpu() const override { return inner_->is_gpu(); }
   void load_model(const Model& m) override { inner_->load_model(m); }
   void store_model(Model& m) override { inner_->store_model(m); }
+  TrainState export_train_state() override { return inner_->export_train_state(); }
+  void import_train_state(const TrainState& s) override { inner_->import_train_state(s); }
   void predict(const float* x, int n, float* p) override { inner_->predict(x, n, p); }
   TrainStepResult train_step(const float* x, const int32_t* y, int n, const AdamConfig& a) override {
     return inner_->train_step(x, y, n, a);

@@ -59,6 +59,8 @@ class NullBackend : public Backend {
   bool is_gpu() const override { return true; }  // the engine should treat it as it treats a GPU
   void load_model(const Model& m) override { arch_ = m.arch; }
   void store_model(Model&) override {}
+  TrainState export_train_state() override { return {}; }
+  void import_train_state(const TrainState&) override {}
   void predict(const float*, int n, float* probs) override {
     std::fill(probs, probs + static_cast<size_t>(n) * arch_.num_classes(), 1.0f / arch_.num_classes());
   }
