@@ -1,8 +1,8 @@
 // SIGINT and SIGTERM as a request to stop: the first one sets a flag that long loops poll (the optimize engine after
 // every step), so a job unwinds normally, every AtomicFile removes its temporary file, and the output folder keeps
 // the previous complete results; nudge then exits 128 + the signal (130, 143). A second signal kills at once, as
-// usual. An optimize or visualize job keeps nothing of its own; nudge train keeps its last complete epoch's checkpoint
-// and says so in `kept` (cli/cmd_train.cpp).
+// usual. An optimize or visualize job keeps the rows of its finished chunks in its journal (report/job_journal.h),
+// nudge train its last complete epoch's checkpoint; each says so in `kept`. nudge robustness keeps nothing yet.
 #pragma once
 #include <stdexcept>
 #include <string>
