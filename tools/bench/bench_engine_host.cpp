@@ -131,7 +131,7 @@ void BM_engine_host(benchmark::State& state) {
     if (report) {
       OptimizeReport sink(dir + "/out", job.count * (kind == 1 ? 10 : 1), 10, 28, 28, job.steps);
       const EngineStats stats = run_optimize(backend, model, job, starts, sink, false);
-      sink.finish(nlohmann::json::object(), stats, backend.name());
+      sink.finish(nlohmann::json::object(), stats.image_steps, stats.entries_per_row);
     } else {
       CountingSink sink;
       run_optimize(backend, model, job, starts, sink, false);
@@ -163,7 +163,7 @@ void BM_engine_overlap(benchmark::State& state) {
   for (auto _ : state) {
     OptimizeReport sink(dir + "/out", rows, 10, 28, 28, job.steps);
     const EngineStats stats = run_optimize(backend, model, job, starts, sink, false);
-    sink.finish(nlohmann::json::object(), stats, backend.name());
+    sink.finish(nlohmann::json::object(), stats.image_steps, stats.entries_per_row);
   }
   state.SetItemsProcessed(state.iterations() * rows);
 }
