@@ -116,7 +116,7 @@ void prepare_chunk(const OptimizeJob& job, const StartImages& starts, const JobL
 }
 
 void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayout& l, const PreparedChunk& c,
-               const ChunkResult& res, RowSink& sink, int threads) {
+               const ChunkResult& res, long image_steps, RowSink& sink, int threads) {
   const int D = l.D, K = l.K, per_row = l.per_row;
   std::vector<RowResult> out(c.nrows);
   ParallelErrors errors;
@@ -154,8 +154,6 @@ void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayou
     o.l2 = static_cast<float>(std::sqrt(sq));
   });
   errors.rethrow();
-  long image_steps = 0;
-  for (int i = 0; i < c.n; ++i) image_steps += res.updates[i];
   sink.rows(out, image_steps);
 }
 

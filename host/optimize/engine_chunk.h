@@ -46,8 +46,8 @@ void prepare_chunk(const OptimizeJob& job, const StartImages& starts, const JobL
 // (seed, global entry), four pixels per Philox block as the noise images are.
 void random_start(uint64_t seed, uint64_t entry, const float* x0, int D, float eps, Norm norm, float* x);
 
-// Picks each row's best entry and hands the rows to `sink`, in row order.
+// Picks each row's best entry and hands the rows to `sink`, in row order, with the updates the chunk applied.
 void emit_rows(const OptimizeJob& job, const StartImages& starts, const JobLayout& layout, const PreparedChunk& chunk,
-               const ChunkResult& result, RowSink& sink, int threads);
+               const ChunkResult& result, long image_steps, RowSink& sink, int threads);
 
 }  // namespace nudge

@@ -139,11 +139,13 @@ EngineStats run_optimize(Backend& backend, const Model& model, const OptimizeJob
     current->chunk.reset();  // its device memory is free from here
     set_start_classes(current->prepared, res);
     ++stats.chunks;
-    for (int i = 0; i < current->prepared.n; ++i) stats.image_steps += res.updates[i];
-    writing.push_back(writer.submit([&, p = std::move(current->prepared), r = std::move(res)]() mutable {
+    long chunk_steps = 0;
+    for (int i = 0; i < current->prepared.n; ++i) chunk_steps += res.updates[i];
+    stats.image_steps += chunk_steps;
+    writing.push_back(writer.submit([&, chunk_steps, p = std::move(current->prepared), r = std::move(res)]() mutable {
       if (write_failed) return;  // rows after a failed one are not written
       try {
-        emit_rows(job, starts, layout, p, r, sink, host_threads);
+        emit_rows(job, starts, layout, p, r, chunk_steps, sink, host_threads);
       } catch (...) {
         write_failed = true;
         throw;

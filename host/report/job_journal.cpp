@@ -115,11 +115,11 @@ long JobJournal::replay(OptimizeReport& report) {
   if (!reader_) return 0;
   JournalBlock block;
   while (reader_->next(block)) report.rows(block.rows, block.image_steps);
-  rows_replayed_ = reader_->rows_read();
+  const long rows = reader_->rows_read();
   image_steps_replayed_ = reader_->image_steps_read();
-  writer_ = std::make_unique<RowJournalWriter>(path_, reader_->valid_bytes(), rows_replayed_);
+  writer_ = std::make_unique<RowJournalWriter>(path_, reader_->valid_bytes(), rows);
   reader_.reset();
-  return rows_replayed_;
+  return rows;
 }
 
 void JobJournal::stage_copy(const std::string& staged_path) {

@@ -42,9 +42,7 @@ class JobJournal {
   // them. Returns the number of rows; image_steps() then counts theirs.
   long replay(OptimizeReport& report);
   RowJournalWriter& writer() { return *writer_; }
-  long rows_replayed() const { return rows_replayed_; }
   long image_steps_replayed() const { return image_steps_replayed_; }
-  const std::string& path() const { return path_; }
   // Before the commit of a shard's results: the part's file also appears at `staged_path` (a hard link, or a copy
   // where the file system has none), as the shard's rows.nudge that nudge merge reads.
   void stage_copy(const std::string& staged_path);
@@ -58,7 +56,7 @@ class JobJournal {
   std::unique_ptr<RowJournalReader> reader_;
   std::unique_ptr<RowJournalWriter> writer_;
   nlohmann::json complete_summary_;
-  long rows_replayed_ = 0, image_steps_replayed_ = 0;
+  long image_steps_replayed_ = 0;
   bool started_here_ = false;
 };
 

@@ -34,7 +34,6 @@ class OptimizeReport : public RowSink {
   // Writes grid.png and closes results.csv and images.npy (in the folder given to the constructor). Returns the
   // summary for summary.json, which the caller writes last. image_steps: the updates of the whole job.
   nlohmann::json finish(const nlohmann::json& job_spec, long image_steps, int entries_per_row);
-  long rows_recorded() const { return rows_; }
   // The counts so far, for the summary of an interrupted job (summary.incomplete.json).
   nlohmann::json progress_summary() const;
   // Every reported image, kept only when asked (class-visualisation grids need them all).

@@ -27,8 +27,6 @@ constexpr uint64_t kMaxPayloadBytes = uint64_t{4} << 30;
 constexpr size_t kRecordFixedBytes = 3 * 8 + 9 * 4 + 5 * 4 + 4;
 constexpr uint32_t kMaxNameBytes = 1u << 16;
 
-uint64_t fnv1a(const char* p, size_t n) { return fnv1a64(p, n); }
-
 template <typename T>
 void put(std::string& out, T v) {
   char b[sizeof(T)];
@@ -165,7 +163,7 @@ bool RowJournalReader::next(JournalBlock& block) {
   std::string payload(static_cast<size_t>(payload_bytes), '\0');
   uint64_t sum = 0;
   if (std::fread(payload.data(), 1, payload.size(), file_) != payload.size() || std::fread(&sum, 1, 8, file_) != 8 ||
-      sum != fnv1a(payload.data(), payload.size())) {
+      sum != fnv1a64(payload.data(), payload.size())) {
     damaged_tail_ = true;
     return false;
   }
@@ -301,7 +299,7 @@ void RowJournalWriter::append(const std::vector<RowResult>& rows, long image_ste
   put<uint32_t>(head, static_cast<uint32_t>(rows.size()));
   put<uint64_t>(head, static_cast<uint64_t>(image_steps));
   put<uint64_t>(head, static_cast<uint64_t>(p.size()));
-  const uint64_t sum = fnv1a(p.data(), p.size());
+  const uint64_t sum = fnv1a64(p.data(), p.size());
   write_all(file_, head.data(), head.size(), path_);
   write_all(file_, p.data(), p.size(), path_);
   write_all(file_, &sum, 8, path_);

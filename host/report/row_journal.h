@@ -86,7 +86,6 @@ class RowJournalWriter {
   // D and K: pixels per image and classes, as in the header.
   void append(const std::vector<RowResult>& rows, long image_steps, int D, int K);
   long rows_written() const { return rows_; }
-  const std::string& path() const { return path_; }
 
  private:
   std::string path_;

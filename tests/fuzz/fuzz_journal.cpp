@@ -17,6 +17,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!f) return 0;
   std::fwrite(data, 1, size, f);
   std::fclose(f);
+  struct Unlink {
+    ~Unlink() { std::remove(path.c_str()); }
+  } unlink_after;
   try {
     nudge::RowJournalReader reader(path);
     nudge::JournalBlock block;
