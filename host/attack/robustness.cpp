@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "errors.h"
+#include "interrupt.h"
 #include "progress.h"
 
 namespace nudge {
@@ -125,6 +126,8 @@ void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int
     const std::string detail = std::to_string(todo.size()) + " entries";
     if (cfg.progress) bar.update(0, detail, true);
     run_stage(backend, set, todo, cfg.attacks[s], cfg, H, W, rec, st, [&](double f) {
+      // Called between iterations, never inside a parallel region: a stop asked for unwinds from here.
+      throw_if_interrupted("the robustness evaluation");
       if (!cfg.progress) return;
       long broken = 0;
       for (int e : todo) broken += rec.broken[e];

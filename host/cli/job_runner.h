@@ -8,7 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "interrupt.h"
 #include "optimize_job.h"
+#include "output_lock.h"
+#include "result_commit.h"
+#include "row_journal.h"
 
 namespace nudge::cli {
 
@@ -29,6 +33,18 @@ struct JobRun {
 
 // Runs the job; returns the summary. When `images` is non-null it receives every reported image, row-major.
 nlohmann::json run_job(const JobRun& run, std::vector<float>* images);
+
+// The same job across the ranks of an MPI job (rank_job.cpp): each rank computes its part, the root writes the folder.
+nlohmann::json run_job_on_ranks(const JobRun& run, std::vector<float>* images);
+
+// Pieces run_job and run_job_on_ranks share. The notes of an OutputLock that tidied the folder (stderr).
+void report_lock_cleanup(const OutputLock& lock, const std::string& out, bool quiet);
+// summary.incomplete.json of an interrupted job: `s` (the counts so far) marked incomplete, with the job and the rows kept.
+void write_incomplete_summary(const std::string& out, nlohmann::json s, const JournalHeader& header, long rows_kept);
+// The Interrupted to rethrow, its `kept` saying where the rows are and how to continue.
+Interrupted interrupted_with_journal(const Interrupted& e, const std::string& out, long done, long rows);
+// Adds `files` to the summary, stages run.json and summary.json (last) and commits the set.
+void commit_results(ResultStaging& staging, nlohmann::json& summary, const nlohmann::json& run_info);
 
 // --shard K/N as (K, N); InputError naming the flag when malformed.
 void parse_shard(const std::string& text, int* shard, int* shards);

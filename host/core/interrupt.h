@@ -2,7 +2,8 @@
 // every step), so a job unwinds normally, every AtomicFile removes its temporary file, and the output folder keeps
 // the previous complete results; nudge then exits 128 + the signal (130, 143). A second signal kills at once, as
 // usual. An optimize or visualize job keeps the rows of its finished chunks in its journal (report/job_journal.h),
-// nudge train its last complete epoch's checkpoint; each says so in `kept`. nudge robustness keeps nothing yet.
+// nudge train its last complete epoch's checkpoint, nudge robustness its finished chunks of points (report/
+// robustness_journal.h); each says what it kept.
 #pragma once
 #include <stdexcept>
 #include <string>

@@ -75,7 +75,7 @@ void assert_classes(const int32_t* cls, const int32_t* kind, int n, int K, const
 
 class CudaBackend : public Backend {
  public:
-  CudaBackend() : ctx_(shared_context(0)) {}
+  explicit CudaBackend(int device) : ctx_(shared_context(device)) {}
   // Queued work may read the buffers about to be freed. (A chunk from begin_optimize must not outlive its backend.)
   ~CudaBackend() override { cudaStreamSynchronize(ctx_->stream()); }
 
@@ -441,6 +441,6 @@ class CudaBackend : public Backend {
 
 }  // namespace cuda
 
-std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<cuda::CudaBackend>(); }
+std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<cuda::CudaBackend>(device); }
 
 }  // namespace nudge

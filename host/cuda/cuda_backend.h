@@ -11,6 +11,9 @@ namespace nudge {
 // Whether a usable CUDA device is present; when not, `why` says why in a few words (no driver, no device, the
 // device's architecture is not among those compiled in).
 bool cuda_device_usable(std::string* why);
-std::unique_ptr<Backend> make_cuda_backend();
+// The visible CUDA devices (0 when none or no driver).
+int cuda_device_count();
+// A backend on device `device` (0 <= device < cuda_device_count()).
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
 
 }  // namespace nudge

@@ -64,6 +64,15 @@ bool architectures_cover(const std::string& archs, int major, int minor, std::st
 
 }  // namespace
 
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
 bool cuda_device_usable(std::string* why) {
   std::string scratch;
   std::string& reason = why ? *why : scratch;

@@ -1,5 +1,6 @@
 #include "job_journal.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -63,35 +64,78 @@ std::string journal_path(const std::string& dir, int part, int parts) {
   return journal_folder(dir) + "/part-" + std::to_string(part) + "-of-" + std::to_string(parts) + ".nudge";
 }
 
-JobJournal::JobJournal(const std::string& dir, const JournalHeader& header, bool resume, bool quiet)
-    : dir_(dir), path_(journal_path(dir, header.part, header.parts)), header_(header) {
-  if (resume && exists(path_)) {
-    reader_ = std::make_unique<RowJournalReader>(path_);
-    const JournalHeader& h = reader_->header();
-    const std::string diff = spec_differences(h.job, header.job);
-    if (!diff.empty())
-      throw InputError("--resume: " + dir + " holds an interrupted job that differs from this one (" + diff +
-                       "); run it as it was, or leave out --resume to start this job afresh");
-    if (h.total_rows != header.total_rows || h.first_row != header.first_row || h.rows != header.rows ||
-        h.height != header.height || h.width != header.width || h.classes != header.classes || h.judge != header.judge)
-      throw InputError("--resume: the journal " + path_ + " does not match this job's rows or model (" +
-                       std::to_string(h.rows) + " rows from row " + std::to_string(h.first_row) + " of " +
-                       std::to_string(h.total_rows) + "); leave out --resume to start afresh");
-    return;
+namespace {
+
+// The part count of the journal files in `folder` (part-K-of-N.nudge) other than `parts`, or 0 if there are none.
+int other_partitioning(const std::string& folder, int parts) {
+  DIR* d = ::opendir(folder.c_str());
+  if (!d) return 0;
+  int found = 0;
+  while (const dirent* e = ::readdir(d)) {
+    int k = 0, n = 0;
+    char tail[8] = {0};
+    if (std::sscanf(e->d_name, "part-%d-of-%d.%7s", &k, &n, tail) == 3 && std::strcmp(tail, "nudge") == 0 && n != parts) {
+      found = n;
+      break;
+    }
   }
+  ::closedir(d);
+  return found;
+}
+
+}  // namespace
+
+void JobJournal::check_resumable(const Part& p) const {
+  const JournalHeader& h = p.reader->header();
+  const JournalHeader& want = p.header;
+  const std::string diff = spec_differences(h.job, want.job);
+  if (!diff.empty())
+    throw InputError("--resume: " + dir_ + " holds an interrupted job that differs from this one (" + diff +
+                     "); run it as it was, or leave out --resume to start this job afresh");
+  if (h.total_rows != want.total_rows || h.first_row != want.first_row || h.rows != want.rows || h.part != want.part ||
+      h.parts != want.parts || h.height != want.height || h.width != want.width || h.classes != want.classes ||
+      h.judge != want.judge)
+    throw InputError("--resume: the journal " + p.path + " does not match this job's rows or model (" +
+                     std::to_string(h.rows) + " rows from row " + std::to_string(h.first_row) + " of " +
+                     std::to_string(h.total_rows) + "); leave out --resume to start afresh");
+}
+
+JobJournal::JobJournal(const std::string& dir, const std::vector<JournalHeader>& headers, bool resume, bool quiet)
+    : dir_(dir) {
+  if (headers.empty()) throw InternalError("a job journal needs at least one part");
+  for (const JournalHeader& h : headers) parts_.push_back({h, journal_path(dir, h.part, h.parts), nullptr, nullptr});
+  const std::string folder = journal_folder(dir);
+  const int parts = headers.front().parts;
   if (resume) {
+    bool any = false;
+    for (const Part& p : parts_) any = any || exists(p.path);
+    if (any) {
+      // A part without a file (possible only if a kill came between the parts' creation) starts empty.
+      for (Part& p : parts_) {
+        if (exists(p.path)) {
+          p.reader = std::make_unique<RowJournalReader>(p.path);
+          check_resumable(p);
+        } else {
+          p.writer = std::make_unique<RowJournalWriter>(p.path, p.header);
+        }
+      }
+      return;
+    }
+    if (const int n = other_partitioning(folder, parts))
+      throw InputError("--resume: the journal in " + dir + " was written as " + std::to_string(n) + " parts (mpirun -np " +
+                       std::to_string(n) + ", or --shard K/" + std::to_string(n) + "); this job runs as " +
+                       std::to_string(parts) + ": resume it as it was run, or leave out --resume to start afresh");
     // A job that a scheduler restarts runs the same command, --resume and all, also after it has finished.
     const std::string summary_path = dir + "/summary.json";
     if (exists(summary_path)) {
       const nlohmann::json s = nlohmann::json::parse(read_file(summary_path, 64 << 20), nullptr, false);
-      if (s.is_object() && s.contains("job") && s["job"] == header.job) {
+      if (s.is_object() && s.contains("job") && s["job"] == headers.front().job) {
         complete_summary_ = s;
         return;
       }
     }
     if (!quiet) std::fprintf(stderr, "nudge: --resume: %s holds no journal of this job; starting from its first row\n", dir.c_str());
   }
-  const std::string folder = journal_folder(dir);
   if (exists(folder)) {
     if (!quiet && !resume)
       std::fprintf(stderr, "nudge: discarded the journal of an interrupted job in %s (--resume would have continued it)\n",
@@ -100,36 +144,73 @@ JobJournal::JobJournal(const std::string& dir, const JournalHeader& header, bool
   }
   if (::mkdir(folder.c_str(), 0777) != 0 && errno != EEXIST)
     throw IoError("I/O error: cannot create the journal folder " + folder + ": " + std::strerror(errno));
-  writer_ = std::make_unique<RowJournalWriter>(path_, header);
+  for (Part& p : parts_) p.writer = std::make_unique<RowJournalWriter>(p.path, p.header);
   started_here_ = true;
 }
 
 JobJournal::~JobJournal() {
-  if (started_here_ && writer_ && writer_->rows_written() == 0) {
-    writer_.reset();
-    remove_flat_folder(journal_folder(dir_));
-  }
+  if (!started_here_) return;
+  for (const Part& p : parts_)
+    if (!p.writer || p.writer->rows_written() > 0) return;
+  parts_.clear();
+  remove_flat_folder(journal_folder(dir_));
 }
 
 long JobJournal::replay(OptimizeReport& report) {
-  if (!reader_) return 0;
+  Part& p = parts_.at(0);
+  if (!p.reader) return 0;
   JournalBlock block;
-  while (reader_->next(block)) report.rows(block.rows, block.image_steps);
-  const long rows = reader_->rows_read();
-  image_steps_replayed_ = reader_->image_steps_read();
-  writer_ = std::make_unique<RowJournalWriter>(path_, reader_->valid_bytes(), rows);
-  reader_.reset();
+  while (p.reader->next(block)) report.rows(block.rows, block.image_steps);
+  const long rows = p.reader->rows_read();
+  image_steps_replayed_ = p.reader->image_steps_read();
+  p.writer = std::make_unique<RowJournalWriter>(p.path, p.reader->valid_bytes(), rows);
+  p.reader.reset();
   return rows;
 }
 
+std::vector<long> JobJournal::open_parts() {
+  std::vector<long> done;
+  for (Part& p : parts_) {
+    if (p.reader) {
+      JournalBlock block;
+      while (p.reader->next(block)) {
+      }
+      p.writer = std::make_unique<RowJournalWriter>(p.path, p.reader->valid_bytes(), p.reader->rows_read());
+      p.reader.reset();
+    }
+    done.push_back(p.writer->rows_written());
+  }
+  return done;
+}
+
+long JobJournal::replay_all(OptimizeReport& report) {
+  long steps = 0;
+  for (Part& p : parts_) {
+    const long expect = p.header.rows;
+    if (p.writer && p.writer->rows_written() != expect)
+      throw InternalError("journal part " + p.path + " holds " + std::to_string(p.writer->rows_written()) + " of its " +
+                          std::to_string(expect) + " rows");
+    p.writer.reset();  // flushed and closed: every block is on disk
+    RowJournalReader reader(p.path);
+    JournalBlock block;
+    while (reader.next(block)) report.rows(block.rows, block.image_steps);
+    if (reader.rows_read() != expect || reader.damaged_tail())
+      throw InternalError("journal part " + p.path + " read back " + std::to_string(reader.rows_read()) + " of its " +
+                          std::to_string(expect) + " rows");
+    steps += reader.image_steps_read();
+  }
+  return steps;
+}
+
 void JobJournal::stage_copy(const std::string& staged_path) {
-  writer_.reset();  // flushed and closed: every block is on disk
-  if (::link(path_.c_str(), staged_path.c_str()) == 0) return;
-  write_file_atomically(staged_path, read_file(path_));
+  Part& p = parts_.at(0);
+  p.writer.reset();  // flushed and closed: every block is on disk
+  if (::link(p.path.c_str(), staged_path.c_str()) == 0) return;
+  write_file_atomically(staged_path, read_file(p.path));
 }
 
 void JobJournal::remove() {
-  writer_.reset();
+  parts_.clear();
   remove_flat_folder(journal_folder(dir_));
 }
 

@@ -27,10 +27,14 @@ std::string journal_path(const std::string& dir, int part, int parts);
 
 class JobJournal {
  public:
-  // resume: continue DIR's journal of this part if there is one (InputError if its job differs from header.job);
-  // without one, a folder that already holds this job's complete results is reported by already_complete().
-  // Otherwise the journal is started afresh (any older journal in the folder is removed, with a note on stderr).
-  JobJournal(const std::string& dir, const JournalHeader& header, bool resume, bool quiet);
+  // resume: continue DIR's journal of this part if there is one (InputError if its job differs from header.job, or if
+  // the journal was written as another number of parts); without one, a folder that already holds this job's
+  // complete results is reported by already_complete(). Otherwise the journal is started afresh (any older journal
+  // in the folder is removed, with a note on stderr).
+  JobJournal(const std::string& dir, const JournalHeader& header, bool resume, bool quiet)
+      : JobJournal(dir, std::vector<JournalHeader>{header}, resume, quiet) {}
+  // Several parts of one job side by side (an MPI job's root keeps every rank's part); each header names its part.
+  JobJournal(const std::string& dir, const std::vector<JournalHeader>& parts, bool resume, bool quiet);
   // A journal started here that never received a row is removed again: a job that failed before its first chunk
   // leaves nothing to resume.
   ~JobJournal();
@@ -38,10 +42,16 @@ class JobJournal {
   // --resume on a folder whose summary.json is this very job's: nothing to do; the summary it holds.
   bool already_complete() const { return !complete_summary_.is_null(); }
   const nlohmann::json& complete_summary() const { return complete_summary_; }
-  // Feeds the rows the journal already holds into `report`, in order, and opens the journal for appending after
-  // them. Returns the number of rows; image_steps() then counts theirs.
+  // One part: feeds the rows the journal already holds into `report`, in order, and opens the journal for appending
+  // after them. Returns the number of rows; image_steps_replayed() then counts theirs.
   long replay(OptimizeReport& report);
-  RowJournalWriter& writer() { return *writer_; }
+  // Every part: opens it for appending after the rows it already holds, without reading them into a report;
+  // returns those row counts, by part.
+  std::vector<long> open_parts();
+  // After every part is complete: closes the writers and feeds all parts' rows, part by part, into `report`.
+  // Returns the image steps they hold.
+  long replay_all(OptimizeReport& report);
+  RowJournalWriter& writer(size_t part = 0) { return *parts_.at(part).writer; }
   long image_steps_replayed() const { return image_steps_replayed_; }
   // Before the commit of a shard's results: the part's file also appears at `staged_path` (a hard link, or a copy
   // where the file system has none), as the shard's rows.nudge that nudge merge reads.
@@ -51,10 +61,15 @@ class JobJournal {
   void remove();
 
  private:
-  std::string dir_, path_;
-  JournalHeader header_;
-  std::unique_ptr<RowJournalReader> reader_;
-  std::unique_ptr<RowJournalWriter> writer_;
+  struct Part {
+    JournalHeader header;
+    std::string path;
+    std::unique_ptr<RowJournalReader> reader;  // the rows a resumed part holds, until they are read
+    std::unique_ptr<RowJournalWriter> writer;
+  };
+  void check_resumable(const Part& part) const;
+  std::string dir_;
+  std::vector<Part> parts_;
   nlohmann::json complete_summary_;
   long image_steps_replayed_ = 0;
   bool started_here_ = false;

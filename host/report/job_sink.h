@@ -18,8 +18,8 @@ void judge_rows(Backend& judge, std::vector<RowResult>& rows, int D, int K);
 
 class JobSink : public RowSink {
  public:
-  // judge and report may be null (an MPI rank that only sends its rows); journal may be null (no journal kept).
-  JobSink(Backend* judge, OptimizeReport* report, RowJournalWriter* journal, int D, int K)
+  // judge and report may be null (an MPI rank only judges and sends its rows); journal may be null (none kept).
+  JobSink(Backend* judge, OptimizeReport* report, RowBlockSink* journal, int D, int K)
       : judge_(judge), report_(report), journal_(journal), D_(D), K_(K) {}
   void row(const RowResult& r) override { rows({r}, 0); }
   void rows(const std::vector<RowResult>& batch, long image_steps) override;
@@ -28,7 +28,7 @@ class JobSink : public RowSink {
  private:
   Backend* judge_;
   OptimizeReport* report_;
-  RowJournalWriter* journal_;
+  RowBlockSink* journal_;
   int D_, K_;
   long image_steps_ = 0;
   std::vector<RowResult> judged_;

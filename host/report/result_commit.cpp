@@ -57,7 +57,7 @@ void apply_commit(const std::string& dir, const std::string& staging, const std:
 
 const std::vector<std::string>& result_file_names() {
   static const std::vector<std::string> names = {"results.csv", "images.npy", "grid.png",   "classes.png",
-                                                  "rows.nudge",  "run.json",   "summary.json", "summary.incomplete.json"};
+                                                  "robustness.png", "rows.nudge",  "run.json",   "summary.json", "summary.incomplete.json"};
   return names;
 }
 

@@ -9,17 +9,18 @@
 
 #include "errors.h"
 #include "fnv1a.h"
+#include "journal_bytes.h"
 #include "json_text.h"
 
 namespace nudge {
 
 namespace {
 
+using namespace journal_bytes;
+
 constexpr char kMagic[8] = {'N', 'U', 'D', 'G', 'E', 'J', 'R', 'N'};
 constexpr char kBlockMagic[4] = {'B', 'L', 'K', '1'};
 constexpr uint32_t kVersion = 1;
-constexpr uint32_t kMaxHeaderBytes = 1u << 20;
-constexpr size_t kBlockHeaderBytes = 4 + 4 + 8 + 8;
 // Far beyond any chunk (a chunk of 65,536 rows of 28x28 images is 400 MB with its start images), small enough that a
 // damaged length cannot ask for the machine's memory.
 constexpr uint64_t kMaxPayloadBytes = uint64_t{4} << 30;
@@ -27,41 +28,7 @@ constexpr uint64_t kMaxPayloadBytes = uint64_t{4} << 30;
 constexpr size_t kRecordFixedBytes = 3 * 8 + 9 * 4 + 5 * 4 + 4;
 constexpr uint32_t kMaxNameBytes = 1u << 16;
 
-template <typename T>
-void put(std::string& out, T v) {
-  char b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));
-  out.append(b, sizeof(T));
-}
 
-// Reads fixed-size fields from a byte range; InputError naming the file when a field runs past the end.
-class Cursor {
- public:
-  Cursor(const char* p, size_t n, const std::string& what) : p_(p), end_(p + n), what_(what) {}
-  template <typename T>
-  T get() {
-    need(sizeof(T));
-    T v;
-    std::memcpy(&v, p_, sizeof(T));
-    p_ += sizeof(T);
-    return v;
-  }
-  const char* take(size_t n) {
-    need(n);
-    const char* at = p_;
-    p_ += n;
-    return at;
-  }
-  size_t left() const { return static_cast<size_t>(end_ - p_); }
-
- private:
-  void need(size_t n) const {
-    if (static_cast<size_t>(end_ - p_) < n) throw InputError(what_ + ": a row record runs past the end of its block");
-  }
-  const char* p_;
-  const char* end_;
-  std::string what_;
-};
 
 nlohmann::json header_to_json(const JournalHeader& h) {
   return {{"job", h.job},         {"total_rows", h.total_rows}, {"first_row", h.first_row}, {"rows", h.rows},
@@ -102,14 +69,7 @@ JournalHeader header_from_json(const nlohmann::json& j, const std::string& path)
   return h;
 }
 
-void flush_to_disk(std::FILE* f, const std::string& path) {
-  if (std::fflush(f) != 0 || ::fdatasync(::fileno(f)) != 0)
-    throw IoError("I/O error: write to " + path + " failed: " + std::strerror(errno));
-}
 
-void write_all(std::FILE* f, const void* data, size_t n, const std::string& path) {
-  if (n && std::fwrite(data, 1, n, f) != n) throw IoError("I/O error: write to " + path + " failed: " + std::strerror(errno));
-}
 
 }  // namespace
 
@@ -118,55 +78,25 @@ RowJournalReader::RowJournalReader(const std::string& path) : path_(path) {
   if (::stat(path.c_str(), &st) != 0) throw InputError("cannot read " + path + ": " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) throw InputError("cannot read " + path + ": not a regular file");
   size_ = static_cast<uint64_t>(st.st_size);
-  file_ = std::fopen(path.c_str(), "rb");
+  file_.reset(std::fopen(path.c_str(), "rb"));
   if (!file_) throw InputError("cannot read " + path + ": " + std::strerror(errno));
-  char head[16];
-  if (size_ < sizeof head || std::fread(head, 1, sizeof head, file_) != sizeof head || std::memcmp(head, kMagic, 8) != 0)
-    throw InputError(path + " is not a nudge journal (no NUDGEJRN magic)");
-  uint32_t version, bytes;
-  std::memcpy(&version, head + 8, 4);
-  std::memcpy(&bytes, head + 12, 4);
-  if (version != kVersion)
-    throw InputError(path + " is a nudge journal of version " + std::to_string(version) + "; this nudge reads version " +
-                     std::to_string(kVersion));
-  if (bytes > kMaxHeaderBytes || bytes > size_ - sizeof head)
-    throw InputError(path + " is not a nudge journal (its header length " + std::to_string(bytes) + " is past the end)");
-  std::string text(bytes, '\0');
-  if (std::fread(text.data(), 1, bytes, file_) != bytes) throw InputError("cannot read " + path + ": short read");
+  const std::string text = read_head(file_.get(), size_, path, kMagic, kVersion, "a nudge journal", &valid_bytes_);
   const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) throw InputError(path + " is not a nudge journal (its header is not JSON)");
   header_ = header_from_json(j, path);
-  valid_bytes_ = sizeof head + bytes;
 }
 
-RowJournalReader::~RowJournalReader() {
-  if (file_) std::fclose(file_);
-}
 
 bool RowJournalReader::next(JournalBlock& block) {
   if (damaged_tail_ || valid_bytes_ == size_) return false;
-  char bh[kBlockHeaderBytes];
-  uint32_t nrows = 0;
-  uint64_t steps = 0, payload_bytes = 0;
-  const uint64_t left = size_ - valid_bytes_;
-  if (left < kBlockHeaderBytes + 8 || std::fread(bh, 1, sizeof bh, file_) != sizeof bh || std::memcmp(bh, kBlockMagic, 4) != 0) {
+  RawBlock raw;
+  if (!read_block(file_.get(), size_ - valid_bytes_, kBlockMagic, kMaxPayloadBytes, raw)) {
     damaged_tail_ = true;
     return false;
   }
-  std::memcpy(&nrows, bh + 4, 4);
-  std::memcpy(&steps, bh + 8, 8);
-  std::memcpy(&payload_bytes, bh + 16, 8);
-  if (payload_bytes > kMaxPayloadBytes || payload_bytes > left - kBlockHeaderBytes - 8) {
-    damaged_tail_ = true;
-    return false;
-  }
-  std::string payload(static_cast<size_t>(payload_bytes), '\0');
-  uint64_t sum = 0;
-  if (std::fread(payload.data(), 1, payload.size(), file_) != payload.size() || std::fread(&sum, 1, 8, file_) != 8 ||
-      sum != fnv1a64(payload.data(), payload.size())) {
-    damaged_tail_ = true;
-    return false;
-  }
+  const uint32_t nrows = raw.count;
+  const uint64_t steps = raw.tag;
+  const std::string& payload = raw.payload;
 
   // The checksum matched, so what follows was written as it stands: a contradiction is a forged or foreign file.
   const JournalHeader& h = header_;
@@ -245,35 +175,27 @@ bool RowJournalReader::next(JournalBlock& block) {
   }
   rows_read_ += nrows;
   image_steps_read_ += block.image_steps;
-  valid_bytes_ += kBlockHeaderBytes + payload.size() + 8;
+  valid_bytes_ += kBlockHeadBytes + payload.size() + 8;
   return true;
 }
 
 RowJournalWriter::RowJournalWriter(const std::string& path, const JournalHeader& header) : path_(path) {
-  file_ = std::fopen(path.c_str(), "wb");
+  file_.reset(std::fopen(path.c_str(), "wb"));
   if (!file_) throw IoError("I/O error: cannot create the journal " + path + ": " + std::strerror(errno));
-  const std::string text = json_text(header_to_json(header));
-  std::string head(kMagic, 8);
-  put<uint32_t>(head, kVersion);
-  put<uint32_t>(head, static_cast<uint32_t>(text.size()));
-  head += text;
-  write_all(file_, head.data(), head.size(), path_);
-  flush_to_disk(file_, path_);
+  const std::string head = encode_head(kMagic, kVersion, json_text(header_to_json(header)));
+  write_all(file_.get(), head.data(), head.size(), path_);
+  flush_to_disk(file_.get(), path_);
 }
 
 RowJournalWriter::RowJournalWriter(const std::string& path, uint64_t valid_bytes, long rows) : path_(path), rows_(rows) {
-  file_ = std::fopen(path.c_str(), "r+b");
+  file_.reset(std::fopen(path.c_str(), "r+b"));
   if (!file_) throw IoError("I/O error: cannot open the journal " + path + ": " + std::strerror(errno));
-  if (::ftruncate(::fileno(file_), static_cast<off_t>(valid_bytes)) != 0 || std::fseek(file_, 0, SEEK_END) != 0)
+  if (::ftruncate(::fileno(file_.get()), static_cast<off_t>(valid_bytes)) != 0 || std::fseek(file_.get(), 0, SEEK_END) != 0)
     throw IoError("I/O error: cannot cut the journal " + path + " after its last whole block: " + std::strerror(errno));
 }
 
-RowJournalWriter::~RowJournalWriter() {
-  if (file_) std::fclose(file_);
-}
 
-void RowJournalWriter::append(const std::vector<RowResult>& rows, long image_steps, int D, int K) {
-  if (rows.empty()) return;
+std::string encode_journal_block(const std::vector<RowResult>& rows, long image_steps, int D, int K, long rows_before) {
   std::string p;
   const size_t d = static_cast<size_t>(D), k = static_cast<size_t>(K);
   p.reserve(rows.size() * (kRecordFixedBytes + 4 * (k + d) + 1 + 32));
@@ -291,20 +213,25 @@ void RowJournalWriter::append(const std::vector<RowResult>& rows, long image_ste
     p += r.source_name;
     p.append(reinterpret_cast<const char*>(r.probs.data()), 4 * k);
     p.append(reinterpret_cast<const char*>(r.image), 4 * d);
-    const bool keep_start = rows_ + static_cast<long>(i) < kJournalStartRows;
+    const bool keep_start = rows_before + static_cast<long>(i) < kJournalStartRows;
     p += static_cast<char>(keep_start ? 1 : 0);
     if (keep_start) p.append(reinterpret_cast<const char*>(r.start), 4 * d);
   }
-  std::string head(kBlockMagic, 4);
-  put<uint32_t>(head, static_cast<uint32_t>(rows.size()));
-  put<uint64_t>(head, static_cast<uint64_t>(image_steps));
-  put<uint64_t>(head, static_cast<uint64_t>(p.size()));
-  const uint64_t sum = fnv1a64(p.data(), p.size());
-  write_all(file_, head.data(), head.size(), path_);
-  write_all(file_, p.data(), p.size(), path_);
-  write_all(file_, &sum, 8, path_);
-  flush_to_disk(file_, path_);
-  rows_ += static_cast<long>(rows.size());
+  return frame_block(kBlockMagic, static_cast<uint32_t>(rows.size()), static_cast<uint64_t>(image_steps), p);
+}
+
+long journal_block_rows(const std::string& block) { return framed_count(block, kBlockMagic); }
+
+void RowJournalWriter::append(const std::vector<RowResult>& rows, long image_steps, int D, int K) {
+  if (rows.empty()) return;
+  append_block(encode_journal_block(rows, image_steps, D, K, rows_.load()));
+}
+
+void RowJournalWriter::append_block(const std::string& block) {
+  const long n = journal_block_rows(block);
+  write_all(file_.get(), block.data(), block.size(), path_);
+  flush_to_disk(file_.get(), path_);
+  rows_ += n;
 }
 
 }  // namespace nudge

@@ -12,8 +12,10 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,7 +49,6 @@ class RowJournalReader {
  public:
   // Reads the header; InputError naming the path when the file is not a nudge journal or its header is malformed.
   explicit RowJournalReader(const std::string& path);
-  ~RowJournalReader();
   RowJournalReader(const RowJournalReader&) = delete;
   RowJournalReader& operator=(const RowJournalReader&) = delete;
 
@@ -64,33 +65,50 @@ class RowJournalReader {
 
  private:
   std::string path_;
-  std::FILE* file_ = nullptr;
+  // Closed however the object ends, also when its constructor throws after opening it.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_{nullptr, &std::fclose};
   uint64_t size_ = 0, valid_bytes_ = 0;
   long rows_read_ = 0, image_steps_read_ = 0;
   bool damaged_tail_ = false;
   JournalHeader header_;
 };
 
-class RowJournalWriter {
+// One journal block (head, payload, checksum) of `rows`, the part's rows from row `rows_before` of the part on
+// (which decides the rows that keep their start image). D and K: pixels per image and classes, as in the header.
+// An MPI rank encodes its blocks with this and sends them to the rank that writes the journal.
+std::string encode_journal_block(const std::vector<RowResult>& rows, long image_steps, int D, int K, long rows_before);
+// The rows an encoded block holds (its head's count); InternalError if `block` does not start like one.
+long journal_block_rows(const std::string& block);
+
+// Where an optimize job's rows go to be kept: the journal on disk, or (on an MPI rank) the rank that writes it.
+class RowBlockSink {
+ public:
+  virtual ~RowBlockSink() = default;
+  virtual void append(const std::vector<RowResult>& rows, long image_steps, int D, int K) = 0;
+};
+
+class RowJournalWriter : public RowBlockSink {
  public:
   // Starts a new journal at `path` (replacing any file there). The header is on disk when this returns.
   RowJournalWriter(const std::string& path, const JournalHeader& header);
   // Continues the journal at `path` after its first `valid_bytes` bytes (RowJournalReader::valid_bytes), which hold
   // `rows` rows; a damaged tail beyond them is cut off.
   RowJournalWriter(const std::string& path, uint64_t valid_bytes, long rows);
-  ~RowJournalWriter();
   RowJournalWriter(const RowJournalWriter&) = delete;
   RowJournalWriter& operator=(const RowJournalWriter&) = delete;
 
   // Appends one block and flushes it to disk (fdatasync) before returning; IoError naming the path on failure.
   // D and K: pixels per image and classes, as in the header.
-  void append(const std::vector<RowResult>& rows, long image_steps, int D, int K);
-  long rows_written() const { return rows_; }
+  void append(const std::vector<RowResult>& rows, long image_steps, int D, int K) override;
+  // Appends a block made by encode_journal_block for this journal's next rows, flushed like append().
+  void append_block(const std::string& block);
+  long rows_written() const { return rows_.load(); }  // also read by another thread (an MPI root's failure note)
 
  private:
   std::string path_;
-  std::FILE* file_ = nullptr;
-  long rows_ = 0;
+  // Closed however the object ends, also when its constructor throws after opening it.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_{nullptr, &std::fclose};
+  std::atomic<long> rows_{0};
 };
 
 }  // namespace nudge

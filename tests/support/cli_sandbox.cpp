@@ -58,8 +58,17 @@ CliSandbox::CliSandbox(const std::string& prefix) : dir_(prefix), root_(dir_.pat
 }
 
 RunOutput CliSandbox::run(const std::vector<std::string>& args, const std::string& cwd, const std::string& shell) const {
+  return run_in(shell, cwd, "", args);
+}
+
+RunOutput CliSandbox::run_launched(const std::string& launcher, const std::vector<std::string>& args) const {
+  return run_in("", "", launcher + " ", args);
+}
+
+RunOutput CliSandbox::run_in(const std::string& shell, const std::string& cwd, const std::string& launcher,
+                             const std::vector<std::string>& args) const {
   const fs::path out = root_ / "capture" / "stdout", err = root_ / "capture" / "stderr";
-  std::string cmd = shell + " cd " + quote(cwd.empty() ? work().string() : cwd) + " && " + quote(NUDGE_BINARY);
+  std::string cmd = shell + " cd " + quote(cwd.empty() ? work().string() : cwd) + " && " + launcher + quote(NUDGE_BINARY);
   for (const std::string& a : args) cmd += " " + quote(a);
   cmd += " </dev/null >" + quote(out.string()) + " 2>" + quote(err.string());
   const int status = std::system(cmd.c_str());

@@ -44,12 +44,16 @@ class CliSandbox {
   // Runs nudge with `args` (stdin from /dev/null) in folder `cwd` (default: work/). `shell` runs first in the same
   // /bin/sh, e.g. "ulimit -f 64; trap '' XFSZ;" to give nudge a full disk.
   RunOutput run(const std::vector<std::string>& args, const std::string& cwd = "", const std::string& shell = "") const;
+  // Runs `launcher` (words for /bin/sh, e.g. "mpirun -np 2") with nudge and `args` after it, in work/.
+  RunOutput run_launched(const std::string& launcher, const std::vector<std::string>& args) const;
 
   // Paths, relative to work/, of every file anywhere under work/ whose name is one of `result_names` or contains
   // ".tmp.".
   std::vector<std::string> leftovers(const std::vector<std::string>& result_names) const;
 
  private:
+  RunOutput run_in(const std::string& shell, const std::string& cwd, const std::string& launcher,
+                   const std::vector<std::string>& args) const;
   TempDir dir_;  // removed with the sandbox
   std::filesystem::path root_;
 };
