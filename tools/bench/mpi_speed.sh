@@ -15,7 +15,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 jobs=(
   "optimize --init noise --count 20000 --target all --steps 20 --quiet"
-  "robustness --model data/models/mnist_cnn_robust.safetensors --count 200 --eps 0.3 --attacks apgd-ce,apgd-t --apgd-iters 20 --targets 3 --chunk 50 --quiet"
+  "robustness --model data/models/mnist_cnn_robust.safetensors --count 1000 --eps 0.3 --attacks apgd-ce,apgd-t --apgd-iters 20 --targets 3 --chunk 50 --quiet"
 )
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}'; }
