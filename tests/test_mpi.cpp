@@ -169,6 +169,28 @@ TEST(Mpi, AStoppedRankFailsTheJobWithItsMessageAndResumeFinishesItByteForByte) {
   EXPECT_FALSE(fs::exists(out + "/summary.incomplete.json"));
 }
 
+TEST(Mpi, ARankWhoseModelFileDiffersFromRankZerosFailsTheJob) {
+  SKIP_WITHOUT_MPI();
+  CliSandbox box("nudge_mpi_inputs_");
+  // Two "nodes": each rank runs in its own folder, where the same relative path holds another model.
+  fs::create_directories(box.path("a"));
+  fs::create_directories(box.path("b"));
+  fs::copy_file(kModel, box.path("a/m.safetensors"));
+  fs::copy_file(std::string(NUDGE_SOURCE_DIR) + "/data/models/mnist_cnn_seed2.safetensors", box.path("b/m.safetensors"));
+  const std::vector<std::string> args = {"optimize", "--model", "m.safetensors", "--init", "noise", "--count", "4",
+                                         "--target", "all", "--quiet", "--out", box.path("out")};
+  std::string first = testing_support::quote(NUDGE_BINARY);
+  for (const std::string& a : args) first += " " + testing_support::quote(a);
+  const std::string launcher = mpirun(1) + " -wdir " + testing_support::quote(box.path("a")) + " " + first +
+                               " : -np 1 -wdir " + testing_support::quote(box.path("b"));
+  const auto r = box.run_launched(launcher, args);
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("nudge: rank 1 of 2: its input files differ from rank 0's (m.safetensors=fnv1a64:"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(box.path("out/summary.json")));
+}
+
 TEST(Mpi, RefusalsExitTwoWithOneMessage) {
   SKIP_WITHOUT_MPI();
   CliSandbox box("nudge_mpi_refuse_");

@@ -36,7 +36,13 @@ void RankCollector::start() {
     try {
       receive();
     } catch (...) {
-      fail(0, exit_status_of(std::current_exception()));
+      // Nothing may escape the thread (std::terminate): if even the failure's message cannot be made, end the job.
+      ExitStatus why{1, "internal error in rank 0's receiver"};
+      try {
+        why = exit_status_of(std::current_exception());
+      } catch (...) {
+      }
+      fail(0, why);
     }
   });
 }
@@ -71,6 +77,26 @@ void RankCollector::receive() {
       throw InternalError("a message with tag " + std::to_string(m.tag) + " from rank " + std::to_string(m.source));
     }
   }
+}
+
+void check_same_inputs_as_root(const std::string& inputs) {
+  const dist::World& w = dist::world();
+  if (w.size == 1) return;
+  const std::string root = dist::broadcast_text_from_root(inputs);
+  dist::Outcome mine;
+  if (root != inputs) {
+    // The first line that differs names the file.
+    size_t a = 0;
+    while (a < inputs.size() && a < root.size() && inputs[a] == root[a]) ++a;
+    const size_t start = inputs.rfind('\n', a == 0 ? 0 : a - 1);
+    const size_t from = start == std::string::npos || a == 0 ? 0 : start + 1;
+    const std::string line = inputs.substr(from, inputs.find('\n', from) - from);
+    mine.code = 2;
+    mine.message = "its input files differ from rank 0's (" + line + "): give every node the same files";
+  }
+  const dist::Outcome first = dist::first_failure(mine);
+  if (first.code != 0)
+    throw ExitWith(first.code, w.rank != 0 ? "" : "rank " + std::to_string(first.rank) + " of " + std::to_string(w.size) + ": " + first.message);
 }
 
 void send_block_to_root(const std::string& block) { dist::send_to_root(dist::kRows, block); }

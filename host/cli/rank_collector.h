@@ -42,6 +42,11 @@ class RankCollector {
   std::thread receiver_;
 };
 
+// Every rank, after a set-up that succeeded everywhere: `inputs` names the files this rank read and their digests
+// ("path=fnv1a64:..." lines). A rank whose files differ from rank 0's (nodes without a shared file system, given other
+// copies) fails the job for every rank with exit 2, the message naming the rank and the first file.
+void check_same_inputs_as_root(const std::string& inputs);
+
 // A rank other than the root: blocks and the end of its part go to the root.
 void send_block_to_root(const std::string& block);
 void send_done_to_root(const nlohmann::json& stats);

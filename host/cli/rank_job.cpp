@@ -57,8 +57,7 @@ nlohmann::json rank_stats(int rank, const std::string& device, const EngineStats
 // The root's note on a failed job: summary.incomplete.json and the message, naming the rank and what was kept.
 void say_failure(const JobRun& run, JobJournal& journal, const std::vector<JournalHeader>& headers, int rank,
                  const ExitStatus& why) {
-  long kept = 0;
-  for (size_t p = 0; p < headers.size(); ++p) kept += journal.writer(p).rows_written();
+  const long kept = journal.rows_kept();
   try {
     nlohmann::json s;
     s["ranks"] = static_cast<int>(headers.size());
@@ -97,8 +96,8 @@ nlohmann::json run_root(const JobRun& run, LoadedJob& j, JobJournal& journal, co
     EngineStats stats;
     const PartRange part{headers[0].first_row, headers[0].first_row + headers[0].rows};
     JobSink sink(j.judge.get(), nullptr, &journal.writer(0), j.D, j.K);
-    if (part.first + done[0] < part.end)
-      stats = run_optimize(*j.backends.front(), j.models.front(), run.job, *j.starts, sink, !run.quiet, j.ensemble(),
+    // Also when the part is complete: the engine's stats (entries per row) go into the summary.
+    stats = run_optimize(*j.backends.front(), j.models.front(), run.job, *j.starts, sink, !run.quiet, j.ensemble(),
                            {part.first + done[0], part.end});
     root.set_own_stats(rank_stats(0, j.backends.front()->name(), stats, done[0]));
   } catch (const Interrupted& e) {
@@ -108,6 +107,8 @@ nlohmann::json run_root(const JobRun& run, LoadedJob& j, JobJournal& journal, co
   }
   root.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  nlohmann::json s, run_info;
+  std::string path;
   try {
     ResultStaging staging(run.out);  // made only now: an aborted job leaves no staging folder
     OptimizeReport report(staging.folder(), headers[0].total_rows, j.K, j.H, j.W, run.job.steps, run.job.target_dist,
@@ -116,31 +117,31 @@ nlohmann::json run_root(const JobRun& run, LoadedJob& j, JobJournal& journal, co
     const long image_steps = journal.replay_all(report);
     int entries_per_row = 1;
     long computed_steps = 0;
-    std::string path;
-    for (const nlohmann::json& s : root.stats()) {
-      entries_per_row = std::max(entries_per_row, s.value("entries_per_row", 1));
-      computed_steps += s.value("image_steps", 0L);
-      if (path.empty()) path = s.value("path", std::string());
+    for (const nlohmann::json& r : root.stats()) {
+      entries_per_row = std::max(entries_per_row, r.value("entries_per_row", 1));
+      computed_steps += r.value("image_steps", 0L);
+      if (path.empty()) path = r.value("path", std::string());
     }
-    nlohmann::json s = report.finish(headers[0].job, image_steps, entries_per_row);
+    s = report.finish(headers[0].job, image_steps, entries_per_row);
     if (run.extra_files) run.extra_files(report.all_images(), [&](const std::string& name) { return staging.path(name); });
-    const nlohmann::json run_info = {{"ranks", root.stats()},
-                                     {"rows_from_journal", replayed},
-                                     {"image_steps", computed_steps},
-                                     {"wall_seconds", seconds},
-                                     {"image_steps_per_s", seconds > 0 ? computed_steps / seconds : 0.0},
-                                     {"command", command_line()}};
+    run_info = {{"ranks", root.stats()},
+                {"rows_from_journal", replayed},
+                {"image_steps", computed_steps},
+                {"wall_seconds", seconds},
+                {"image_steps_per_s", seconds > 0 ? computed_steps / seconds : 0.0},
+                {"command", command_line()}};
     commit_results(staging, s, run_info);
-    journal.remove();
-    made.keep();
     if (images) *images = report.all_images();
-    print_summary_line(s, headers[0].total_rows, run_info["image_steps_per_s"].get<double>(), seconds,
-                       std::to_string(n) + " MPI ranks", path.empty() ? "no" : path, run.out);
-    release_ranks();
-    return s;
   } catch (...) {
     root.fail(0, exit_status_of(std::current_exception()));
   }
+  // Committed: from here on a failure is not the job's (the folder holds its complete results).
+  release_ranks();
+  made.keep();
+  journal.remove();
+  print_summary_line(s, headers[0].total_rows, run_info["image_steps_per_s"].get<double>(), seconds,
+                     std::to_string(n) + " MPI ranks", path.empty() ? "no" : path, run.out);
+  return s;
 }
 
 void run_other_rank(const JobRun& run, LoadedJob& j, const PartRange& part, long done) {
@@ -149,8 +150,7 @@ void run_other_rank(const JobRun& run, LoadedJob& j, const PartRange& part, long
     RootBoundBlocks blocks(done);
     JobSink sink(j.judge.get(), nullptr, &blocks, j.D, j.K);
     EngineStats stats;
-    if (part.first + done < part.end)
-      stats = run_optimize(*j.backends.front(), j.models.front(), run.job, *j.starts, sink, false, j.ensemble(),
+    stats = run_optimize(*j.backends.front(), j.models.front(), run.job, *j.starts, sink, false, j.ensemble(),
                            {part.first + done, part.end});
     send_done_to_root(rank_stats(rank, j.backends.front()->name(), stats, done));
   } catch (...) {
@@ -175,8 +175,11 @@ nlohmann::json run_job_on_ranks(const JobRun& run, std::vector<float>* images) {
   // Setting up: every rank loads and checks the job and makes its backends; the root also takes the output folder
   // and opens the journal. The first failure, in rank order, is every rank's.
   dist::Outcome mine;
+  std::string inputs;
   try {
     load_job_inputs(run, j);
+    for (const std::string& m : run.models) inputs += m + "=" + file_digest(m) + "\n";
+    if (!run.judge.empty()) inputs += run.judge + "=" + file_digest(run.judge) + "\n";
     if (root) {
       made.emplace(ensure_output_dir(run.out));
       lock.emplace(run.out, command_line());
@@ -198,6 +201,7 @@ nlohmann::json run_job_on_ranks(const JobRun& run, std::vector<float>* images) {
   if (first.code != 0)
     throw ExitWith(first.code, !root ? "" : first.rank == 0 ? first.message
                                        : "rank " + std::to_string(first.rank) + " of " + std::to_string(w.size) + ": " + first.message);
+  check_same_inputs_as_root(inputs);
   // A folder that already holds this job's results: every rank learns it from a done count of -1.
   const bool complete = root && journal->already_complete();
   std::vector<long> plan = done;

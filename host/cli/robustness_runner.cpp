@@ -162,13 +162,16 @@ class PartJournals {
   // --resume of a folder whose summary.json is this very evaluation's: nothing to do.
   bool complete() const { return complete_; }
   RobustnessJournalWriter& writer(size_t part) { return *writers_.at(part); }
+  // The points the parts hold on disk (also after read_all closed them), for the note of a failed evaluation.
   long kept() const {
+    if (writers_.empty()) return closed_points_;
     long k = 0;
     for (const auto& w : writers_) k += w->points_written();
     return k;
   }
   // Every part, read back in order, into one result.
   RobustnessResult read_all(const Loaded& l, const std::vector<AttackId>& attacks) {
+    closed_points_ = kept();
     writers_.clear();  // flushed and closed
     RobustnessResult whole = empty_robustness_result(l.n, l.E, l.D, l.K, attacks);
     for (const auto& h : headers_) {
@@ -193,6 +196,7 @@ class PartJournals {
   std::string out_;
   std::vector<RobustnessJournalHeader> headers_;
   std::vector<std::unique_ptr<RobustnessJournalWriter>> writers_;
+  long closed_points_ = 0;
   bool complete_ = false;
 };
 
@@ -291,8 +295,10 @@ int run_robustness(const RobustnessRun& run) {
   nlohmann::json job;
   std::vector<long> done(w.size, 0);
   dist::Outcome mine;
+  std::string inputs;
   try {
     load(run, l);
+    inputs = run.model + "=" + file_digest(run.model) + "\n";
     if (root) {
       made.emplace(ensure_output_dir(run.out));
       lock.emplace(run.out, command_line());
@@ -322,6 +328,7 @@ int run_robustness(const RobustnessRun& run) {
   if (first.code != 0)
     throw ExitWith(first.code, !root ? "" : first.rank == 0 ? first.message
                                        : "rank " + std::to_string(first.rank) + " of " + std::to_string(w.size) + ": " + first.message);
+  check_same_inputs_as_root(inputs);
   const long my_done = dist::scatter_from_root(done);
   if (my_done < 0) {  // the folder already holds this evaluation's results
     if (!root) throw ExitWith(0, "");
@@ -380,27 +387,31 @@ int run_robustness(const RobustnessRun& run) {
   }
   ranks.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  RobustnessResult r;
+  std::vector<double> robust;
+  nlohmann::json run_info;
   try {
-    const RobustnessResult r = journals->read_all(l, run.cfg.attacks);
-    const nlohmann::json run_info = {{"device", w.size > 1 ? std::to_string(w.size) + " MPI ranks" : l.backend->name()},
-                                     {"path", "layers (logit_backprop)"},
-                                     {"ranks", ranks.stats()},
-                                     {"points_from_journal", replayed},
-                                     {"stages", stage_seconds(r)},
-                                     {"wall_seconds", seconds},
-                                     {"command", command_line()}};
-    const std::vector<double> robust = write_results(run, l, r, job, run_info);
-    journals->remove();
-    made->keep();
-    release_ranks();
-    for (int j = 0; j < l.E; ++j)
-      std::printf("eps %g: clean %.2f%%, robust %.2f%%\n", run.cfg.eps[j], l.n ? 100.0 * r.clean_correct / l.n : 0.0,
-                  100 * robust[j]);
-    std::printf("%d points in %.1fs on %s; results in %s\n", l.n, seconds, run_info["device"].get<std::string>().c_str(),
-                run.out.c_str());
+    r = journals->read_all(l, run.cfg.attacks);
+    run_info = {{"device", w.size > 1 ? std::to_string(w.size) + " MPI ranks" : l.backend->name()},
+                {"path", "layers (logit_backprop)"},
+                {"ranks", ranks.stats()},
+                {"points_from_journal", replayed},
+                {"stages", stage_seconds(r)},
+                {"wall_seconds", seconds},
+                {"command", command_line()}};
+    robust = write_results(run, l, r, job, run_info);
   } catch (...) {
     ranks.fail(0, exit_status_of(std::current_exception()));
   }
+  // Committed: from here on a failure is not the evaluation's (the folder holds its complete results).
+  release_ranks();
+  made->keep();
+  journals->remove();
+  for (int j = 0; j < l.E; ++j)
+    std::printf("eps %g: clean %.2f%%, robust %.2f%%\n", run.cfg.eps[j], l.n ? 100.0 * r.clean_correct / l.n : 0.0,
+                100 * robust[j]);
+  std::printf("%d points in %.1fs on %s; results in %s\n", l.n, seconds, run_info["device"].get<std::string>().c_str(),
+              run.out.c_str());
   return 0;
 }
 

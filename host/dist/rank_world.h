@@ -2,7 +2,8 @@
 // other rank computes its part of the rows and sends them to the root, block by block, as it makes them. Only the
 // few calls below cross processes, so the commands need not know MPI (a build without it is a world of one).
 //
-// Threads: the root receives on a thread of its own while its main thread computes and makes no MPI calls; a
+// Threads (MPI_THREAD_MULTIPLE): the root receives on a thread of its own while its main thread computes, and either
+// may end the job with MPI_Abort; a
 // non-root rank sends from the optimize engine's writer thread while its main thread waits in the engine.
 #pragma once
 #include <string>
@@ -37,6 +38,8 @@ Outcome first_failure(const Outcome& mine);
 long scatter_from_root(const std::vector<long>& values);
 // The root's `value` on every rank.
 int broadcast_from_root(int value);
+// The root's `text` on every rank (at most 1 MiB).
+std::string broadcast_text_from_root(const std::string& text);
 
 // --- messages to the root ----------------------------------------------------------------------------------------
 enum Tag : int { kRows = 1, kDone = 2, kFailed = 3 };

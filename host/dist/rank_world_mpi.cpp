@@ -47,9 +47,9 @@ void start(int* argc, char*** argv) {
   // The root's receiver thread calls MPI while its main thread may end the job with MPI_Abort.
   MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   g_started = true;
-  if (provided < MPI_THREAD_SERIALIZED) {
-    std::fprintf(stderr, "nudge: this MPI library gives no thread support (level %d); nudge needs MPI_THREAD_SERIALIZED\n",
-                 provided);
+  if (provided < MPI_THREAD_MULTIPLE) {
+    std::fprintf(stderr, "nudge: this MPI library gives thread level %d; nudge needs MPI_THREAD_MULTIPLE (rank 0 "
+                 "receives on one thread while another may end the job)\n", provided);
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &g_world.rank));
@@ -117,6 +117,15 @@ int broadcast_from_root(int value) {
     std::this_thread::sleep_for(std::chrono::microseconds(500));
   }
   return value;
+}
+
+std::string broadcast_text_from_root(const std::string& text) {
+  if (g_world.size == 1) return text;
+  uint64_t n = std::min<uint64_t>(text.size(), 1 << 20);
+  MPI_CHECK(MPI_Bcast(&n, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD));
+  std::string out = g_world.rank == 0 ? text.substr(0, n) : std::string(n, '\0');
+  MPI_CHECK(MPI_Bcast(out.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD));
+  return out;
 }
 
 void send_to_root(Tag tag, const std::string& bytes) {

@@ -190,6 +190,7 @@ long JobJournal::replay_all(OptimizeReport& report) {
     if (p.writer && p.writer->rows_written() != expect)
       throw InternalError("journal part " + p.path + " holds " + std::to_string(p.writer->rows_written()) + " of its " +
                           std::to_string(expect) + " rows");
+    if (p.writer) p.closed_rows = p.writer->rows_written();
     p.writer.reset();  // flushed and closed: every block is on disk
     RowJournalReader reader(p.path);
     JournalBlock block;
@@ -200,6 +201,12 @@ long JobJournal::replay_all(OptimizeReport& report) {
     steps += reader.image_steps_read();
   }
   return steps;
+}
+
+long JobJournal::rows_kept() const {
+  long kept = 0;
+  for (const Part& p : parts_) kept += p.writer ? p.writer->rows_written() : p.closed_rows;
+  return kept;
 }
 
 void JobJournal::stage_copy(const std::string& staged_path) {

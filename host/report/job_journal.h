@@ -52,6 +52,8 @@ class JobJournal {
   // Returns the image steps they hold.
   long replay_all(OptimizeReport& report);
   RowJournalWriter& writer(size_t part = 0) { return *parts_.at(part).writer; }
+  // The rows the parts hold on disk (also after replay_all closed them), for the note of a failed job.
+  long rows_kept() const;
   long image_steps_replayed() const { return image_steps_replayed_; }
   // Before the commit of a shard's results: the part's file also appears at `staged_path` (a hard link, or a copy
   // where the file system has none), as the shard's rows.nudge that nudge merge reads.
@@ -66,6 +68,7 @@ class JobJournal {
     std::string path;
     std::unique_ptr<RowJournalReader> reader;  // the rows a resumed part holds, until they are read
     std::unique_ptr<RowJournalWriter> writer;
+    long closed_rows = 0;  // rows_written() when replay_all closed the writer
   };
   void check_resumable(const Part& part) const;
   std::string dir_;

@@ -185,6 +185,9 @@ bool RobustnessJournalReader::next(RobustnessResult& r, long* first) {
   if (static_cast<long>(raw.tag) != expect_first || raw.tag > static_cast<uint64_t>(INT32_MAX))
     throw InputError(path_ + ": a block starts at point " + std::to_string(raw.tag) + " where point " +
                      std::to_string(expect_first) + " belongs");
+  if (static_cast<uint64_t>(n) > raw.payload.size() / point_bytes(E, D))
+    throw InputError(path_ + ": a block claims " + std::to_string(n) + " points in " + std::to_string(raw.payload.size()) +
+                     " bytes");
   const uint64_t want = static_cast<uint64_t>(n) * point_bytes(E, D) + stage_bytes(E, S);
   if (raw.payload.size() != want)
     throw InputError(path_ + ": a block of " + std::to_string(n) + " points holds " + std::to_string(raw.payload.size()) +
