@@ -48,14 +48,14 @@ std::string mpirun(int) { return ""; }
 std::vector<std::string> attack_job(const std::string& out) {
   return {"optimize", "--model", kModel, "--data", kData, "--init", "test", "--count", "101", "--target", "other",
           "--eps", "0.1", "--norm", "linf", "--random-start", "--restarts", "2", "--steps", "8", "--lr", "0.02",
-          "--optimizer", "sign", "--chunk", "64", "--quiet", "--out", out};
+          "--optimizer", "sign", "--chunk", "64", "--device", "cpu", "--quiet", "--out", out};
 }
 
 // Long enough (tens of seconds on one core) that a signal lands mid-job, in chunks small enough that a part holds
 // many journal blocks.
 std::vector<std::string> long_job(const std::string& out) {
   return {"optimize", "--model", kModel, "--init", "noise", "--count", "3000", "--target", "all", "--steps", "20",
-          "--chunk", "100", "--quiet", "--out", out};
+          "--chunk", "100", "--device", "cpu", "--quiet", "--out", out};
 }
 
 std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
@@ -116,7 +116,7 @@ TEST(Mpi, RobustnessOnTwoAndThreeRanksWritesTheSingleProcessFolder) {
     return std::vector<std::string>{"robustness", "--model", std::string(NUDGE_SOURCE_DIR) + "/data/models/mnist_cnn_robust.safetensors",
                                     "--data", kData, "--count", "31", "--eps", "0.2,0.3", "--attacks", "standard",
                                     "--apgd-iters", "10", "--fab-iters", "10", "--square-queries", "100", "--targets", "3",
-                                    "--chunk", "8", "--quiet", "--out", out};
+                                    "--chunk", "8", "--device", "cpu", "--quiet", "--out", out};
   };
   const auto single = box.run(eval(box.path("single")));
   ASSERT_EQ(single.code, 0) << single.err;

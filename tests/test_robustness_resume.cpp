@@ -31,7 +31,7 @@ std::vector<std::string> evaluation(const std::string& out, const std::string& c
                                     const std::string& eps = "0.2,0.3") {
   return {"robustness", "--model", kModel, "--data", kData, "--count", "120", "--eps", eps, "--attacks", "standard",
           "--apgd-iters", "10", "--fab-iters", "10", "--square-queries", "100", "--targets", "3", "--chunk", chunk,
-          "--quiet", "--out", out};
+          "--device", "cpu", "--quiet", "--out", out};  // the journal's logic, not a GPU's determinism
 }
 
 std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
