@@ -94,6 +94,59 @@ TEST(CpuLayers, ConvMatchesReference) {
   }
 }
 
+// Strides, padding (also padding as wide as the kernel, where border outputs see only zeros and the bias) and
+// windows that do not tile the map: the general im2col path against the double twin, same tolerances.
+struct WindowConvCase {
+  int N;
+  Shape3 in;
+  int K;
+  Window win;
+};
+
+const WindowConvCase kWindowConvCases[] = {
+    {2, {3, 9, 7}, 4, {3, 1, 1}}, {3, {2, 28, 28}, 8, {4, 2, 1}}, {1, {1, 7, 9}, 2, {3, 2, 0}},
+    {2, {5, 6, 5}, 3, {2, 3, 1}}, {1, {2, 5, 5}, 4, {5, 1, 2}},   {2, {1, 4, 4}, 2, {3, 1, 3}},
+    {5, {1, 28, 28}, 6, {5, 1, 2}},
+};
+
+TEST(CpuLayers, ConvWithStrideAndPaddingMatchesReference) {
+  uint32_t seed = 1500;
+  for (const WindowConvCase& c : kWindowConvCases) {
+    const std::string name = shape_name(c.N, c.in) + " K=" + std::to_string(c.K) + " k=" + std::to_string(c.win.k) +
+                             " s=" + std::to_string(c.win.stride) + " p=" + std::to_string(c.win.pad);
+    SCOPED_TRACE(name);
+    const int Ho = c.win.out(c.in.h), Wo = c.win.out(c.in.w);
+    const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = static_cast<size_t>(c.N) * c.K * Ho * Wo;
+    const size_t nw = static_cast<size_t>(c.K) * c.in.c * c.win.k * c.win.k;
+    const auto x = ref::random_uniform(nx, -1, 1, ++seed);
+    const auto w = ref::random_uniform(nw, -0.5f, 0.5f, ++seed);
+    const auto b = ref::random_uniform(c.K, -0.5f, 0.5f, ++seed);
+    const auto dy = ref::random_uniform(ny, -1, 1, ++seed);
+    const auto xd = ref::to_double(x), wd = ref::to_double(w), bd = ref::to_double(b), dyd = ref::to_double(dy);
+
+    ref::GuardedBuffer y(ny);
+    cpu::conv2d_forward(x.data(), c.N, c.in, w.data(), b.data(), c.K, c.win, y.data());
+    const auto y_ref = ref::conv2d_forward(xd, c.N, c.in, wd, bd, c.K, c.win);
+    ref::expect_close(y.values(), y_ref, kRtol, atol_for(y_ref), "conv2d_forward " + name);
+    y.expect_guard_intact("conv2d_forward " + name);
+
+    ref::GuardedBuffer dx(nx);
+    cpu::conv2d_backward_data(dy.data(), c.N, c.in, w.data(), c.K, c.win, dx.data());
+    const auto dx_ref = ref::conv2d_backward_data(dyd, c.N, c.in, wd, c.K, c.win);
+    ref::expect_close(dx.values(), dx_ref, kRtol, atol_for(dx_ref), "conv2d_backward_data " + name);
+    dx.expect_guard_intact("conv2d_backward_data " + name);
+
+    ref::GuardedBuffer dw(nw), db(c.K);
+    cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.win, dw.data(), db.data());
+    std::vector<double> dw_ref, db_ref;
+    ref::conv2d_backward_filter(xd, dyd, c.N, c.in, c.K, c.win, dw_ref, db_ref);
+    ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "conv2d_backward_filter dw " + name);
+    ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "conv2d_backward_filter db " + name);
+    dw.expect_guard_intact("conv2d_backward_filter dw " + name);
+    db.expect_guard_intact("conv2d_backward_filter db " + name);
+  }
+}
+
 // The layers overwrite their outputs: a second call into the same (now filled) buffers gives the same answer, and
 // the filter gradient is not accumulated across calls.
 TEST(CpuLayers, ConvOverwritesRatherThanAccumulates) {
@@ -203,6 +256,89 @@ TEST(CpuLayers, MaxPoolTiesGoToFirstInRowMajorOrder) {
   cpu::maxpool_forward(x, 1, {1, 2, 2}, 2, &y, &am);
   EXPECT_EQ(y, 2.0f);
   EXPECT_EQ(am, 1);
+}
+
+// Overlapping windows (stride < k), padding, and windows that skip pixels (stride > k): max-pooling must pick the
+// reference's maximum and route gradients exactly (an input that is the maximum of several windows gets their sum,
+// added in the reference's order, so the float result is the double one rounded once per addition of at most
+// ceil(k/stride)^2 terms: checked exactly on values from {0, 1, 2, 3}, where every sum is exact, and to 1e-6 on random
+// ones). Average pooling: k*k-term sums, the same tolerances as the convolution.
+struct WindowPoolCase {
+  int N;
+  Shape3 in;
+  Window win;
+};
+
+const WindowPoolCase kMaxWindowCases[] = {
+    {2, {3, 9, 7}, {3, 2, 1}}, {1, {2, 8, 8}, {2, 1, 0}}, {3, {1, 10, 10}, {3, 3, 1}}, {2, {2, 7, 7}, {3, 1, 1}},
+    {1, {1, 9, 11}, {5, 2, 2}}, {2, {2, 13, 13}, {2, 3, 0}}, {1, {4, 14, 14}, {3, 2, 1}},
+};
+const WindowPoolCase kAvgWindowCases[] = {
+    {2, {3, 9, 7}, {2, 2, 0}}, {1, {2, 9, 9}, {3, 2, 0}}, {3, {1, 6, 7}, {2, 1, 0}}, {2, {10, 7, 7}, {7, 7, 0}},
+    {1, {2, 11, 8}, {3, 4, 0}},
+};
+
+std::string window_name(const WindowPoolCase& c) {
+  return shape_name(c.N, c.in) + " k=" + std::to_string(c.win.k) + " s=" + std::to_string(c.win.stride) +
+         " p=" + std::to_string(c.win.pad);
+}
+
+void check_max_window(const WindowPoolCase& c, const std::vector<float>& x, const std::vector<float>& dy, double rtol) {
+  const std::string name = window_name(c);
+  SCOPED_TRACE(name);
+  const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = dy.size();
+  ref::GuardedBuffer y(ny);
+  ref::GuardedIndexBuffer am(ny);
+  cpu::maxpool_forward(x.data(), c.N, c.in, c.win, y.data(), am.data());
+  std::vector<double> y_ref;
+  std::vector<int32_t> am_ref;
+  ref::maxpool_forward(ref::to_double(x), c.N, c.in, c.win, y_ref, am_ref);
+  ref::expect_close(y.values(), y_ref, 0, 0, "maxpool_forward y " + name);
+  EXPECT_EQ(am.values(), am_ref) << "maxpool_forward argmax " << name;
+  y.expect_guard_intact("maxpool_forward y " + name);
+  am.expect_guard_intact("maxpool_forward argmax " + name);
+  ref::GuardedBuffer dx(nx);
+  cpu::maxpool_backward(dy.data(), am_ref.data(), c.N, c.in, c.win, dx.data());
+  const auto dx_ref = ref::maxpool_backward(ref::to_double(dy), am_ref, c.N, c.in, c.win);
+  ref::expect_close(dx.values(), dx_ref, rtol, rtol, "maxpool_backward " + name);
+  dx.expect_guard_intact("maxpool_backward " + name);
+}
+
+TEST(CpuLayers, MaxPoolWindowsMatchReference) {
+  uint32_t seed = 4700;
+  for (const WindowPoolCase& c : kMaxWindowCases) {
+    const size_t nx = static_cast<size_t>(c.N) * c.in.size();
+    const size_t ny = static_cast<size_t>(c.N) * c.in.c * c.win.out(c.in.h) * c.win.out(c.in.w);
+    const auto xr = ref::random_uniform(nx, -1, 1, ++seed), dyr = ref::random_uniform(ny, -1, 1, ++seed);
+    check_max_window(c, xr, dyr, 1e-6);
+    auto x = ref::random_uniform(nx, 0, 3, ++seed), dy = ref::random_uniform(ny, 0, 4, ++seed);
+    for (float& v : x) v = std::floor(v);  // ties everywhere: the first maximum in row-major order wins
+    for (float& v : dy) v = std::floor(v);
+    check_max_window(c, x, dy, 0);
+    // All-negative inputs: the padding (conceptually -inf) must never be chosen, even against -1.
+    std::vector<float> neg(nx, -1.0f);
+    check_max_window(c, neg, dy, 0);
+  }
+}
+
+TEST(CpuLayers, AvgPoolMatchesReference) {
+  uint32_t seed = 4800;
+  for (const WindowPoolCase& c : kAvgWindowCases) {
+    const std::string name = window_name(c);
+    SCOPED_TRACE(name);
+    const size_t nx = static_cast<size_t>(c.N) * c.in.size();
+    const size_t ny = static_cast<size_t>(c.N) * c.in.c * c.win.out(c.in.h) * c.win.out(c.in.w);
+    const auto x = ref::random_uniform(nx, -1, 1, ++seed), dy = ref::random_uniform(ny, -1, 1, ++seed);
+    ref::GuardedBuffer y(ny), dx(nx);
+    cpu::avgpool_forward(x.data(), c.N, c.in, c.win, y.data());
+    const auto y_ref = ref::avgpool_forward(ref::to_double(x), c.N, c.in, c.win);
+    ref::expect_close(y.values(), y_ref, kRtol, atol_for(y_ref), "avgpool_forward " + name);
+    y.expect_guard_intact("avgpool_forward " + name);
+    cpu::avgpool_backward(dy.data(), c.N, c.in, c.win, dx.data());
+    const auto dx_ref = ref::avgpool_backward(ref::to_double(dy), c.N, c.in, c.win);
+    ref::expect_close(dx.values(), dx_ref, kRtol, atol_for(dx_ref), "avgpool_backward " + name);
+    dx.expect_guard_intact("avgpool_backward " + name);
+  }
 }
 
 // ---- dense ----------------------------------------------------------------------------------------------------

@@ -235,11 +235,15 @@ TEST(Gradients, SmallNetworkAllParametersAndPixels) {
   }
 }
 
-// Odd sizes, a flooring pool, pool before relu, a 1x1 convolution and a network that begins with flatten.
+// Odd sizes, a flooring pool, pool before relu, a 1x1 convolution, a network that begins with flatten, and the
+// windowed layers (stride, padding, overlapping max-pool windows, average pooling).
 TEST(Gradients, OddShapedNetworks) {
   uint32_t seed = 7500;
   for (const char* text : {"3x9x7:conv4k2,pool3,relu,conv2k1,relu,flatten,dense6,relu,dense3",
-                           "2x3x3:flatten,dense4,relu,dense3"}) {
+                           "2x3x3:flatten,dense4,relu,dense3",
+                           // strides, padding, overlapping max windows and average pooling
+                           "1x12x11:conv3k3s2p1,relu,pool3s2p1,conv4k2p1,avgpool2,relu,flatten,dense4",
+                           "2x9x9:conv3k4s2p2,avgpool2s1,relu,pool2s1,flatten,dense3"}) {
     SCOPED_TRACE(text);
     for (const LossCase& lc : kLossCases) {
       SCOPED_TRACE(lc.name);

@@ -23,6 +23,40 @@ int parse_positive(const std::string& s) {
   return v > 0 ? v : -1;
 }
 
+// The digits after a layer's name: a leading number (kernel), then optional letters from `allowed`, each followed by
+// a number, in that order: "3s2p1" -> first 3, s 2, p 1. A 0 is accepted for p only ("p0" is the default spelled out).
+struct Suffixes {
+  bool ok = false;
+  int first = -1, s = 0, p = 0;
+};
+
+Suffixes parse_suffixes(const std::string& t, const std::string& allowed) {
+  Suffixes r;
+  size_t i = 0;
+  auto number = [&](bool zero_ok) {
+    size_t j = i;
+    while (j < t.size() && std::isdigit(static_cast<unsigned char>(t[j]))) ++j;
+    const std::string digits = t.substr(i, j - i);
+    i = j;
+    if (zero_ok && digits == "0") return 0;
+    return parse_positive(digits);
+  };
+  r.first = number(false);
+  if (r.first < 0) return r;
+  size_t next_letter = 0;  // letters must come in the order of `allowed`, each at most once
+  while (i < t.size()) {
+    const size_t at = allowed.find(t[i], next_letter);
+    if (at == std::string::npos) return r;
+    next_letter = at + 1;
+    const char letter = t[i++];
+    const int v = number(letter == 'p');
+    if (v < 0) return r;
+    (letter == 's' ? r.s : r.p) = v;
+  }
+  r.ok = true;
+  return r;
+}
+
 // Refuses a layer whose output or weights exceed the caps in architecture.h, before anything is sized from it.
 void check_layer_size(const std::string& text, const std::string& tok, const Shape3& out, int64_t weights) {
   if (out.size() > kMaxLayerElements)
@@ -73,23 +107,35 @@ Architecture Architecture::parse(const std::string& text) {
       l.kind = LayerKind::Flatten;
       l.out = {static_cast<int>(cur.size()), 1, 1};  // within int: every shape so far passed check_layer_size
       flat = true;
-    } else if (tok.rfind("pool", 0) == 0) {
+    } else if (tok.rfind("pool", 0) == 0 || tok.rfind("avgpool", 0) == 0) {
       if (flat) bad(text, "'" + tok + "' after flatten");
-      l.kind = LayerKind::MaxPool;
-      l.kernel = parse_positive(tok.substr(4));
-      if (l.kernel < 0) bad(text, "'" + tok + "' should be poolK, e.g. pool2");
-      l.out = {cur.c, cur.h / l.kernel, cur.w / l.kernel};
-      if (l.out.h == 0 || l.out.w == 0) bad(text, "'" + tok + "' on a " + std::to_string(cur.h) + "x" + std::to_string(cur.w) + " map leaves nothing");
+      const bool avg = tok[0] == 'a';
+      l.kind = avg ? LayerKind::AvgPool : LayerKind::MaxPool;
+      const char* form = avg ? "avgpoolK[sS], e.g. avgpool2 or avgpool3s2" : "poolK[sS][pP], e.g. pool2 or pool3s2p1";
+      const Suffixes f = parse_suffixes(tok.substr(avg ? 7 : 4), avg ? "s" : "sp");
+      if (!f.ok) bad(text, "'" + tok + "' should be " + form);
+      l.kernel = f.first;
+      l.stride = f.s > 0 ? f.s : l.kernel;
+      l.pad = f.p;
+      if (2 * l.pad > l.kernel) bad(text, "'" + tok + "' pads more than half its window (a window could hold only padding)");
+      if (cur.h + 2 * l.pad < l.kernel || cur.w + 2 * l.pad < l.kernel)
+        bad(text, "'" + tok + "' on a " + std::to_string(cur.h) + "x" + std::to_string(cur.w) + " map leaves nothing");
+      l.out = {cur.c, l.window().out(cur.h), l.window().out(cur.w)};
     } else if (tok.rfind("conv", 0) == 0) {
       if (flat) bad(text, "'" + tok + "' after flatten");
       auto k = tok.find('k');
-      if (k == std::string::npos) bad(text, "'" + tok + "' should be convFkK, e.g. conv24k3");
+      if (k == std::string::npos) bad(text, "'" + tok + "' should be convFkK[sS][pP], e.g. conv24k3 or conv16k4s2p1");
       l.kind = LayerKind::Conv;
       l.out_channels = parse_positive(tok.substr(4, k - 4));
-      l.kernel = parse_positive(tok.substr(k + 1));
-      if (l.out_channels < 0 || l.kernel < 0) bad(text, "'" + tok + "' should be convFkK, e.g. conv24k3");
-      if (l.kernel > cur.h || l.kernel > cur.w) bad(text, "'" + tok + "' kernel is larger than its " + std::to_string(cur.h) + "x" + std::to_string(cur.w) + " input");
-      l.out = {l.out_channels, cur.h - l.kernel + 1, cur.w - l.kernel + 1};
+      const Suffixes f = parse_suffixes(tok.substr(k + 1), "sp");
+      if (l.out_channels < 0 || !f.ok) bad(text, "'" + tok + "' should be convFkK[sS][pP], e.g. conv24k3 or conv16k4s2p1");
+      l.kernel = f.first;
+      l.stride = f.s > 0 ? f.s : 1;
+      l.pad = f.p;
+      if (l.kernel > cur.h + 2 * l.pad || l.kernel > cur.w + 2 * l.pad)
+        bad(text, "'" + tok + "' kernel is larger than its " + std::to_string(cur.h) + "x" + std::to_string(cur.w) + " input" +
+                      (l.pad ? " with its padding" : ""));
+      l.out = {l.out_channels, l.window().out(cur.h), l.window().out(cur.w)};
       check_layer_size(text, tok, l.out, int64_t{l.out_channels} * cur.c * l.kernel * l.kernel);
       l.name = "conv" + std::to_string(++convs);
     } else if (tok.rfind("dense", 0) == 0) {
@@ -101,7 +147,7 @@ Architecture Architecture::parse(const std::string& text) {
       check_layer_size(text, tok, l.out, int64_t{l.out_channels} * cur.size());
       l.name = "dense" + std::to_string(++denses);
     } else {
-      bad(text, "unknown layer '" + tok + "' (known: convFkK, relu, poolK, flatten, denseN)");
+      bad(text, "unknown layer '" + tok + "' (known: convFkK[sS][pP], relu, poolK[sS][pP], avgpoolK[sS], flatten, denseN)");
     }
     cur = l.out;
     a.layers.push_back(l);
@@ -119,9 +165,18 @@ std::string Architecture::to_string() const {
     const LayerSpec& l = layers[i];
     if (i) s << ',';
     switch (l.kind) {
-      case LayerKind::Conv: s << "conv" << l.out_channels << 'k' << l.kernel; break;
+      case LayerKind::Conv:
+        s << "conv" << l.out_channels << 'k' << l.kernel;
+        if (l.stride != 1) s << 's' << l.stride;
+        if (l.pad) s << 'p' << l.pad;
+        break;
       case LayerKind::Relu: s << "relu"; break;
-      case LayerKind::MaxPool: s << "pool" << l.kernel; break;
+      case LayerKind::MaxPool:
+      case LayerKind::AvgPool:
+        s << (l.kind == LayerKind::AvgPool ? "avgpool" : "pool") << l.kernel;
+        if (l.stride != l.kernel) s << 's' << l.stride;
+        if (l.pad) s << 'p' << l.pad;
+        break;
       case LayerKind::Flatten: s << "flatten"; break;
       case LayerKind::Dense: s << "dense" << l.out_channels; break;
     }

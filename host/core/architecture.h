@@ -1,6 +1,12 @@
 // A sequential CNN described by a string, e.g. the reference architecture
 //   "1x28x28:conv24k3,relu,pool2,conv36k3,relu,pool2,conv64k3,relu,flatten,dense64,relu,dense10"
-// Convolutions are 'valid' (no padding), stride 1; max-pooling floors odd sizes (Keras' and PyTorch's default).
+// Layers:
+//   convFkK[sS][pP]   F filters of KxK, stride S (default 1), P zeros of padding on every side (default 0)
+//   poolK[sS][pP]     max-pooling over KxK windows, stride S (default K), P of padding (never chosen as a maximum;
+//                     at most K/2, as PyTorch requires, so every window holds at least one real pixel)
+//   avgpoolK[sS]      average over KxK windows, stride S (default K), no padding
+//   relu, flatten, denseN
+// Every output size is floor((in + 2P - K) / S) + 1 (PyTorch's and ONNX's rule without ceil_mode).
 // Layout NCHW, flatten in (C,H,W) order as PyTorch does. The last dense layer's outputs are the logits; softmax is
 // implied by the loss.
 #pragma once
@@ -8,9 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "window.h"
+
 namespace nudge {
 
-enum class LayerKind { Conv, Relu, MaxPool, Flatten, Dense };
+enum class LayerKind { Conv, Relu, MaxPool, AvgPool, Flatten, Dense };
 
 // What Architecture::parse accepts. Every activation (the input included) holds at most kMaxLayerElements values per
 // image and every weight tensor at most kMaxParamElements, so that each count the library forms in int stays far from
@@ -30,9 +38,12 @@ struct Shape3 {
 struct LayerSpec {
   LayerKind kind;
   int out_channels = 0;  // Conv: filters; Dense: units
-  int kernel = 0;        // Conv: kernel size; MaxPool: window (= stride)
+  int kernel = 0;        // Conv: kernel size; pools: window
+  int stride = 1;        // Conv and pools
+  int pad = 0;           // Conv and MaxPool: on every side
   std::string name;      // "conv1", "dense2" for layers with parameters, else ""
   Shape3 in, out;        // filled by Architecture::parse
+  Window window() const { return {kernel, stride, pad}; }
 };
 
 struct ParamSpec {

@@ -2,6 +2,8 @@
 // slice of the batch), which keeps every image's activations in that core's cache and needs no barrier per layer.
 #include "cpu_layers.h"
 
+#include "pool_math.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -12,10 +14,27 @@ namespace nudge::cpu {
 
 namespace {
 
-// col [(c*k + ki)*k + kj, oh*Wo + ow] = x[c, oh+ki, ow+kj]: one image's patches as a (C*k*k) x (Ho*Wo) block of a
-// matrix whose rows are `ld` floats apart.
-void im2col_strided(const float* x, Shape3 in, int k, float* col, int ld) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+// col [(c*k + ki)*k + kj, oh*Wo + ow] = x[c, oh*s - p + ki, ow*s - p + kj] (0 in the padding): one image's patches
+// as a (C*k*k) x (Ho*Wo) block of a matrix whose rows are `ld` floats apart.
+void im2col_strided(const float* x, Shape3 in, Window win, float* col, int ld) {
+  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w);
+  if (!win.plain()) {
+    for (int c = 0; c < in.c; ++c)
+      for (int ki = 0; ki < k; ++ki)
+        for (int kj = 0; kj < k; ++kj) {
+          float* dst = col + static_cast<size_t>((c * k + ki) * k + kj) * ld;
+          for (int oh = 0; oh < Ho; ++oh) {
+            const int ih = oh * win.stride - win.pad + ki;
+            const bool row_in = ih >= 0 && ih < in.h;
+            const float* src = x + (c * in.h + (row_in ? ih : 0)) * in.w;
+            for (int ow = 0; ow < Wo; ++ow) {
+              const int iw = ow * win.stride - win.pad + kj;
+              dst[oh * Wo + ow] = row_in && iw >= 0 && iw < in.w ? src[iw] : 0.0f;
+            }
+          }
+        }
+    return;
+  }
   for (int c = 0; c < in.c; ++c)
     for (int ki = 0; ki < k; ++ki)
       for (int kj = 0; kj < k; ++kj) {
@@ -27,9 +46,27 @@ void im2col_strided(const float* x, Shape3 in, int k, float* col, int ld) {
       }
 }
 
-// The adjoint of im2col_strided: dx[c, oh+ki, ow+kj] += col[...]. dx must be zeroed by the caller.
-void col2im_strided(const float* col, int ld, Shape3 in, int k, float* dx) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+// The adjoint of im2col_strided: dx[c, oh*s - p + ki, ow*s - p + kj] += col[...] (padding dropped). dx must be
+// zeroed by the caller.
+void col2im_strided(const float* col, int ld, Shape3 in, Window win, float* dx) {
+  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w);
+  if (!win.plain()) {
+    for (int c = 0; c < in.c; ++c)
+      for (int ki = 0; ki < k; ++ki)
+        for (int kj = 0; kj < k; ++kj) {
+          const float* src = col + static_cast<size_t>((c * k + ki) * k + kj) * ld;
+          for (int oh = 0; oh < Ho; ++oh) {
+            const int ih = oh * win.stride - win.pad + ki;
+            if (ih < 0 || ih >= in.h) continue;
+            float* dst = dx + (c * in.h + ih) * in.w;
+            for (int ow = 0; ow < Wo; ++ow) {
+              const int iw = ow * win.stride - win.pad + kj;
+              if (iw >= 0 && iw < in.w) dst[iw] += src[oh * Wo + ow];
+            }
+          }
+        }
+    return;
+  }
   for (int c = 0; c < in.c; ++c)
     for (int ki = 0; ki < k; ++ki)
       for (int kj = 0; kj < k; ++kj) {
@@ -60,15 +97,15 @@ float* grouped_buffer(size_t n) {
 
 }  // namespace
 
-void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, int k, float* y) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
+void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y) {
+  const int k = win.k, P = win.out(in.h) * win.out(in.w), R = in.c * k * k;
   const int G = group_size(N, P);
   float* col = col_buffer(static_cast<size_t>(R) * P * G);
   float* out = grouped_buffer(static_cast<size_t>(K) * P * G);
   for (int n0 = 0; n0 < N; n0 += G) {
     const int g = std::min(G, N - n0), cols = g * P;
     // col is [R, g*P]: image j's patches occupy columns j*P .. j*P+P-1.
-    for (int j = 0; j < g; ++j) im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, k, col + j * P, cols);
+    for (int j = 0; j < g; ++j) im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, win, col + j * P, cols);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, cols, R, 1.0f, w, R, col, cols, 0.0f, out, cols);
     for (int j = 0; j < g; ++j) {
       float* yn = y + static_cast<size_t>(n0 + j) * K * P;
@@ -80,8 +117,8 @@ void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const floa
   }
 }
 
-void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, int k, float* dx) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
+void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, Window win, float* dx) {
+  const int k = win.k, P = win.out(in.h) * win.out(in.w), R = in.c * k * k;
   const int G = group_size(N, P);
   float* col = col_buffer(static_cast<size_t>(R) * P * G);
   float* dyg = grouped_buffer(static_cast<size_t>(K) * P * G);
@@ -94,13 +131,13 @@ void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int
     for (int j = 0; j < g; ++j) {
       float* dxn = dx + static_cast<size_t>(n0 + j) * in.size();
       std::fill(dxn, dxn + in.size(), 0.0f);
-      col2im_strided(col + j * P, cols, in, k, dxn);
+      col2im_strided(col + j * P, cols, in, win, dxn);
     }
   }
 }
 
-void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, int K, int k, float* dw, float* db) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1, P = Ho * Wo, R = in.c * k * k;
+void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, int K, Window win, float* dw, float* db) {
+  const int k = win.k, P = win.out(in.h) * win.out(in.w), R = in.c * k * k;
   const int G = group_size(N, P);
   float* col = col_buffer(static_cast<size_t>(R) * P * G);
   float* dyg = grouped_buffer(static_cast<size_t>(K) * P * G);
@@ -109,7 +146,7 @@ void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, i
   for (int n0 = 0; n0 < N; n0 += G) {
     const int g = std::min(G, N - n0), cols = g * P;
     for (int j = 0; j < g; ++j) {
-      im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, k, col + j * P, cols);
+      im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, win, col + j * P, cols);
       for (int o = 0; o < K; ++o)
         std::memcpy(dyg + static_cast<size_t>(o) * cols + j * P, dy + (static_cast<size_t>(n0 + j) * K + o) * P, sizeof(float) * P);
     }
@@ -135,14 +172,16 @@ void relu_backward(const float* y, const float* dy, size_t n, float* dx) {
   }
 }
 
-void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t* argmax) {
-  const int Ho = in.h / p, Wo = in.w / p;
+void maxpool_forward(const float* x, int N, Shape3 in, Window win, float* y, int32_t* argmax) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
+  const bool disjoint2 = win.k == 2 && win.stride == 2 && win.pad == 0;
   for (int nc = 0; nc < N * in.c; ++nc) {
     const float* xp = x + static_cast<size_t>(nc) * in.h * in.w;
     float* yp = y + static_cast<size_t>(nc) * Ho * Wo;
     int32_t* ap = argmax + static_cast<size_t>(nc) * Ho * Wo;
-    if (p == 2) {
-      // The common window, unrolled; comparisons in row-major order keep "first maximum wins".
+    if (disjoint2) {
+      // The common window, unrolled; comparisons in row-major order keep "first maximum wins", as
+      // maxpool_window_argmax does.
       for (int oh = 0; oh < Ho; ++oh)
         for (int ow = 0; ow < Wo; ++ow) {
           const int i0 = 2 * oh * in.w + 2 * ow, i1 = i0 + 1, i2 = i0 + in.w, i3 = i2 + 1;
@@ -157,26 +196,47 @@ void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t*
     }
     for (int oh = 0; oh < Ho; ++oh)
       for (int ow = 0; ow < Wo; ++ow) {
-        int best = oh * p * in.w + ow * p;
-        for (int i = 0; i < p; ++i)
-          for (int j = 0; j < p; ++j) {
-            const int idx = (oh * p + i) * in.w + ow * p + j;
-            if (xp[idx] > xp[best]) best = idx;
-          }
+        const int best = maxpool_window_argmax(xp, in.h, in.w, win, oh, ow);
         yp[oh * Wo + ow] = xp[best];
         ap[oh * Wo + ow] = best;
       }
   }
 }
 
-void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shape3 in, int p, float* dx) {
-  const int Ho = in.h / p, Wo = in.w / p;
-  std::fill(dx, dx + static_cast<size_t>(N) * in.size(), 0.0f);
+void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shape3 in, Window win, float* dx) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
   for (int nc = 0; nc < N * in.c; ++nc) {
     float* dxp = dx + static_cast<size_t>(nc) * in.h * in.w;
     const float* dyp = dy + static_cast<size_t>(nc) * Ho * Wo;
     const int32_t* ap = argmax + static_cast<size_t>(nc) * Ho * Wo;
-    for (int o = 0; o < Ho * Wo; ++o) dxp[ap[o]] += dyp[o];
+    if (win.stride >= win.k) {
+      // Disjoint windows: every input has at most one, so a scatter into zeros is the gather's sum.
+      std::fill(dxp, dxp + in.h * in.w, 0.0f);
+      for (int o = 0; o < Ho * Wo; ++o) dxp[ap[o]] += dyp[o];
+      continue;
+    }
+    for (int h = 0; h < in.h; ++h)
+      for (int w = 0; w < in.w; ++w) dxp[h * in.w + w] = maxpool_input_grad(dyp, ap, in.w, Ho, Wo, win, h, w);
+  }
+}
+
+void avgpool_forward(const float* x, int N, Shape3 in, Window win, float* y) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
+  for (int nc = 0; nc < N * in.c; ++nc) {
+    const float* xp = x + static_cast<size_t>(nc) * in.h * in.w;
+    float* yp = y + static_cast<size_t>(nc) * Ho * Wo;
+    for (int oh = 0; oh < Ho; ++oh)
+      for (int ow = 0; ow < Wo; ++ow) yp[oh * Wo + ow] = avgpool_window_mean(xp, in.w, win, oh, ow);
+  }
+}
+
+void avgpool_backward(const float* dy, int N, Shape3 in, Window win, float* dx) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
+  for (int nc = 0; nc < N * in.c; ++nc) {
+    float* dxp = dx + static_cast<size_t>(nc) * in.h * in.w;
+    const float* dyp = dy + static_cast<size_t>(nc) * Ho * Wo;
+    for (int h = 0; h < in.h; ++h)
+      for (int w = 0; w < in.w; ++w) dxp[h * in.w + w] = avgpool_input_grad(dyp, Ho, Wo, win, h, w);
   }
 }
 

@@ -9,21 +9,44 @@
 
 namespace nudge::cpu {
 
-// Valid convolution, stride 1. x [N,in], w [K,in.c,k,k], b [K], y [N,K,in.h-k+1,in.w-k+1].
-void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, int k, float* y);
+// Convolution with `win` = (k, stride, pad): x [N,in], w [K,in.c,k,k], b [K], y [N,K,Ho,Wo] with
+// Ho = win.out(in.h), Wo = win.out(in.w); zeros in the padding.
+void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y);
 // dx [N,in] from dy.
-void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, int k, float* dx);
+void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, Window win, float* dx);
 // dw [K,in.c,k,k] and db [K], summed over the batch.
-void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, int K, int k, float* dw, float* db);
+void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, int K, Window win, float* dw, float* db);
+// The valid, stride-1 convolution of the reference architecture.
+inline void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, int k, float* y) {
+  conv2d_forward(x, N, in, w, b, K, Window{k, 1, 0}, y);
+}
+inline void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, int k, float* dx) {
+  conv2d_backward_data(dy, N, in, w, K, Window{k, 1, 0}, dx);
+}
+inline void conv2d_backward_filter(const float* x, const float* dy, int N, Shape3 in, int K, int k, float* dw, float* db) {
+  conv2d_backward_filter(x, dy, N, in, K, Window{k, 1, 0}, dw, db);
+}
 
 void relu_forward(const float* x, size_t n, float* y);
 // dx = dy where y > 0 else 0 (y is the forward output).
 void relu_backward(const float* y, const float* dy, size_t n, float* dx);
 
-// p x p windows, stride p, floor. argmax [N, out] holds the index within the input plane (h*W+w) of the maximum;
-// ties go to the first in row-major order.
-void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t* argmax);
-void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shape3 in, int p, float* dx);
+// Max-pooling over `win` windows, padding never chosen (host/core/pool_math.h). argmax [N, out] holds the index
+// within the input plane (h*W+w) of the maximum; ties go to the first in row-major order.
+void maxpool_forward(const float* x, int N, Shape3 in, Window win, float* y, int32_t* argmax);
+// dx [N,in] overwritten: each input gets the sum of dy over the windows whose argmax it is.
+void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shape3 in, Window win, float* dx);
+// p x p windows, stride p: the reference architecture's pool.
+inline void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t* argmax) {
+  maxpool_forward(x, N, in, Window{p, p, 0}, y, argmax);
+}
+inline void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shape3 in, int p, float* dx) {
+  maxpool_backward(dy, argmax, N, in, Window{p, p, 0}, dx);
+}
+
+// Average over `win` windows (win.pad must be 0): y [N,in.c,Ho,Wo]; dx [N,in] overwritten.
+void avgpool_forward(const float* x, int N, Shape3 in, Window win, float* y);
+void avgpool_backward(const float* dy, int N, Shape3 in, Window win, float* dx);
 
 // y [N,out] = x [N,in] * w^T + b, w [out,in].
 void dense_forward(const float* x, int N, int in, const float* w, const float* b, int out, float* y);

@@ -65,11 +65,12 @@ void CpuNetwork::forward(const std::vector<const float*>& params, const float* x
       case LayerKind::Conv:
         for_images(n, l.in.size(), l.out.size(), [&](int m, size_t io, size_t oo) {
           cpu::conv2d_forward(in + io, m, l.in, params[param_index_[i]], params[param_index_[i] + 1], l.out_channels,
-                              l.kernel, y + oo);
+                              l.window(), y + oo);
         });
         break;
       case LayerKind::Relu: cpu::relu_forward(in, static_cast<size_t>(n) * l.out.size(), y); break;
-      case LayerKind::MaxPool: cpu::maxpool_forward(in, n, l.in, l.kernel, y, argmax_[i].data()); break;
+      case LayerKind::MaxPool: cpu::maxpool_forward(in, n, l.in, l.window(), y, argmax_[i].data()); break;
+      case LayerKind::AvgPool: cpu::avgpool_forward(in, n, l.in, l.window(), y); break;
       case LayerKind::Flatten: break;
       case LayerKind::Dense:
         for_images(n, l.in.size(), l.out.size(), [&](int m, size_t io, size_t oo) {
@@ -94,18 +95,21 @@ void CpuNetwork::backward(const std::vector<const float*>& params, const float* 
     switch (l.kind) {
       case LayerKind::Conv:
         if (param_grads)
-          cpu::conv2d_backward_filter(in, dy, n, l.in, l.out_channels, l.kernel, (*param_grads)[param_index_[i]],
+          cpu::conv2d_backward_filter(in, dy, n, l.in, l.out_channels, l.window(), (*param_grads)[param_index_[i]],
                                       (*param_grads)[param_index_[i] + 1]);
         if (need_dx)
           for_images(n, l.out.size(), l.in.size(), [&](int m, size_t oo, size_t io) {
-            cpu::conv2d_backward_data(dy + oo, m, l.in, params[param_index_[i]], l.out_channels, l.kernel, d + io);
+            cpu::conv2d_backward_data(dy + oo, m, l.in, params[param_index_[i]], l.out_channels, l.window(), d + io);
           });
         break;
       case LayerKind::Relu:
         if (need_dx) cpu::relu_backward(act_[i].data(), dy, static_cast<size_t>(n) * l.out.size(), d);
         break;
       case LayerKind::MaxPool:
-        if (need_dx) cpu::maxpool_backward(dy, argmax_[i].data(), n, l.in, l.kernel, d);
+        if (need_dx) cpu::maxpool_backward(dy, argmax_[i].data(), n, l.in, l.window(), d);
+        break;
+      case LayerKind::AvgPool:
+        if (need_dx) cpu::avgpool_backward(dy, n, l.in, l.window(), d);
         break;
       case LayerKind::Flatten:
         if (need_dx) std::copy(dy, dy + static_cast<size_t>(n) * l.in.size(), d);

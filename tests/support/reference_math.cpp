@@ -15,64 +15,72 @@ namespace nudge::ref {
 // ---- layers ---------------------------------------------------------------------------------------------------
 
 // The loops put the output column innermost so that they vectorize; the sums are still plain double sums.
+// Input element (c, oh*s - p + i, ow*s - p + j) of image n, or -1 in the padding.
+namespace {
+long long tap(Shape3 in, int n, int c, Window win, int oh, int ow, int i, int j) {
+  const int h = oh * win.stride - win.pad + i, w = ow * win.stride - win.pad + j;
+  if (h < 0 || h >= in.h || w < 0 || w >= in.w) return -1;
+  return ((static_cast<long long>(n) * in.c + c) * in.h + h) * in.w + w;
+}
+}  // namespace
+
 std::vector<double> conv2d_forward(const std::vector<double>& x, int N, Shape3 in, const std::vector<double>& w,
-                                   const std::vector<double>& b, int K, int k) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+                                   const std::vector<double>& b, int K, Window win) {
+  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w);
   std::vector<double> y(static_cast<size_t>(N) * K * Ho * Wo);
   for (int n = 0; n < N; ++n)
-    for (int o = 0; o < K; ++o) {
-      double* yp = y.data() + (static_cast<size_t>(n) * K + o) * Ho * Wo;
-      std::fill(yp, yp + Ho * Wo, b[o]);
-      for (int c = 0; c < in.c; ++c)
-        for (int i = 0; i < k; ++i)
-          for (int j = 0; j < k; ++j) {
-            const double wv = w[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j];
-            const double* xp = x.data() + (static_cast<size_t>(n) * in.c + c) * in.h * in.w + i * in.w + j;
-            for (int oh = 0; oh < Ho; ++oh)
-              for (int ow = 0; ow < Wo; ++ow) yp[oh * Wo + ow] += wv * xp[oh * in.w + ow];
-          }
-    }
+    for (int o = 0; o < K; ++o)
+      for (int oh = 0; oh < Ho; ++oh)
+        for (int ow = 0; ow < Wo; ++ow) {
+          double s = b[o];
+          for (int c = 0; c < in.c; ++c)
+            for (int i = 0; i < k; ++i)
+              for (int j = 0; j < k; ++j) {
+                const long long t = tap(in, n, c, win, oh, ow, i, j);
+                if (t >= 0) s += w[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j] * x[t];
+              }
+          y[((static_cast<size_t>(n) * K + o) * Ho + oh) * Wo + ow] = s;
+        }
   return y;
 }
 
 std::vector<double> conv2d_backward_data(const std::vector<double>& dy, int N, Shape3 in, const std::vector<double>& w,
-                                         int K, int k) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+                                         int K, Window win) {
+  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w);
   std::vector<double> dx(static_cast<size_t>(N) * in.size(), 0.0);
   for (int n = 0; n < N; ++n)
-    for (int o = 0; o < K; ++o) {
-      const double* dyp = dy.data() + (static_cast<size_t>(n) * K + o) * Ho * Wo;
-      for (int c = 0; c < in.c; ++c)
-        for (int i = 0; i < k; ++i)
-          for (int j = 0; j < k; ++j) {
-            const double wv = w[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j];
-            double* dxp = dx.data() + (static_cast<size_t>(n) * in.c + c) * in.h * in.w + i * in.w + j;
-            for (int oh = 0; oh < Ho; ++oh)
-              for (int ow = 0; ow < Wo; ++ow) dxp[oh * in.w + ow] += wv * dyp[oh * Wo + ow];
-          }
-    }
+    for (int o = 0; o < K; ++o)
+      for (int oh = 0; oh < Ho; ++oh)
+        for (int ow = 0; ow < Wo; ++ow) {
+          const double g = dy[((static_cast<size_t>(n) * K + o) * Ho + oh) * Wo + ow];
+          for (int c = 0; c < in.c; ++c)
+            for (int i = 0; i < k; ++i)
+              for (int j = 0; j < k; ++j) {
+                const long long t = tap(in, n, c, win, oh, ow, i, j);
+                if (t >= 0) dx[t] += w[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j] * g;
+              }
+        }
   return dx;
 }
 
 void conv2d_backward_filter(const std::vector<double>& x, const std::vector<double>& dy, int N, Shape3 in, int K,
-                            int k, std::vector<double>& dw, std::vector<double>& db) {
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
+                            Window win, std::vector<double>& dw, std::vector<double>& db) {
+  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w);
   dw.assign(static_cast<size_t>(K) * in.c * k * k, 0.0);
   db.assign(K, 0.0);
   for (int n = 0; n < N; ++n)
-    for (int o = 0; o < K; ++o) {
-      const double* dyp = dy.data() + (static_cast<size_t>(n) * K + o) * Ho * Wo;
-      for (int p = 0; p < Ho * Wo; ++p) db[o] += dyp[p];
-      for (int c = 0; c < in.c; ++c)
-        for (int i = 0; i < k; ++i)
-          for (int j = 0; j < k; ++j) {
-            const double* xp = x.data() + (static_cast<size_t>(n) * in.c + c) * in.h * in.w + i * in.w + j;
-            double s = 0;
-            for (int oh = 0; oh < Ho; ++oh)
-              for (int ow = 0; ow < Wo; ++ow) s += dyp[oh * Wo + ow] * xp[oh * in.w + ow];
-            dw[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j] += s;
-          }
-    }
+    for (int o = 0; o < K; ++o)
+      for (int oh = 0; oh < Ho; ++oh)
+        for (int ow = 0; ow < Wo; ++ow) {
+          const double g = dy[((static_cast<size_t>(n) * K + o) * Ho + oh) * Wo + ow];
+          db[o] += g;
+          for (int c = 0; c < in.c; ++c)
+            for (int i = 0; i < k; ++i)
+              for (int j = 0; j < k; ++j) {
+                const long long t = tap(in, n, c, win, oh, ow, i, j);
+                if (t >= 0) dw[((static_cast<size_t>(o) * in.c + c) * k + i) * k + j] += g * x[t];
+              }
+        }
 }
 
 std::vector<double> relu_forward(const std::vector<double>& x) {
@@ -87,36 +95,60 @@ std::vector<double> relu_backward(const std::vector<double>& y, const std::vecto
   return dx;
 }
 
-void maxpool_forward(const std::vector<double>& x, int N, Shape3 in, int p, std::vector<double>& y,
+void maxpool_forward(const std::vector<double>& x, int N, Shape3 in, Window win, std::vector<double>& y,
                      std::vector<int32_t>& argmax) {
-  const int Ho = in.h / p, Wo = in.w / p;
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
   y.assign(static_cast<size_t>(N) * in.c * Ho * Wo, 0.0);
   argmax.assign(y.size(), -1);
   for (int nc = 0; nc < N * in.c; ++nc)
     for (int oh = 0; oh < Ho; ++oh)
       for (int ow = 0; ow < Wo; ++ow) {
-        int best = -1;
-        for (int i = 0; i < p; ++i)
-          for (int j = 0; j < p; ++j) {
-            const int idx = (oh * p + i) * in.w + ow * p + j;
-            if (best < 0 || x[static_cast<size_t>(nc) * in.h * in.w + idx] >
-                                x[static_cast<size_t>(nc) * in.h * in.w + best])
-              best = idx;
+        long long best = -1;
+        for (int i = 0; i < win.k; ++i)
+          for (int j = 0; j < win.k; ++j) {
+            const long long t = tap(in, 0, nc, win, oh, ow, i, j);  // image 0 with channel nc: the same offset
+            if (t >= 0 && (best < 0 || x[t] > x[best])) best = t;
           }
         const size_t o = (static_cast<size_t>(nc) * Ho + oh) * Wo + ow;
-        y[o] = x[static_cast<size_t>(nc) * in.h * in.w + best];
-        argmax[o] = best;
+        y[o] = x[best];
+        argmax[o] = static_cast<int32_t>(best - static_cast<long long>(nc) * in.h * in.w);
       }
 }
 
 std::vector<double> maxpool_backward(const std::vector<double>& dy, const std::vector<int32_t>& argmax, int N,
-                                     Shape3 in, int p) {
-  const int Ho = in.h / p, Wo = in.w / p;
+                                     Shape3 in, Window win) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
   std::vector<double> dx(static_cast<size_t>(N) * in.size(), 0.0);
   for (int nc = 0; nc < N * in.c; ++nc)
     for (int o = 0; o < Ho * Wo; ++o)
       dx[static_cast<size_t>(nc) * in.h * in.w + argmax[static_cast<size_t>(nc) * Ho * Wo + o]] +=
           dy[static_cast<size_t>(nc) * Ho * Wo + o];
+  return dx;
+}
+
+std::vector<double> avgpool_forward(const std::vector<double>& x, int N, Shape3 in, Window win) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
+  std::vector<double> y(static_cast<size_t>(N) * in.c * Ho * Wo, 0.0);
+  for (int nc = 0; nc < N * in.c; ++nc)
+    for (int oh = 0; oh < Ho; ++oh)
+      for (int ow = 0; ow < Wo; ++ow) {
+        double s = 0;
+        for (int i = 0; i < win.k; ++i)
+          for (int j = 0; j < win.k; ++j) s += x[tap(in, 0, nc, win, oh, ow, i, j)];
+        y[(static_cast<size_t>(nc) * Ho + oh) * Wo + ow] = s / (win.k * win.k);
+      }
+  return y;
+}
+
+std::vector<double> avgpool_backward(const std::vector<double>& dy, int N, Shape3 in, Window win) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
+  std::vector<double> dx(static_cast<size_t>(N) * in.size(), 0.0);
+  for (int nc = 0; nc < N * in.c; ++nc)
+    for (int oh = 0; oh < Ho; ++oh)
+      for (int ow = 0; ow < Wo; ++ow)
+        for (int i = 0; i < win.k; ++i)
+          for (int j = 0; j < win.k; ++j)
+            dx[tap(in, 0, nc, win, oh, ow, i, j)] += dy[(static_cast<size_t>(nc) * Ho + oh) * Wo + ow] / (win.k * win.k);
   return dx;
 }
 
@@ -166,7 +198,7 @@ std::vector<double> network_forward(const Architecture& arch, const std::vector<
   for (const LayerSpec& l : arch.layers) {
     switch (l.kind) {
       case LayerKind::Conv:
-        a = conv2d_forward(a, N, l.in, params[p], params[p + 1], l.out_channels, l.kernel);
+        a = conv2d_forward(a, N, l.in, params[p], params[p + 1], l.out_channels, l.window());
         p += 2;
         break;
       case LayerKind::Relu:
@@ -180,7 +212,7 @@ std::vector<double> network_forward(const Architecture& arch, const std::vector<
       case LayerKind::MaxPool: {
         std::vector<double> y;
         std::vector<int32_t> am;
-        maxpool_forward(a, N, l.in, l.kernel, y, am);
+        maxpool_forward(a, N, l.in, l.window(), y, am);
         if (trace) {
           trace->pool_argmax.insert(trace->pool_argmax.end(), am.begin(), am.end());
           // Runner-up of each window: the largest element other than the argmax.
@@ -192,8 +224,9 @@ std::vector<double> network_forward(const Architecture& arch, const std::vector<
                 double second = -std::numeric_limits<double>::infinity();
                 for (int i = 0; i < q; ++i)
                   for (int j = 0; j < q; ++j) {
-                    const int idx = (oh * q + i) * l.in.w + ow * q + j;
-                    if (idx != am[o]) second = std::max(second, a[static_cast<size_t>(nc) * l.in.h * l.in.w + idx]);
+                    const long long t = tap(l.in, 0, nc, l.window(), oh, ow, i, j);
+                    if (t >= 0 && t - static_cast<long long>(nc) * l.in.h * l.in.w != am[o])
+                      second = std::max(second, a[t]);
                   }
                 // A window of ReLU zeros ties exactly but harmlessly: no gradient flows through any of them.
                 if (q > 1 && y[o] != 0.0) trace->min_pool_gap = std::min(trace->min_pool_gap, y[o] - second);
@@ -202,6 +235,7 @@ std::vector<double> network_forward(const Architecture& arch, const std::vector<
         a = std::move(y);
         break;
       }
+      case LayerKind::AvgPool: a = avgpool_forward(a, N, l.in, l.window()); break;
       case LayerKind::Flatten: break;
       case LayerKind::Dense:
         a = dense_forward(a, N, l.in.size(), params[p], params[p + 1], l.out_channels);

@@ -14,27 +14,52 @@
 namespace nudge::ref {
 
 // ---- layers ---------------------------------------------------------------------------------------------------
-// Valid convolution, stride 1. x [N,in], w [K,in.c,k,k], b [K] -> y [N,K,in.h-k+1,in.w-k+1].
+// Convolution over `win` (k, stride, pad; zeros in the padding). x [N,in], w [K,in.c,k,k], b [K] ->
+// y [N,K,win.out(in.h),win.out(in.w)].
 std::vector<double> conv2d_forward(const std::vector<double>& x, int N, Shape3 in, const std::vector<double>& w,
-                                   const std::vector<double>& b, int K, int k);
+                                   const std::vector<double>& b, int K, Window win);
 // dx [N,in] from dy [N,K,Ho,Wo].
 std::vector<double> conv2d_backward_data(const std::vector<double>& dy, int N, Shape3 in, const std::vector<double>& w,
-                                         int K, int k);
+                                         int K, Window win);
 // dw [K,in.c,k,k] and db [K], summed over the batch.
 void conv2d_backward_filter(const std::vector<double>& x, const std::vector<double>& dy, int N, Shape3 in, int K,
-                            int k, std::vector<double>& dw, std::vector<double>& db);
+                            Window win, std::vector<double>& dw, std::vector<double>& db);
+// Valid, stride 1.
+inline std::vector<double> conv2d_forward(const std::vector<double>& x, int N, Shape3 in, const std::vector<double>& w,
+                                          const std::vector<double>& b, int K, int k) {
+  return conv2d_forward(x, N, in, w, b, K, Window{k, 1, 0});
+}
+inline std::vector<double> conv2d_backward_data(const std::vector<double>& dy, int N, Shape3 in,
+                                                const std::vector<double>& w, int K, int k) {
+  return conv2d_backward_data(dy, N, in, w, K, Window{k, 1, 0});
+}
+inline void conv2d_backward_filter(const std::vector<double>& x, const std::vector<double>& dy, int N, Shape3 in, int K,
+                                   int k, std::vector<double>& dw, std::vector<double>& db) {
+  conv2d_backward_filter(x, dy, N, in, K, Window{k, 1, 0}, dw, db);
+}
 
 std::vector<double> relu_forward(const std::vector<double>& x);
 // dx = dy where y > 0 else 0.
 std::vector<double> relu_backward(const std::vector<double>& y, const std::vector<double>& dy);
 
-// p x p windows, stride p, floor; argmax is the index h*W+w within the input plane, ties to the first in row-major
-// order (a strict > scan starting from the window's top-left element).
-void maxpool_forward(const std::vector<double>& x, int N, Shape3 in, int p, std::vector<double>& y,
+// Windows of `win`, padding never chosen; argmax is the index h*W+w within the input plane, ties to the first in
+// row-major order (a strict > scan from the window's first real element).
+void maxpool_forward(const std::vector<double>& x, int N, Shape3 in, Window win, std::vector<double>& y,
                      std::vector<int32_t>& argmax);
-// dx [N,in]: each dy routed to its window's argmax; everything else 0.
+// dx [N,in]: each dy added at its window's argmax; everything else 0.
 std::vector<double> maxpool_backward(const std::vector<double>& dy, const std::vector<int32_t>& argmax, int N,
-                                     Shape3 in, int p);
+                                     Shape3 in, Window win);
+inline void maxpool_forward(const std::vector<double>& x, int N, Shape3 in, int p, std::vector<double>& y,
+                            std::vector<int32_t>& argmax) {
+  maxpool_forward(x, N, in, Window{p, p, 0}, y, argmax);
+}
+inline std::vector<double> maxpool_backward(const std::vector<double>& dy, const std::vector<int32_t>& argmax, int N,
+                                            Shape3 in, int p) {
+  return maxpool_backward(dy, argmax, N, in, Window{p, p, 0});
+}
+// Pad-free average pooling and its adjoint.
+std::vector<double> avgpool_forward(const std::vector<double>& x, int N, Shape3 in, Window win);
+std::vector<double> avgpool_backward(const std::vector<double>& dy, int N, Shape3 in, Window win);
 
 // y [N,out] = x [N,in] w^T + b, w [out,in].
 std::vector<double> dense_forward(const std::vector<double>& x, int N, int in, const std::vector<double>& w,
