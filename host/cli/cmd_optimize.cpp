@@ -67,7 +67,7 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
   add_common_options(*cmd, *o, false, "output folder (results.csv, summary.json, images.npy, grid.png)");
   auto models = std::make_shared<std::vector<std::string>>();
   auto judge = std::make_shared<std::string>();
-  cmd->add_option("--model", *models, "model file (safetensors); repeat for an ensemble every image must convince")
+  cmd->add_option("--model", *models, "model file (.safetensors or .onnx); repeat for an ensemble every image must convince")
       ->default_str(o->model);
   cmd->add_option("--judge", *judge, "an independent model that scores the results afterwards (never optimized against)");
   add_regularizer_flags(*cmd, f->job.reg);

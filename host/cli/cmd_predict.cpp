@@ -10,6 +10,7 @@
 #include "backend.h"
 #include "commands.h"
 #include "errors.h"
+#include "model_file.h"
 #include "image_io.h"
 #include "make_backend.h"
 #include "model_loading.h"
@@ -29,7 +30,7 @@ Runner add_predict_command(CLI::App& app) {
   cmd->add_flag("--json", *json, "print one JSON object per image, one per line");
   return [=]() {
     if (files->empty() && indices->empty()) throw InputError("predict needs image files or --index N");
-    const Model model = Model::load(o->model);
+    const Model model = load_model_file(o->model);
     const int H = model.arch.input.h, W = model.arch.input.w, D = model.arch.input.size();
     const int K = model.arch.num_classes();
     std::vector<std::string> names;

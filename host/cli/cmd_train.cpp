@@ -21,7 +21,9 @@
 #include "evaluate.h"
 #include "file_lock.h"
 #include "interrupt.h"
+#include "job_setup.h"
 #include "make_backend.h"
+#include "model_file.h"
 #include "train.h"
 #include "json_text.h"
 
@@ -108,7 +110,10 @@ Runner add_train_command(CLI::App& app) {
   auto arch = std::make_shared<std::string>(Architecture::reference_string());
   auto resume = std::make_shared<bool>(false);
   add_common_options(*cmd, *o, false, "where to write the trained model (safetensors)");
-  cmd->add_option("--arch", *arch, "architecture string")->capture_default_str();
+  auto init = std::make_shared<std::string>();
+  auto* arch_opt = cmd->add_option("--arch", *arch, "architecture string")->capture_default_str();
+  cmd->add_option("--init", *init, "start from this model's weights (.safetensors or .onnx, e.g. a network initialised "
+                  "by PyTorch) instead of Glorot's; its architecture is the run's")->excludes(arch_opt);
   // Int ranges, not CLI::PositiveNumber, whose message prints DBL_MAX in full ("0 not in range 0.000000 to 1797...").
   const int kMaxInt = std::numeric_limits<int>::max();
   cmd->add_option("--epochs", t->epochs, "epochs")->capture_default_str()->check(CLI::Range(1, kMaxInt));
@@ -144,7 +149,12 @@ Runner add_train_command(CLI::App& app) {
   cmd->add_flag("--resume", *resume, "continue an interrupted run from its checkpoint (OUT.checkpoint); every other "
                 "option must be as before");
   return [=]() {
-    const Architecture a = Architecture::parse(*arch);
+    std::unique_ptr<Model> init_model;
+    if (!init->empty()) {
+      init_model = std::make_unique<Model>(load_model_file(*init));
+      init_model->metadata.clear();  // the trained model's metadata is its own recipe, not its start's
+    }
+    const Architecture a = init_model ? init_model->arch : Architecture::parse(*arch);
     const Dataset train = load_dataset(o->data, "train");
     const Dataset test = load_dataset(o->data, "test");
     if (a.input.c != 1 || a.input.h != train.rows || a.input.w != train.cols)
@@ -183,7 +193,9 @@ Runner add_train_command(CLI::App& app) {
     const std::string ckpt = checkpoint_path_for(o->out);
     for (const std::string& p : {o->out, ckpt, f->log.empty() ? log : std::string()})
       if (!p.empty()) remove_dead_temporaries_of(p);
-    const TrainSpec spec = train_spec(a.to_string(), opt, train);
+    TrainSpec spec = train_spec(a.to_string(), opt, train);
+    // A resume must start from the same weights: the start file's content, not its name.
+    if (init_model) spec.emplace_back("--init", file_digest(*init));
     const bool had_checkpoint = std::filesystem::exists(ckpt);
     TrainCheckpoint resumed;
     TrainHooks hooks;
@@ -232,7 +244,7 @@ Runner add_train_command(CLI::App& app) {
       saved_epoch = p.epoch;
       interrupt_for_tests(p.epoch);
     };
-    Model model = Model::glorot(a, o->seed);
+    Model model = init_model ? *init_model : Model::glorot(a, o->seed);
     TrainSummary sum;
     EvalResult ev;
     try {
@@ -254,7 +266,8 @@ Runner add_train_command(CLI::App& app) {
       seconds += s.seconds;
       attack_steps += s.attack_image_steps;
     }
-    const nlohmann::json recipe = recipe_json(a.to_string(), opt, sum);
+    nlohmann::json recipe = recipe_json(a.to_string(), opt, sum);
+    if (init_model) recipe["init"] = *init + " (" + file_digest(*init) + ")";
     out.write(model.serialize({{"nudge.test_accuracy", std::to_string(ev.accuracy())},
                                {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" +
                                                    std::to_string(opt.batch) + " lr=" + std::to_string(opt.adam.lr) +

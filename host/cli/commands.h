@@ -32,5 +32,6 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
 Runner add_visualize_command(CLI::App& app);
 Runner add_robustness_command(CLI::App& app);
 Runner add_merge_command(CLI::App& app);
+Runner add_export_command(CLI::App& app);
 
 }  // namespace nudge::cli

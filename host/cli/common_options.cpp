@@ -7,7 +7,7 @@
 namespace nudge::cli {
 
 void add_common_options(CLI::App& cmd, CommonOptions& o, bool with_model, const std::string& out_help) {
-  if (with_model) cmd.add_option("--model", o.model, "model file (safetensors)")->capture_default_str();
+  if (with_model) cmd.add_option("--model", o.model, "model file (.safetensors, or .onnx from PyTorch, Keras or TensorFlow)")->capture_default_str();
   cmd.add_option("--data", o.data, "folder with the four MNIST-format IDX files")->capture_default_str();
   cmd.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
   // CLI11 alone would read "-1" (and a 23-digit number) into the unsigned seed as 2^64-1.

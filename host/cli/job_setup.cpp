@@ -5,6 +5,7 @@
 
 #include "atomic_file.h"
 #include "errors.h"
+#include "model_file.h"
 #include "fnv1a.h"
 #include "job_journal.h"
 #include "json_text.h"
@@ -29,14 +30,14 @@ std::vector<Backend*> LoadedJob::ensemble() const {
 void load_job_inputs(const JobRun& run, LoadedJob& j) {
   const OptimizeJob& job = run.job;
   if (run.models.empty()) throw InputError("no --model given");
-  for (const std::string& path : run.models) j.models.push_back(Model::load(path));
+  for (const std::string& path : run.models) j.models.push_back(load_model_file(path));
   const Model& primary = j.models.front();
   j.K = primary.arch.num_classes();
   for (size_t i = 1; i < j.models.size(); ++i)
     if (!(j.models[i].arch.input == primary.arch.input) || j.models[i].arch.num_classes() != j.K)
       throw InputError(run.models[i] + " does not take the same inputs and classes as " + run.models[0]);
   if (!run.judge.empty()) {
-    j.judge_model = std::make_unique<Model>(Model::load(run.judge));
+    j.judge_model = std::make_unique<Model>(load_model_file(run.judge));
     if (!(j.judge_model->arch.input == primary.arch.input) || j.judge_model->arch.num_classes() != j.K)
       throw InputError("judge " + run.judge + " does not take the same inputs and classes as " + run.models[0]);
     // The same file under two spellings (./a, a, a symlink) is the same model.

@@ -28,6 +28,7 @@ int run_command(int argc, char** argv) {
   runners["visualize"] = add_visualize_command(app);
   runners["robustness"] = add_robustness_command(app);
   runners["merge"] = add_merge_command(app);
+  runners["export"] = add_export_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -39,7 +40,7 @@ int run_command(int argc, char** argv) {
     // that a subcommand is required.
     if (argc > 1 && argv[1][0] != '-' && runners.count(argv[1]) == 0) {
       if (speak)
-        std::fprintf(stderr, "nudge: unknown command '%s' (expected train, eval, predict, optimize, visualize, robustness or merge; see nudge --help)\n",
+        std::fprintf(stderr, "nudge: unknown command '%s' (expected train, eval, predict, optimize, visualize, robustness, merge or export; see nudge --help)\n",
                      argv[1]);
       return 2;
     }
