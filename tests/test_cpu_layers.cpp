@@ -275,7 +275,7 @@ const WindowPoolCase kMaxWindowCases[] = {
 };
 const WindowPoolCase kAvgWindowCases[] = {
     {2, {3, 9, 7}, {2, 2, 0}}, {1, {2, 9, 9}, {3, 2, 0}}, {3, {1, 6, 7}, {2, 1, 0}}, {2, {10, 7, 7}, {7, 7, 0}},
-    {1, {2, 11, 8}, {3, 4, 0}},
+    {1, {2, 11, 8}, {3, 4, 0}}, {2, {2, 7, 8}, {2, 3, 0}}, {1, {3, 5, 6}, {1, 1, 0}},
 };
 
 std::string window_name(const WindowPoolCase& c) {

@@ -1,7 +1,8 @@
 // The network's layer kernels and their library wrappers against their CPU twins (host/cpu/cpu_layers.h): bias add
-// and ReLU (forward, in place, backward), the bias gradient, max-pooling forward and backward (deliberate ties
-// included), Adam's parameter update, cuDNN convolution and cuBLAS dense layers (forward, backward data, backward
-// filter/weights), and the staged uploader on the copy stream. Fresh seeded random inputs (NUDGE_TEST_SEED=<seed>
+// and ReLU (forward, in place, backward), the bias gradient, max-pooling forward and backward (overlapping, padded
+// and odd-sized windows, deliberate ties), average pooling forward and backward, the pool launchers' shape checks
+// (these run without a GPU), Adam's parameter update, cuDNN convolution with padding and stride and cuBLAS dense
+// layers (forward, backward data, backward filter/weights), and the staged uploader on the copy stream. Fresh seeded random inputs (NUDGE_TEST_SEED=<seed>
 // replays a run); outputs are poisoned with NaN before each launch and guarded by a sentinel region, so an unwritten
 // element or a stray write fails.
 //
@@ -23,9 +24,11 @@
 #include "cpu_layers.h"
 #include "cuda_kernel_fixtures.h"
 #include "cuda_test_util.h"
+#include "errors.h"
 
 #if NUDGE_HAVE_CUDA
 #include "adam.cuh"
+#include "avgpool.cuh"
 #include "bias_grad.cuh"
 #include "bias_relu.cuh"
 #include "cublas_dense.h"
@@ -137,37 +140,119 @@ TEST_F(CudaKernels, BiasGrad) {
   EXPECT_TRUE(all_equal("bias_grad of an empty batch", db.download(), std::vector<float>(3, 0.0f)));
 }
 
-// ---- max-pooling -------------------------------------------------------------------------------------------------
+// ---- max- and average pooling --------------------------------------------------------------------------------------
+
+std::string window_text(Window w) {
+  return "k=" + std::to_string(w.k) + " s=" + std::to_string(w.stride) + " p=" + std::to_string(w.pad);
+}
+
+// The max-pool windows: the reference model's disjoint 2x2, disjoint 3x3, overlapping and padded (3s2p1, the ResNet
+// stem's), padded disjoint (2p1: corner windows of one real pixel), stride 1 (2s1, 3s1p1: each input in up to k*k
+// windows), padding k/2 of an even window (4s2p2), a stride past the window (2s3: rows and columns no window
+// reaches) and the trivial 1x1.
+const Window kMaxPoolWindows[] = {{2, 2, 0}, {3, 3, 0}, {3, 2, 1}, {2, 2, 1}, {2, 1, 0},
+                                  {3, 1, 1}, {4, 2, 2}, {2, 3, 0}, {1, 1, 0}};
 
 TEST_F(CudaKernels, MaxPoolForwardBackward) {
-  for (int ties = 0; ties < 2; ++ties)
-    for (int p : {2, 3}) {
-      const int N = randint(1, 4), C = randint(1, 6), H = randint(p, 17), W = randint(p, 17);
+  for (const Window win : kMaxPoolWindows)
+    for (int data = 0; data < 3; ++data) {
+      // Inputs of at least k - 2p, up to 17; odd sizes forced on the plain random data (the floor drops edges).
+      const int lo = std::max(1, win.k - 2 * win.pad);
+      int H = randint(lo, 17), W = randint(lo, 17);
+      if (data == 0) {
+        H |= 1;
+        W |= 1;
+      }
+      const int N = randint(1, 4), C = randint(1, 6);
+      const char* what[] = {"normal", "small integers: many ties", "all negative: padding must never win"};
       SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C) + " H=" + std::to_string(H) + " W=" +
-                   std::to_string(W) + " p=" + std::to_string(p) + (ties ? " (small integers: many ties)" : ""));
-      const int Ho = H / p, Wo = W / p;
+                   std::to_string(W) + " " + window_text(win) + " (" + what[data] + ")");
+      const Shape3 in{C, H, W};
+      const int Ho = win.out(H), Wo = win.out(W);
       const size_t in_n = static_cast<size_t>(N) * C * H * W, out_n = static_cast<size_t>(N) * C * Ho * Wo;
       std::vector<float> x = normal(in_n);
-      if (ties)
+      if (data == 1)
         for (float& v : x) v = static_cast<float>(randint(0, 2));
+      if (data == 2)
+        for (float& v : x) v = -1.0f - std::fabs(v);
       std::vector<float> y_ref(out_n), dx_ref(in_n);
       std::vector<int32_t> a_ref(out_n);
-      cpu::maxpool_forward(x.data(), N, {C, H, W}, p, y_ref.data(), a_ref.data());
+      cpu::maxpool_forward(x.data(), N, in, win, y_ref.data(), a_ref.data());
       const std::vector<float> dy = normal(out_n);
-      cpu::maxpool_backward(dy.data(), a_ref.data(), N, {C, H, W}, p, dx_ref.data());
+      cpu::maxpool_backward(dy.data(), a_ref.data(), N, in, win, dx_ref.data());
 
       GuardedBuffer<float> xd(x), yd(out_n), dyd(dy), dxd(in_n);
       GuardedBuffer<int32_t> ad(out_n);
-      cuda::maxpool_forward_cuda(xd.get(), N, C, H, W, p, yd.get(), ad.get(), 0);
-      // Exact: comparisons and copies only (ties broken by the same first-index rule).
-      EXPECT_TRUE(all_equal("maxpool y", yd.download(), y_ref));
+      cuda::maxpool_forward_cuda(xd.get(), N, C, H, W, win, yd.get(), ad.get(), 0);
+      // Exact: comparisons and copies only, by the same function (maxpool_window_argmax), ties to the first index.
+      const std::vector<float> y = yd.download();
+      EXPECT_TRUE(all_equal("maxpool y", y, y_ref));
       EXPECT_TRUE(all_equal("maxpool argmax", ad.download(), a_ref));
-      cuda::maxpool_backward_cuda(dyd.get(), ad.get(), N, C, H, W, p, dxd.get(), 0);
+      if (data == 2) {  // padding taken for a 0 would show as a 0 here
+        EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v <= -1.0f; }));
+      }
+      // Exact: the same adds in the same order (maxpool_input_grad); for stride >= k the CPU's scatter into zeros
+      // adds the same single term.
+      cuda::maxpool_backward_cuda(dyd.get(), ad.get(), N, C, H, W, win, dxd.get(), 0);
       EXPECT_TRUE(all_equal("maxpool dx", dxd.download(), dx_ref));
       EXPECT_TRUE(yd.guard_intact());
       EXPECT_TRUE(ad.guard_intact());
       EXPECT_TRUE(dxd.guard_intact());
     }
+}
+
+// The average-pool windows: disjoint 2x2 and 3x3, overlapping 3s2 and stride 1 (2s1, 3s1), a stride past the window
+// (2s3) and 1x1.
+const Window kAvgPoolWindows[] = {{2, 2, 0}, {3, 3, 0}, {3, 2, 0}, {2, 1, 0}, {3, 1, 0}, {2, 3, 0}, {1, 1, 0}};
+
+TEST_F(CudaKernels, AvgPoolForwardBackward) {
+  for (const Window win : kAvgPoolWindows)
+    for (int odd = 0; odd < 2; ++odd) {
+      int H = randint(win.k, 17), W = randint(win.k, 17);
+      if (odd) {
+        H |= 1;
+        W |= 1;
+      }
+      const int N = randint(1, 4), C = randint(1, 6);
+      SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C) + " H=" + std::to_string(H) + " W=" +
+                   std::to_string(W) + " " + window_text(win));
+      const Shape3 in{C, H, W};
+      const int Ho = win.out(H), Wo = win.out(W);
+      const size_t in_n = static_cast<size_t>(N) * C * H * W, out_n = static_cast<size_t>(N) * C * Ho * Wo;
+      const std::vector<float> x = normal(in_n), dy = normal(out_n);
+      std::vector<float> y_ref(out_n), dx_ref(in_n);
+      cpu::avgpool_forward(x.data(), N, in, win, y_ref.data());
+      cpu::avgpool_backward(dy.data(), N, in, win, dx_ref.data());
+
+      GuardedBuffer<float> xd(x), yd(out_n), dyd(dy), dxd(in_n);
+      cuda::avgpool_forward_cuda(xd.get(), N, C, H, W, win, yd.get(), 0);
+      cuda::avgpool_backward_cuda(dyd.get(), N, C, H, W, win, dxd.get(), 0);
+      // Exact: the same float adds in the same order and IEEE divisions by k*k (avgpool_window_mean and
+      // avgpool_input_grad, host/core/pool_math.h; no multiply for nvcc to contract, -prec-div is on by default).
+      EXPECT_TRUE(all_equal("avgpool y", yd.download(), y_ref));
+      EXPECT_TRUE(all_equal("avgpool dx", dxd.download(), dx_ref));
+      EXPECT_TRUE(yd.guard_intact());
+      EXPECT_TRUE(dxd.guard_intact());
+    }
+}
+
+// The launchers' shape checks come before any CUDA call, so this runs on machines without a GPU too.
+TEST(CudaKernelShapes, PoolLaunchersRefuseImpossibleWindows) {
+  float* none = nullptr;
+  int32_t* no_index = nullptr;
+  // Average pooling has no padding.
+  EXPECT_THROW(cuda::avgpool_forward_cuda(none, 1, 1, 4, 4, Window{2, 2, 1}, none, 0), InternalError);
+  EXPECT_THROW(cuda::avgpool_backward_cuda(none, 1, 1, 4, 4, Window{2, 2, 1}, none, 0), InternalError);
+  // A window larger than the map, a zero stride.
+  EXPECT_THROW(cuda::avgpool_forward_cuda(none, 1, 1, 2, 5, Window{3, 1, 0}, none, 0), InternalError);
+  EXPECT_THROW(cuda::avgpool_forward_cuda(none, 1, 1, 5, 5, Window{3, 0, 0}, none, 0), InternalError);
+  // Padding past half the window (a window of padding only), a map smaller than k - 2p.
+  EXPECT_THROW(cuda::maxpool_forward_cuda(none, 1, 1, 5, 5, Window{2, 2, 2}, none, no_index, 0), InternalError);
+  EXPECT_THROW(cuda::maxpool_backward_cuda(none, no_index, 1, 1, 5, 5, Window{2, 2, 2}, none, 0), InternalError);
+  EXPECT_THROW(cuda::maxpool_forward_cuda(none, 1, 1, 1, 5, Window{4, 2, 1}, none, no_index, 0), InternalError);
+  // An empty batch launches nothing.
+  EXPECT_NO_THROW(cuda::maxpool_forward_cuda(none, 0, 1, 5, 5, Window{3, 2, 1}, none, no_index, 0));
+  EXPECT_NO_THROW(cuda::avgpool_backward_cuda(none, 0, 1, 5, 5, Window{3, 2, 0}, none, 0));
 }
 
 // ---- Adam --------------------------------------------------------------------------------------------------------
@@ -211,42 +296,61 @@ class CudaLibraries : public CudaKernels {
   std::unique_ptr<cuda::CudaContext> ctx_;
 };
 
-TEST_F(CudaLibraries, ConvMatchesCpu) {
-  const int K = randint(1, 8);
-  const Shape3 in{randint(1, 4), randint(5, 12), randint(5, 12)};
-  const int k = randint(1, std::min({in.h, in.w, 5}));
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1;
-  const std::vector<float> w = normal(static_cast<size_t>(K) * in.c * k * k);
-  const std::vector<float> zeros(K, 0.0f);
-  cuda::ConvOp op(*ctx_, in, K, k);
-  GuardedBuffer<float> w_d(w);
-  // 3 then 5 images: the second call uses the algorithm of another batch bucket; then 3 again, from the cache.
-  for (int N : {3, 5, 3}) {
-    SCOPED_TRACE("N=" + std::to_string(N) + " in " + std::to_string(in.c) + "x" + std::to_string(in.h) + "x" +
-                 std::to_string(in.w) + " K=" + std::to_string(K) + " k=" + std::to_string(k));
-    const size_t xn = static_cast<size_t>(N) * in.size(), yn = static_cast<size_t>(N) * K * Ho * Wo;
-    const std::vector<float> x = normal(xn), dy = normal(yn);
-    std::vector<float> y(yn), y_abs(yn), dx(xn), dx_abs(xn), dw(w.size()), dw_abs(w.size()), db(K);
-    cpu::conv2d_forward(x.data(), N, in, w.data(), zeros.data(), K, k, y.data());
-    cpu::conv2d_forward(abs_of(x).data(), N, in, abs_of(w).data(), zeros.data(), K, k, y_abs.data());
-    cpu::conv2d_backward_data(dy.data(), N, in, w.data(), K, k, dx.data());
-    cpu::conv2d_backward_data(abs_of(dy).data(), N, in, abs_of(w).data(), K, k, dx_abs.data());
-    cpu::conv2d_backward_filter(x.data(), dy.data(), N, in, K, k, dw.data(), db.data());
-    cpu::conv2d_backward_filter(abs_of(x).data(), abs_of(dy).data(), N, in, K, k, dw_abs.data(), db.data());
+// The convolution windows: one valid stride-1 window of random size (the reference model's kind), padding 1 ("same"
+// for k3), stride 2, both (k4s2p1, the DCGAN downsampler), a stride past the window (k1s2: inputs no window reads,
+// whose dx must be 0), padding as large as the window (k2p2: outputs that see only padding) and one random window.
+std::vector<Window> conv_windows(int random_k, Window random_window) {
+  return {{random_k, 1, 0}, {3, 1, 1}, {3, 2, 0}, {4, 2, 1}, {1, 2, 0}, {2, 1, 2}, random_window};
+}
 
-    GuardedBuffer<float> x_d(x), dy_d(dy), y_d(yn), dx_d(xn), dw_d(w.size());
-    op.forward(x_d.get(), w_d.get(), y_d.get(), N);
-    op.backward_data(dy_d.get(), w_d.get(), dx_d.get(), N);
-    op.backward_filter(x_d.get(), dy_d.get(), dw_d.get(), N);
-    const std::vector<double> y_tol = sum_bound(y_abs, in.c * k * k), dx_tol = sum_bound(dx_abs, K * k * k),
-                              dw_tol = sum_bound(dw_abs, N * Ho * Wo);
-    EXPECT_TRUE(all_close("conv forward", y_d.download(), y, {0, 1e-4}, &y_tol));
-    EXPECT_TRUE(all_close("conv backward data", dx_d.download(), dx, {0, 1e-4}, &dx_tol));
-    EXPECT_TRUE(all_close("conv backward filter", dw_d.download(), dw, {0, 1e-4}, &dw_tol));
-    EXPECT_TRUE(y_d.guard_intact());
-    EXPECT_TRUE(dx_d.guard_intact());
-    EXPECT_TRUE(dw_d.guard_intact());
+TEST_F(CudaLibraries, ConvMatchesCpu) {
+  const int random_k = randint(1, 5), rk = randint(1, 5);
+  for (const Window win : conv_windows(random_k, {rk, randint(1, 3), randint(0, rk - 1)})) {
+    const int K = randint(1, 8);
+    const Shape3 in{randint(1, 4), randint(std::max(1, win.k - 2 * win.pad), 12),
+                    randint(std::max(1, win.k - 2 * win.pad), 12)};
+    const int Ho = win.out(in.h), Wo = win.out(in.w);
+    const std::vector<float> w = normal(static_cast<size_t>(K) * in.c * win.k * win.k);
+    const std::vector<float> zeros(K, 0.0f);
+    cuda::ConvOp op(*ctx_, in, K, win);
+    GuardedBuffer<float> w_d(w);
+    // 3 then 5 images: the second call uses the algorithm of another batch bucket; then 3 again, from the cache.
+    for (int N : {3, 5, 3}) {
+      SCOPED_TRACE("N=" + std::to_string(N) + " in " + std::to_string(in.c) + "x" + std::to_string(in.h) + "x" +
+                   std::to_string(in.w) + " K=" + std::to_string(K) + " " + window_text(win));
+      const size_t xn = static_cast<size_t>(N) * in.size(), yn = static_cast<size_t>(N) * K * Ho * Wo;
+      const std::vector<float> x = normal(xn), dy = normal(yn);
+      std::vector<float> y(yn), y_abs(yn), dx(xn), dx_abs(xn), dw(w.size()), dw_abs(w.size()), db(K);
+      cpu::conv2d_forward(x.data(), N, in, w.data(), zeros.data(), K, win, y.data());
+      cpu::conv2d_forward(abs_of(x).data(), N, in, abs_of(w).data(), zeros.data(), K, win, y_abs.data());
+      cpu::conv2d_backward_data(dy.data(), N, in, w.data(), K, win, dx.data());
+      cpu::conv2d_backward_data(abs_of(dy).data(), N, in, abs_of(w).data(), K, win, dx_abs.data());
+      cpu::conv2d_backward_filter(x.data(), dy.data(), N, in, K, win, dw.data(), db.data());
+      cpu::conv2d_backward_filter(abs_of(x).data(), abs_of(dy).data(), N, in, K, win, dw_abs.data(), db.data());
+
+      GuardedBuffer<float> x_d(x), dy_d(dy), y_d(yn), dx_d(xn), dw_d(w.size());
+      op.forward(x_d.get(), w_d.get(), y_d.get(), N);
+      op.backward_data(dy_d.get(), w_d.get(), dx_d.get(), N);
+      op.backward_filter(x_d.get(), dy_d.get(), dw_d.get(), N);
+      // Term counts are the stride-1, pad-0 ones, upper bounds for the others (padding adds zeros, a stride
+      // removes terms from dx); the padded terms are 0 in the absolute sums too.
+      const std::vector<double> y_tol = sum_bound(y_abs, in.c * win.k * win.k),
+                                dx_tol = sum_bound(dx_abs, K * win.k * win.k), dw_tol = sum_bound(dw_abs, N * Ho * Wo);
+      EXPECT_TRUE(all_close("conv forward", y_d.download(), y, {0, 1e-4}, &y_tol));
+      EXPECT_TRUE(all_close("conv backward data", dx_d.download(), dx, {0, 1e-4}, &dx_tol));
+      EXPECT_TRUE(all_close("conv backward filter", dw_d.download(), dw, {0, 1e-4}, &dw_tol));
+      EXPECT_TRUE(y_d.guard_intact());
+      EXPECT_TRUE(dx_d.guard_intact());
+      EXPECT_TRUE(dw_d.guard_intact());
+    }
   }
+}
+
+TEST_F(CudaLibraries, ConvRefusesAWindowWithNoOutput) {
+  // A 5x5 filter on a 3x3 map with padding 0 has no output position; ConvOp says so before cuDNN is asked.
+  EXPECT_THROW(cuda::ConvOp(*ctx_, Shape3{1, 3, 3}, 2, Window{5, 1, 0}), InternalError);
+  EXPECT_THROW(cuda::ConvOp(*ctx_, Shape3{1, 3, 3}, 2, Window{3, 0, 0}), InternalError);
+  EXPECT_NO_THROW(cuda::ConvOp(*ctx_, Shape3{1, 3, 3}, 2, Window{5, 1, 1}));
 }
 
 TEST_F(CudaLibraries, DenseMatchesCpu) {

@@ -356,6 +356,18 @@ TEST(Onnx, CommandsReadAndWriteOnnx) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(box.path("rob/summary.json")));
 
+  // Training from an imported model's weights (--init): its architecture is the run's, its start the file's.
+  r = box.run({"train", "--init", kFixtures + "fastat_stride2.onnx", "--data", data, "--device", "cpu", "--limit", "200",
+               "--epochs", "1", "--out", box.path("tuned.safetensors")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Model tuned = Model::load(box.path("tuned.safetensors"));
+  EXPECT_EQ(tuned.arch.to_string(), load_model_file(kFixtures + "fastat_stride2.onnx").arch.to_string());
+  EXPECT_NE(tuned.metadata.at("nudge.recipe").find("fastat_stride2.onnx (fnv1a64:"), std::string::npos)
+      << tuned.metadata.at("nudge.recipe");
+  r = box.run({"train", "--init", kFixtures + "fastat_stride2.onnx", "--arch", "1x28x28:flatten,dense10", "--data", data,
+               "--out", box.path("x.safetensors")});
+  EXPECT_EQ(r.code, 2) << r.err;
+
   r = box.run({"eval", "--model", kFixtures + "hostile/conv_group.onnx", "--data", data});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("attribute 'group' = 2"), std::string::npos) << r.err;

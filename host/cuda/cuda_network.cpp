@@ -3,14 +3,15 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "avgpool.cuh"
 #include "bias_grad.cuh"
 #include "bias_relu.cuh"
 #include "cublas_dense.h"
 #include "cuda_check.h"
 #include "cuda_context.h"
 #include "cudnn_conv.h"
-#include "nvtx.h"
 #include "maxpool.cuh"
+#include "nvtx.h"
 
 namespace nudge::cuda {
 
@@ -23,6 +24,7 @@ const char* kind_name(LayerKind k) {
     case LayerKind::Conv: return "conv";
     case LayerKind::Relu: return "relu";
     case LayerKind::MaxPool: return "pool";
+    case LayerKind::AvgPool: return "avgpool";
     case LayerKind::Flatten: return "flatten";
     case LayerKind::Dense: return "dense";
   }
@@ -63,7 +65,7 @@ CudaNetwork::CudaNetwork(CudaContext& ctx, const Architecture& arch, DeviceAlloc
     const bool has_params = fusable(l.kind);
     param_index_.push_back(has_params ? p : -1);
     if (has_params) p += 2;
-    conv_.push_back(l.kind == LayerKind::Conv ? std::make_unique<ConvOp>(ctx_, l.in, l.out_channels, l.kernel) : nullptr);
+    conv_.push_back(l.kind == LayerKind::Conv ? std::make_unique<ConvOp>(ctx_, l.in, l.out_channels, l.window()) : nullptr);
     const std::string name = l.name.empty() ? std::string(kind_name(l.kind)) + std::to_string(i) : l.name;
     forward_names_.push_back(name + " forward");
     backward_names_.push_back(name + " backward");
@@ -147,8 +149,9 @@ void CudaNetwork::forward(const std::vector<const float*>& params, const float* 
       }
       case LayerKind::Relu: bias_relu_cuda(in, nullptr, y, n, 1, l.out.size(), s); break;
       case LayerKind::MaxPool:
-        maxpool_forward_cuda(in, n, l.in.c, l.in.h, l.in.w, l.kernel, y, argmax_[i].get(), s);
+        maxpool_forward_cuda(in, n, l.in.c, l.in.h, l.in.w, l.window(), y, argmax_[i].get(), s);
         break;
+      case LayerKind::AvgPool: avgpool_forward_cuda(in, n, l.in.c, l.in.h, l.in.w, l.window(), y, s); break;
       case LayerKind::Flatten: break;
     }
   }
@@ -190,7 +193,10 @@ void CudaNetwork::backward(const std::vector<const float*>& params, const float*
         if (need_dx) relu_backward_cuda(out(i), dy, d, static_cast<size_t>(n) * l.out.size(), s);
         break;
       case LayerKind::MaxPool:
-        if (need_dx) maxpool_backward_cuda(dy, argmax_[i].get(), n, l.in.c, l.in.h, l.in.w, l.kernel, d, s);
+        if (need_dx) maxpool_backward_cuda(dy, argmax_[i].get(), n, l.in.c, l.in.h, l.in.w, l.window(), d, s);
+        break;
+      case LayerKind::AvgPool:
+        if (need_dx) avgpool_backward_cuda(dy, n, l.in.c, l.in.h, l.in.w, l.window(), d, s);
         break;
       case LayerKind::Flatten:  // only as the first layer, with dx requested
         if (need_dx)

@@ -1,6 +1,8 @@
 // The network's forward and backward passes on the GPU for one batch: the twin of CpuNetwork (host/cpu/cpu_network.h),
 // layer by layer with the same buffers' meaning. Convolutions through cuDNN (cudnn_conv.h), dense layers through
-// cuBLAS (cublas_dense.h), everything else through kernels/.
+// cuBLAS (cublas_dense.h), everything else through kernels/. Every architecture the grammar accepts runs here:
+// convolutions with any stride and padding, max-pools with overlapping and padded windows, average pools (the fused
+// kernel, host/cuda/fused_chunk.h, is the reference architecture's alone).
 //
 // Differences from the CPU, none visible in results: a ReLU right after a conv or dense layer is fused with that
 // layer's bias and computed in place in the layer's output buffer (nothing reads the pre-activation values), and

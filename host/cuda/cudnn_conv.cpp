@@ -8,11 +8,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <string>
 #include <tuple>
 #include <vector>
 
 #include "cuda_check.h"
 #include "cuda_context.h"
+#include "errors.h"
 
 namespace nudge::cuda {
 
@@ -72,20 +74,21 @@ const char* algo_name(Pass pass, int algo) {
 // With NUDGE_CUDA_LOG=<file>, one line per algorithm choice (once per pass, shape and batch bucket: the plan cache
 // below makes each choice once), appended to that file: which cuDNN algorithms ran is otherwise unknowable after a
 // GPU run. Users' stderr never sees it. The file is opened per line; choices are a handful per run.
-void log_choice(const char* pass, int c, int h, int w, int K, int k, long batch_key, int algo, const char* name,
+void log_choice(const char* pass, int c, int h, int w, int K, Window win, long batch_key, int algo, const char* name,
                 bool fma) {
   const char* path = std::getenv("NUDGE_CUDA_LOG");
   if (!path || !*path) return;
   if (FILE* f = std::fopen(path, "a")) {
-    std::fprintf(f, "%s: in %dx%dx%d, %d filters %dx%d, batch %s %ld: algo %d (%s), %s math\n", pass, c, h, w,
-                 K, k, k, batch_key < 0 ? "exactly" : "bucket", batch_key < 0 ? -batch_key : batch_key, algo, name,
-                 fma ? "FMA" : "tensor-op");
+    std::fprintf(f, "%s: in %dx%dx%d, %d filters %dx%d stride %d pad %d, batch %s %ld: algo %d (%s), %s math\n",
+                 pass, c, h, w, K, win.k, win.k, win.stride, win.pad, batch_key < 0 ? "exactly" : "bucket",
+                 batch_key < 0 ? -batch_key : batch_key, algo, name, fma ? "FMA" : "tensor-op");
     std::fclose(f);
   }
 }
 
-// (pass, C, H, W, K, k, batch key) -> plan. Batch key: the power-of-two bucket, or -n for an exact-shape choice.
-using PlanKey = std::tuple<int, int, int, int, int, int, long>;
+// (pass, C, H, W, K, k, stride, pad, batch key) -> plan. Batch key: the power-of-two bucket, or -n for an
+// exact-shape choice.
+using PlanKey = std::tuple<int, int, int, int, int, int, int, int, long>;
 
 long batch_bucket(int n) {
   long b = 1;
@@ -123,30 +126,70 @@ std::string cudnn_version_string() {
 struct ConvOp::Impl {
   CudaContext& ctx;
   Shape3 in;
-  int K, k, Ho, Wo;
-  int max_slice;  // images per call so that no tensor passes INT_MAX elements
+  int K;
+  Window win;
+  int Ho = 0, Wo = 0;
+  int max_slice = 1;  // images per call so that no tensor passes INT_MAX elements
   cudnnTensorDescriptor_t x_desc = nullptr, y_desc = nullptr;
   cudnnFilterDescriptor_t w_desc = nullptr;
   cudnnConvolutionDescriptor_t conv_desc = nullptr;
   int desc_n = -1;  // batch size the tensor descriptors describe now
 
-  Impl(CudaContext& c, Shape3 i, int K_, int k_) : ctx(c), in(i), K(K_), k(k_), Ho(i.h - k_ + 1), Wo(i.w - k_ + 1) {
+  Impl(CudaContext& c, Shape3 i, int K_, Window w_) : ctx(c), in(i), K(K_), win(w_) {
+    if (in.c <= 0 || in.h <= 0 || in.w <= 0 || K <= 0 || win.k <= 0 || win.stride <= 0 || win.pad < 0 ||
+        in.h + 2 * win.pad < win.k || in.w + 2 * win.pad < win.k)
+      throw InternalError("cuDNN convolution: no output for " + shape_text());
+    Ho = win.out(in.h);
+    Wo = win.out(in.w);
     const long widest = std::max<long>(static_cast<long>(in.size()), static_cast<long>(K) * Ho * Wo);
     max_slice = static_cast<int>(std::max<long>(1, INT_MAX / widest));
+    try {
+      make_descriptors();
+    } catch (...) {
+      release();  // the destructor does not run for a constructor that throws
+      throw;
+    }
+  }
+
+  ~Impl() { release(); }
+
+  std::string shape_text() const {
+    return "input " + std::to_string(in.c) + "x" + std::to_string(in.h) + "x" + std::to_string(in.w) + ", " +
+           std::to_string(K) + " filters " + std::to_string(win.k) + "x" + std::to_string(win.k) + " stride " +
+           std::to_string(win.stride) + " pad " + std::to_string(win.pad);
+  }
+
+  void make_descriptors() {
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&x_desc));
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&y_desc));
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&w_desc));
     CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv_desc));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, K, in.c, k, k));
-    // PyTorch's and the CPU twin's "convolution" is a cross-correlation: no kernel flip.
-    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv_desc, 0, 0, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, K, in.c, win.k, win.k));
+    // PyTorch's and the CPU twin's "convolution" is a cross-correlation: no kernel flip. The same zero padding and
+    // stride in both directions, no dilation.
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv_desc, win.pad, win.pad, win.stride, win.stride, 1, 1,
+                                                CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    // Every buffer is sized from Window::out; should cuDNN see another output size, its passes would read and write
+    // outside them.
+    set_batch(1);
+    int n = 0, c = 0, h = 0, w = 0;
+    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(conv_desc, x_desc, w_desc, &n, &c, &h, &w));
+    if (n != 1 || c != K || h != Ho || w != Wo)
+      throw InternalError("cuDNN convolution: for " + shape_text() + " cuDNN's output is " + std::to_string(c) + "x" +
+                          std::to_string(h) + "x" + std::to_string(w) + ", not the " + std::to_string(K) + "x" +
+                          std::to_string(Ho) + "x" + std::to_string(Wo) + " of Window::out that the network is "
+                          "sized for");
   }
 
-  ~Impl() {
+  void release() {
     if (conv_desc) cudnnDestroyConvolutionDescriptor(conv_desc);
     if (w_desc) cudnnDestroyFilterDescriptor(w_desc);
     if (y_desc) cudnnDestroyTensorDescriptor(y_desc);
     if (x_desc) cudnnDestroyTensorDescriptor(x_desc);
+    conv_desc = nullptr;
+    w_desc = nullptr;
+    y_desc = nullptr;
+    x_desc = nullptr;
   }
 
   void set_batch(int n) {
@@ -231,11 +274,11 @@ struct ConvOp::Impl {
   }
 
   PlanKey key(Pass pass, long batch_key) const {
-    return {static_cast<int>(pass), in.c, in.h, in.w, K, k, batch_key};
+    return {static_cast<int>(pass), in.c, in.h, in.w, K, win.k, win.stride, win.pad, batch_key};
   }
 
   void log_plan(Pass pass, long batch_key, const Plan& p) const {
-    log_choice(pass_name(pass), in.c, in.h, in.w, K, k, batch_key, p.algo, algo_name(pass, p.algo),
+    log_choice(pass_name(pass), in.c, in.h, in.w, K, win, batch_key, p.algo, algo_name(pass, p.algo),
                p.math == CUDNN_FMA_MATH || p.math == CUDNN_DEFAULT_MATH);
   }
 
@@ -272,7 +315,7 @@ struct ConvOp::Impl {
   }
 };
 
-ConvOp::ConvOp(CudaContext& ctx, Shape3 in, int K, int k) : impl_(std::make_unique<Impl>(ctx, in, K, k)) {}
+ConvOp::ConvOp(CudaContext& ctx, Shape3 in, int K, Window win) : impl_(std::make_unique<Impl>(ctx, in, K, win)) {}
 
 ConvOp::~ConvOp() = default;
 
@@ -331,7 +374,7 @@ void ConvOp::backward_filter(const float* x, const float* dy, float* dw, int n) 
   const float one = 1.0f, zero = 0.0f;
   if (n == 0) {
     // An empty batch has a zero gradient; cuDNN rejects N = 0.
-    CUDA_CHECK(cudaMemsetAsync(dw, 0, sizeof(float) * m.K * m.in.c * m.k * m.k, m.ctx.stream()));
+    CUDA_CHECK(cudaMemsetAsync(dw, 0, sizeof(float) * m.K * m.in.c * m.win.k * m.win.k, m.ctx.stream()));
     return;
   }
   for (int first = 0; first < n; first += m.max_slice) {

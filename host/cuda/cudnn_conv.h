@@ -38,12 +38,14 @@ class CudnnState {
 // "9.19.0" for the loaded cuDNN library.
 std::string cudnn_version_string();
 
-// One valid (no padding), stride-1 cross-correlation x [n, in.c, in.h, in.w] * w [K, in.c, k, k] ->
-// y [n, K, in.h-k+1, in.w-k+1], without bias. Outputs are overwritten. All pointers are device memory on the
-// context's stream.
+// One cross-correlation x [n, in.c, in.h, in.w] * w [K, in.c, k, k] -> y [n, K, win.out(in.h), win.out(in.w)] with
+// the window `win` = (k, stride, pad): zero padding of `pad` on every side, the filter moved by `stride` in both
+// directions, without bias (the CPU twin: cpu::conv2d_* with the same Window). Outputs are overwritten. All pointers
+// are device memory on the context's stream. The constructor throws InternalError if cuDNN's output size for the
+// descriptor disagrees with Window::out (the size every other layer and the CPU assume).
 class ConvOp {
  public:
-  ConvOp(CudaContext& ctx, Shape3 in, int K, int k);
+  ConvOp(CudaContext& ctx, Shape3 in, int K, Window win);
   ~ConvOp();
   ConvOp(const ConvOp&) = delete;
   ConvOp& operator=(const ConvOp&) = delete;

@@ -20,8 +20,8 @@ namespace nudge::test {
 
 #if NUDGE_HAVE_CUDA
 
-Model test_model(uint64_t seed) {
-  Model m = Model::glorot(Architecture::reference(), seed);
+Model test_model(uint64_t seed, const Architecture& arch) {
+  Model m = Model::glorot(arch, seed);
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> d(-0.1f, 0.1f);
   const auto specs = m.arch.params();
@@ -44,8 +44,8 @@ bool away_from_ties(const Model& m, const float* x, double margin) {
     next.assign(l.out.size(), 0.0f);
     switch (l.kind) {
       case LayerKind::Conv:
-        cpu::conv2d_forward(cur.data(), 1, l.in, m.params[p].ptr(), m.params[p + 1].ptr(), l.out_channels, l.kernel,
-                            next.data());
+        cpu::conv2d_forward(cur.data(), 1, l.in, m.params[p].ptr(), m.params[p + 1].ptr(), l.out_channels,
+                            l.window(), next.data());
         p += 2;
         break;
       case LayerKind::Dense:
@@ -62,14 +62,16 @@ bool away_from_ties(const Model& m, const float* x, double margin) {
       }
       case LayerKind::MaxPool: {
         const double lim = margin * scale_of(cur);
-        const int k = l.kernel;
+        const Window win = l.window();
         for (int c = 0; c < l.in.c; ++c)
           for (int oh = 0; oh < l.out.h; ++oh)
             for (int ow = 0; ow < l.out.w; ++ow) {
               float top = -INFINITY, second = -INFINITY;
-              for (int i = 0; i < k; ++i)
-                for (int j = 0; j < k; ++j) {
-                  const float v = cur[(static_cast<size_t>(c) * l.in.h + oh * k + i) * l.in.w + ow * k + j];
+              for (int i = 0; i < win.k; ++i)
+                for (int j = 0; j < win.k; ++j) {
+                  const int h = oh * win.stride - win.pad + i, w = ow * win.stride - win.pad + j;
+                  if (h < 0 || h >= l.in.h || w < 0 || w >= l.in.w) continue;  // padding: never a candidate
+                  const float v = cur[(static_cast<size_t>(c) * l.in.h + h) * l.in.w + w];
                   if (v > top) {
                     second = top;
                     top = v;
@@ -80,9 +82,10 @@ bool away_from_ties(const Model& m, const float* x, double margin) {
               if (!(top == 0 && second == 0) && top - second < lim) return false;
             }
         std::vector<int32_t> idx(l.out.size());
-        cpu::maxpool_forward(cur.data(), 1, l.in, k, next.data(), idx.data());
+        cpu::maxpool_forward(cur.data(), 1, l.in, win, next.data(), idx.data());
         break;
       }
+      case LayerKind::AvgPool: cpu::avgpool_forward(cur.data(), 1, l.in, l.window(), next.data()); break;
       case LayerKind::Flatten: next = cur; break;
     }
     cur.swap(next);
@@ -120,7 +123,7 @@ void CudaBackendParity::SetUp() {
   NUDGE_REQUIRE_CUDA_DEVICE();
   const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
   rng_.seed(test::test_seed() ^ std::hash<std::string>{}(name));
-  model_ = test_model(rng_());
+  model_ = test_model(rng_(), architecture());
   cpu_ = make_cpu_backend();
   gpu_ = make_cuda_backend();
   std::printf("[   INFO   ] %s vs %s\n", gpu_->name().c_str(), cpu_->name().c_str());

@@ -1,6 +1,7 @@
-// Fixtures of the CUDA-vs-CPU parity suites (tests/test_cuda_parity_*.cpp): the reference architecture with random
-// biases, images drawn away from every decision boundary of the CPU forward pass (ReLU kinks, max-pool near-ties,
-// logit near-ties), and CudaBackendParity, which holds a CPU and a CUDA backend loaded with the same model.
+// Fixtures of the CUDA-vs-CPU parity suites (tests/test_cuda_parity_*.cpp): a model (the reference architecture
+// unless told otherwise) with random biases, images drawn away from every decision boundary of the CPU forward pass
+// (ReLU kinks, max-pool near-ties, logit near-ties), and CudaBackendParity, which holds a CPU and a CUDA backend
+// loaded with the same model.
 //
 // Why away from ties: FP32 rounding differs between OpenBLAS and cuDNN/cuBLAS, and at a boundary such a difference
 // flips a decision and moves a gradient by O(1), which would be a property of the inputs, not a bug.
@@ -12,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "architecture.h"
 #include "backend.h"
 #include "cuda_test_util.h"
 #include "model.h"
@@ -20,14 +22,15 @@ namespace nudge::test {
 
 #if NUDGE_HAVE_CUDA
 
-// The reference model with Glorot weights and small random biases (Glorot's zero biases would leave the bias
-// paths untested).
-Model test_model(uint64_t seed);
+// A model of `arch` with Glorot weights and small random biases (Glorot's zero biases would leave the bias paths
+// untested).
+Model test_model(uint64_t seed, const Architecture& arch = Architecture::reference());
 
 // Whether every decision in the CPU forward pass of image x is at least `margin` (relative to its layer's scale)
 // from a tie: ReLU inputs away from 0, each max-pool window's maximum ahead of the runner-up (exact zeros from a
 // ReLU tie identically on both sides), and the logits pairwise apart (argmax, and Carlini-Wagner's best other
-// class).
+// class). Any architecture: max-pool windows as the layer's Window places them (padding never a candidate); average
+// pools and flatten decide nothing.
 bool away_from_ties(const Model& m, const float* x, double margin);
 
 // n images uniform in [0,1) whose decisions are 1e-5 of scale from any tie (~10x the FP32 disagreement).
@@ -35,11 +38,13 @@ std::vector<float> clean_images(const Model& m, int n, std::mt19937_64& rng);
 
 double max_abs(const std::vector<float>& v);
 
-// A CPU and a CUDA backend loaded with test_model(seed), the seed drawn from the run's seed (test_seed()) and the
-// test's name; skips without a usable device.
+// A CPU and a CUDA backend loaded with test_model(seed, architecture()), the seed drawn from the run's seed
+// (test_seed()) and the test's name; skips without a usable device.
 class CudaBackendParity : public ::testing::Test {
  protected:
   void SetUp() override;
+  // The model's architecture; suites on other architectures override it.
+  virtual Architecture architecture() const { return Architecture::reference(); }
 
   // Mixed targets: one-hot, soft (with zeros) and untargeted, entries cycling through the kinds.
   void make_targets(int n, std::vector<float>* dist, std::vector<int32_t>* kind, std::vector<int32_t>* cls);
