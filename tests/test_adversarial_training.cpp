@@ -136,6 +136,29 @@ TEST(Guard, DetectsAConstructedCollapseAndNamesTheBestEpoch) {
   EXPECT_EQ(v.best_epoch, 0);
 }
 
+// Overfitting to the training attack with no robust epoch to fall from (what Fast-AT at eps 0.4 does on this
+// machine, docs/adversarial-training.md): the FGSM accuracy of the epoch's batches far above the held-out robust
+// accuracy, from the second epoch on.
+TEST(Guard, DetectsOverfittingToTheTrainingAttackWithoutARobustEpoch) {
+  GuardVerdict v = guard_verdict({0.0, 0.0}, 0.2, {0.19, 0.61}, 0.5);
+  EXPECT_TRUE(v.collapsed);
+  EXPECT_TRUE(v.overfit);
+  EXPECT_EQ(v.best_epoch, 0);  // the last epoch is never the one kept when it overfitted
+  v = guard_verdict({0.0}, 0.2, {0.9}, 0.5);  // the first epoch only learns: no verdict yet
+  EXPECT_FALSE(v.collapsed);
+  v = guard_verdict({0.80, 0.86}, 0.2, {0.90, 0.965}, 0.5);  // healthy Fast-AT at eps 0.3: a gap of ~10 points
+  EXPECT_FALSE(v.collapsed);
+  EXPECT_EQ(v.best_epoch, 1);
+  v = guard_verdict({0.10, 0.20}, 0.2, {0.60, 0.71}, 0.5);  // a gap just over the bound
+  EXPECT_TRUE(v.overfit);
+  v = guard_verdict({0.10, 0.20}, 0.2, {0.60, 0.69}, 0.5);  // and just under
+  EXPECT_FALSE(v.collapsed);
+  v = guard_verdict({0.0, 0.0}, 0.2, {0.19, 0.61}, 1.0);  // --overfit-gap 1 turns the rule off
+  EXPECT_FALSE(v.collapsed);
+  v = guard_verdict({0.0, 0.0}, 0.2, {}, 0.5);  // no attack accuracies given: the fall rule alone
+  EXPECT_FALSE(v.collapsed);
+}
+
 // A backend whose model is wiped (all weights zero) after `after` train steps: the robust accuracy that follows
 // collapses as catastrophic overfitting's does, and the guard must notice, stop, and hand back the best epoch.
 class WipingBackend : public testing_support::DelegatingBackend {

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <sstream>
 
 #include "backend.h"
 #include "commands.h"
@@ -13,8 +14,80 @@
 #include "make_backend.h"
 #include "model_loading.h"
 #include "json_text.h"
+#include "nondigits.h"
 
 namespace nudge::cli {
+
+namespace {
+
+// Classes a model gives to images that are not digits, per family. The synthetic families are drawn at indices from
+// 2^40 on, which no training run reaches, so an open-set model is never scored on images it trained on; the shuffled
+// family permutes test digits here (training permutes training digits). The noise family is the exception: its
+// image i is nudge optimize's --init noise image i (of --seed), the images the optimization experiments start from.
+int eval_nondigits(const Model& model, const CommonOptions& o, const std::string& list, int count,
+                   const std::string& fashion_dir, bool json) {
+  const Dataset test = load_dataset(o.data, "test");
+  check_model_fits(model, o.model, test.rows, test.cols, 10);
+  const int K = model.arch.num_classes(), D = test.rows * test.cols;
+  const std::vector<std::string> names = class_names(model);
+  const bool open_set = names.back() == kNotADigit;
+  auto backend = make_backend(o.device);
+  backend->load_model(model);
+  nlohmann::json out;
+  out["model"] = o.model;
+  out["classes"] = names;
+  out["seed"] = o.seed;
+  if (!json)
+    std::printf("%s (%s): classes given to images that are not digits, %d per family\n", o.model.c_str(),
+                backend->name().c_str(), count);
+  std::stringstream ss(list);
+  std::string family;
+  while (std::getline(ss, family, ',')) {
+    std::unique_ptr<Dataset> fashion;
+    int n = count;
+    NonDigitFamily f{};
+    if (family == "fashion") {
+      fashion = std::make_unique<Dataset>(load_dataset(fashion_dir, "test"));
+      if (fashion->rows != test.rows || fashion->cols != test.cols) throw InputError(fashion_dir + ": images are not " + std::to_string(test.rows) + "x" + std::to_string(test.cols));
+      n = std::min(count, fashion->count);
+    } else {
+      f = parse_nondigit_family(family);
+    }
+    std::vector<long> hist(K, 0);
+    const int chunk = 1000;
+    std::vector<float> x(static_cast<size_t>(chunk) * D), probs(static_cast<size_t>(chunk) * K);
+    for (int i0 = 0; i0 < n; i0 += chunk) {
+      const int m = std::min(chunk, n - i0);
+      for (int j = 0; j < m; ++j) {
+        float* img = x.data() + static_cast<size_t>(j) * D;
+        if (fashion) fashion->image_as_float(i0 + j, img);
+        else make_nondigit(f, o.seed, (f == NonDigitFamily::Noise ? 0 : uint64_t{1} << 40) + i0 + j, test, img);
+      }
+      backend->predict(x.data(), m, probs.data());
+      for (int j = 0; j < m; ++j) {
+        const float* p = probs.data() + static_cast<size_t>(j) * K;
+        ++hist[std::max_element(p, p + K) - p];
+      }
+    }
+    nlohmann::json fj;
+    fj["family"] = family;
+    fj["count"] = n;
+    fj["histogram"] = hist;
+    if (open_set) fj["not_a_digit"] = static_cast<double>(hist[K - 1]) / n;
+    out["families"].push_back(fj);
+    if (!json) {
+      std::printf("  %-9s", family.c_str());
+      if (open_set) std::printf(" \"not a digit\" %6.2f%%  ", 100.0 * hist[K - 1] / n);
+      std::printf(" histogram");
+      for (int k = 0; k < K; ++k) std::printf(" %s:%ld", names[k] == kNotADigit ? "none" : names[k].c_str(), hist[k]);
+      std::printf("\n");
+    }
+  }
+  if (json) std::printf("%s\n", json_text(out).c_str());
+  return 0;
+}
+
+}  // namespace
 
 Runner add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "accuracy of a model on the test (or training) split");
@@ -22,12 +95,22 @@ Runner add_eval_command(CLI::App& app) {
   auto split = std::make_shared<std::string>("test");
   auto limit = std::make_shared<int>(0);
   auto json = std::make_shared<bool>(false);
+  auto nondigits = std::make_shared<std::string>();
+  auto count = std::make_shared<int>(10000);
+  auto fashion = std::make_shared<std::string>("data/fashion-mnist");
   add_common_options(*cmd, *o, true, "");
   cmd->add_option("--split", *split, "test | train")->capture_default_str()->check(CLI::IsMember({"test", "train"}));
   cmd->add_option("--limit", *limit, "first N images only (0 = all)")->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_flag("--json", *json, "print one JSON object");
+  cmd->add_option("--nondigits", *nondigits, "instead of the digits: classify images that are not digits and count "
+                  "the classes given to them, per family: noise, uniform, gauss, constant, shuffled, patches, shapes, blocks, fashion "
+                  "(Fashion-MNIST's test images, from --fashion)");
+  cmd->add_option("--count", *count, "images per --nondigits family")->capture_default_str()->check(CLI::Range(1, 10000000));
+  cmd->add_option("--fashion", *fashion, "folder of Fashion-MNIST's IDX files (data/fetch_mnist.sh --fashion)")
+      ->capture_default_str();
   return [=]() {
     const Model model = load_model_file(o->model);
+    if (!nondigits->empty()) return eval_nondigits(model, *o, *nondigits, *count, *fashion, *json);
     const Dataset data = load_dataset(o->data, *split);
     check_model_fits(model, o->model, data.rows, data.cols, 10);
     auto backend = make_backend(o->device);
@@ -67,8 +150,13 @@ Runner add_eval_command(CLI::App& app) {
     const auto recipe = model.metadata.find("nudge.recipe");
     if (recipe != model.metadata.end()) std::printf("recipe: %s\n", recipe->second.c_str());
     std::printf("\nclass  accuracy   confusion (rows: true class, columns: predicted)\n");
+    const std::vector<std::string> names = class_names(model);
     for (int c = 0; c < r.classes; ++c) {
-      std::printf("%5d  %7.2f%%  ", c, 100 * r.class_accuracy(c));
+      if (c >= 10 && r.class_accuracy(c) == 0 && names[c] == kNotADigit) {
+        std::printf("%5s  %8s  ", "none", "");  // no test image is a non-digit: only its column counts
+      } else {
+        std::printf("%5s  %7.2f%%  ", names[c] == kNotADigit ? "none" : names[c].c_str(), 100 * r.class_accuracy(c));
+      }
       for (int p = 0; p < r.classes; ++p) std::printf("%5ld", r.confusion[static_cast<size_t>(c) * r.classes + p]);
       std::printf("\n");
     }

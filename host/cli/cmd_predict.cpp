@@ -65,6 +65,7 @@ Runner add_predict_command(CLI::App& app) {
       for (int k = 0; k < K; ++k)
         if (!std::isfinite(probs[static_cast<size_t>(i) * K + k]))
           throw InputError(o->model + " gives " + names[i] + " NaN or infinite probabilities (its outputs overflow float)");
+    const std::vector<std::string> classes = class_names(model);
     for (int i = 0; i < n; ++i) {
       const float* p = probs.data() + static_cast<size_t>(i) * K;
       const int cls = static_cast<int>(std::max_element(p, p + K) - p);
@@ -72,11 +73,13 @@ Runner add_predict_command(CLI::App& app) {
         nlohmann::json j;
         j["image"] = names[i];
         j["class"] = cls;
+        if (classes[cls] != std::to_string(cls)) j["class_name"] = classes[cls];
         j["probabilities"] = std::vector<float>(p, p + K);
         if (labels[i] >= 0) j["label"] = labels[i];
         std::printf("%s\n", json_text(j).c_str());
       } else {
-        std::printf("%s: class %d (%.2f%%)%s\n  ", names[i].c_str(), cls, 100 * p[cls],
+        const std::string named = classes[cls] == std::to_string(cls) ? "" : " \"" + classes[cls] + "\"";
+        std::printf("%s: class %d%s (%.2f%%)%s\n  ", names[i].c_str(), cls, named.c_str(), 100 * p[cls],
                     labels[i] >= 0 ? (", true label " + std::to_string(labels[i])).c_str() : "");
         for (int k = 0; k < K; ++k) std::printf("%d:%.4f%s", k, p[k], k + 1 < K ? " " : "\n");
       }

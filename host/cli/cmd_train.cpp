@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 
 #include "atomic_file.h"
@@ -24,6 +25,7 @@
 #include "job_setup.h"
 #include "make_backend.h"
 #include "model_file.h"
+#include "nondigits.h"
 #include "train.h"
 #include "json_text.h"
 
@@ -33,7 +35,7 @@ namespace {
 
 struct AdvFlags {
   std::string method, lr_schedule = "constant", guard = "on", log, check_attack = "pgd";
-  float eps = 0.3f, adv_lr = -1, beta = 6.0f, collapse_drop = 0.2f;
+  float eps = 0.3f, adv_lr = -1, beta = 6.0f, collapse_drop = 0.2f, overfit_gap = 0.5f;
   double eps_ramp = 0;
   int adv_steps = -1, check_count = 500, check_steps = 20, check_restarts = 1;
   bool mix_clean = false;
@@ -79,7 +81,8 @@ nlohmann::json recipe_json(const std::string& arch, const TrainOptions& opt, con
     if (a.method == AdvMethod::Trades) r["beta"] = a.beta;
     if (a.method != AdvMethod::Trades) r["mix_clean"] = a.mix_clean;
     r["held_out_check"] = {{"images", sum.check_images}, {"attack", a.check_apgd ? "apgd-ce" : "pgd"}, {"steps", a.check_steps},
-                           {"restarts", a.check_restarts}, {"guard", a.guard}, {"collapse_drop", a.collapse_drop}};
+                           {"restarts", a.check_restarts}, {"guard", a.guard}, {"collapse_drop", a.collapse_drop},
+                           {"overfit_gap", a.overfit_gap}};
     r["kept_epoch"] = sum.kept_epoch;
     r["collapsed"] = sum.collapsed;
   }
@@ -111,9 +114,15 @@ Runner add_train_command(CLI::App& app) {
   auto resume = std::make_shared<bool>(false);
   add_common_options(*cmd, *o, false, "where to write the trained model (safetensors)");
   auto init = std::make_shared<std::string>();
+  auto open_set = std::make_shared<int>(0);
+  auto open_families = std::make_shared<std::string>("uniform,gauss,constant,shuffled,patches,shapes");
   auto* arch_opt = cmd->add_option("--arch", *arch, "architecture string")->capture_default_str();
   cmd->add_option("--init", *init, "start from this model's weights (.safetensors or .onnx, e.g. a network initialised "
                   "by PyTorch) instead of Glorot's; its architecture is the run's")->excludes(arch_opt);
+  cmd->add_option("--open-set", *open_set, "add N synthetic non-digits to every batch as an extra class, \"not a "
+                  "digit\" (the default architecture then has 11 outputs)")->check(CLI::Range(0, 100000));
+  cmd->add_option("--open-set-families", *open_families, "the non-digits' families: uniform, gauss, constant, "
+                  "shuffled, patches, shapes, blocks, noise")->capture_default_str();
   // Int ranges, not CLI::PositiveNumber, whose message prints DBL_MAX in full ("0 not in range 0.000000 to 1797...").
   const int kMaxInt = std::numeric_limits<int>::max();
   cmd->add_option("--epochs", t->epochs, "epochs")->capture_default_str()->check(CLI::Range(1, kMaxInt));
@@ -145,6 +154,9 @@ Runner add_train_command(CLI::App& app) {
                 ->capture_default_str()->check(CLI::IsMember({"on", "off"})));
   needs_adv(cmd->add_option("--collapse-drop", f->collapse_drop, "a fall of robust accuracy below the best epoch's by this much is a collapse")
                 ->capture_default_str()->check(CLI::Range(0.0, 1.0)));
+  needs_adv(cmd->add_option("--overfit-gap", f->overfit_gap, "from epoch 2 on, training-attack accuracy above the "
+                            "check's robust accuracy by this much is a collapse (1: never)")
+                ->capture_default_str()->check(CLI::Range(0.0, 1.0)));
   cmd->add_option("--log", f->log, "JSON training log (default: beside the model, NAME.train.json)");
   cmd->add_flag("--resume", *resume, "continue an interrupted run from its checkpoint (OUT.checkpoint); every other "
                 "option must be as before");
@@ -154,7 +166,11 @@ Runner add_train_command(CLI::App& app) {
       init_model = std::make_unique<Model>(load_model_file(*init));
       init_model->metadata.clear();  // the trained model's metadata is its own recipe, not its start's
     }
-    const Architecture a = init_model ? init_model->arch : Architecture::parse(*arch);
+    std::string arch_text = *arch;
+    // An open-set model needs one output more than the digits; the default architecture gets it.
+    if (*open_set > 0 && !init_model && arch_text == Architecture::reference_string())
+      arch_text = arch_text.substr(0, arch_text.rfind("dense10")) + "dense11";
+    const Architecture a = init_model ? init_model->arch : Architecture::parse(arch_text);
     const Dataset train = load_dataset(o->data, "train");
     const Dataset test = load_dataset(o->data, "test");
     if (a.input.c != 1 || a.input.h != train.rows || a.input.w != train.cols)
@@ -164,6 +180,13 @@ Runner add_train_command(CLI::App& app) {
     if (a.num_classes() < 10) throw InputError("architecture has " + std::to_string(a.num_classes()) + " outputs; the data has 10 classes");
     TrainOptions opt = *t;
     opt.seed = o->seed;
+    if (*open_set > 0) {
+      if (a.num_classes() != 11)
+        throw InputError("--open-set needs an architecture with 11 outputs (10 digits and \"not a digit\"); it has " +
+                         std::to_string(a.num_classes()));
+      opt.open_set_per_batch = *open_set;
+      opt.open_set_families = parse_nondigit_families(*open_families);
+    }
     opt.lr_schedule = parse_lr_schedule(f->lr_schedule);
     if (!f->method.empty()) {
       AdversarialConfig& ad = opt.adv;
@@ -182,6 +205,7 @@ Runner add_train_command(CLI::App& app) {
       ad.check_apgd = f->check_attack == "apgd-ce";
       ad.guard = f->guard == "on";
       ad.collapse_drop = f->collapse_drop;
+      ad.overfit_gap = f->overfit_gap;
       if (ad.check_count >= train.count) throw InputError("--check-count " + std::to_string(ad.check_count) + " leaves no training images");
     }
     const std::string log = f->log.empty() ? log_path_for(o->out) : f->log;
@@ -196,6 +220,10 @@ Runner add_train_command(CLI::App& app) {
     TrainSpec spec = train_spec(a.to_string(), opt, train);
     // A resume must start from the same weights: the start file's content, not its name.
     if (init_model) spec.emplace_back("--init", file_digest(*init));
+    if (*open_set > 0) {
+      spec.emplace_back("--open-set", std::to_string(*open_set));
+      spec.emplace_back("--open-set-families", *open_families);
+    }
     const bool had_checkpoint = std::filesystem::exists(ckpt);
     TrainCheckpoint resumed;
     TrainHooks hooks;
@@ -268,11 +296,19 @@ Runner add_train_command(CLI::App& app) {
     }
     nlohmann::json recipe = recipe_json(a.to_string(), opt, sum);
     if (init_model) recipe["init"] = *init + " (" + file_digest(*init) + ")";
-    out.write(model.serialize({{"nudge.test_accuracy", std::to_string(ev.accuracy())},
-                               {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" +
-                                                   std::to_string(opt.batch) + " lr=" + std::to_string(opt.adam.lr) +
-                                                   " seed=" + std::to_string(opt.seed)},
-                               {"nudge.recipe", json_text(recipe)}}));
+    std::map<std::string, std::string> meta = {
+        {"nudge.test_accuracy", std::to_string(ev.accuracy())},
+        {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" + std::to_string(opt.batch) +
+                            " lr=" + std::to_string(opt.adam.lr) + " seed=" + std::to_string(opt.seed)}};
+    if (opt.open_set_per_batch > 0) {
+      std::string families;
+      for (NonDigitFamily f : opt.open_set_families) families += (families.empty() ? "" : ",") + to_string(f);
+      recipe["open_set"] = {{"non_digits_per_batch", opt.open_set_per_batch}, {"families", families},
+                            {"class", kNotADigit}, {"class_index", 10}};
+      meta[kClassesKey] = std::string("0,1,2,3,4,5,6,7,8,9,") + kNotADigit;
+    }
+    meta["nudge.recipe"] = json_text(recipe);
+    out.write(model.serialize(meta));
     nlohmann::json j;
     j["model"] = o->out;
     j["recipe"] = recipe;

@@ -87,6 +87,27 @@ void Model::save(const std::string& path, const std::map<std::string, std::strin
   write_file_atomically(path, serialize(extra_metadata));
 }
 
+std::vector<std::string> class_names(const Model& model) {
+  const int K = model.arch.num_classes();
+  std::vector<std::string> names;
+  if (auto it = model.metadata.find(kClassesKey); it != model.metadata.end()) {
+    std::string item;
+    for (char c : it->second + ",") {
+      if (c == ',') {
+        names.push_back(item);
+        item.clear();
+      } else {
+        item += c;
+      }
+    }
+  }
+  if (static_cast<int>(names.size()) != K) {
+    names.clear();
+    for (int k = 0; k < K; ++k) names.push_back(std::to_string(k));
+  }
+  return names;
+}
+
 void assert_params_match_architecture(const Model& model, const char* who) {
   const std::vector<ParamSpec> specs = model.arch.params();
   if (model.params.size() != specs.size())

@@ -35,6 +35,11 @@ struct Model {
   std::string serialize(const std::map<std::string, std::string>& extra_metadata = {}) const;
 };
 
+// The metadata key naming a model's classes ("0,1,...,9,not a digit"); without it class k is called "k".
+constexpr const char* kClassesKey = "nudge.classes";
+// The K class names of `model` (K = its outputs): the metadata's list when it has K entries, else "0".."K-1".
+std::vector<std::string> class_names(const Model& model);
+
 // Asserts Model's invariant (one tensor per Architecture::params() entry, same order and shape), which load(),
 // from_safetensors() and glorot() establish: a backend calls it before it trusts the shapes. InternalError, naming
 // `who`, when a caller broke it.

@@ -211,7 +211,8 @@ RobustCheck apgd_robust_check(Backend& backend, const float* x, const int32_t* l
   return rc;
 }
 
-GuardVerdict guard_verdict(const std::vector<double>& h, double drop) {
+GuardVerdict guard_verdict(const std::vector<double>& h, double drop, const std::vector<double>& attack_accuracy,
+                           double gap) {
   GuardVerdict v;
   if (h.empty()) return v;
   v.best_epoch = 0;
@@ -219,6 +220,11 @@ GuardVerdict guard_verdict(const std::vector<double>& h, double drop) {
     if (h[e] > h[v.best_epoch]) v.best_epoch = static_cast<int>(e);
   if (h.size() == 1) return v;
   v.collapsed = h.back() < h[v.best_epoch] - drop;
+  v.overfit = attack_accuracy.size() == h.size() && attack_accuracy.back() - h.back() > gap;
+  if (v.overfit && !v.collapsed) {
+    v.collapsed = true;
+    return v;  // the last epoch is not kept even if it matched the best: it is the overfitted one
+  }
   if (!v.collapsed && h.back() > h[v.best_epoch]) v.best_epoch = static_cast<int>(h.size()) - 1;
   return v;
 }

@@ -37,6 +37,10 @@ struct AdversarialConfig {
                              // the partial gradient masking that a fixed-step PGD check misses after Fast-AT
   bool guard = true;         // stop and keep the best epoch when the check's robust accuracy collapses
   double collapse_drop = 0.2;// a fall of this much (absolute) below the best epoch's robust accuracy is a collapse
+  // From the second epoch on, a model that resists its training attack on this much more of the epoch's batches
+  // than held-out images resist the check has overfitted to the training attack (Wong et al. 2020's catastrophic
+  // overfitting, which can set in before the check ever saw the model robust, so no fall from a best epoch shows it).
+  double overfit_gap = 0.5;
 };
 
 // Writes the attacked batch x_adv [n, D] for x [n, D] with labels, at radius eps (the scheduled one), seeded by
@@ -72,12 +76,16 @@ RobustCheck apgd_robust_check(Backend& backend, const float* x, const int32_t* l
                               int iterations, int restarts, uint64_t seed);
 
 // The guard's decision after an epoch, from the check's robust accuracy of every epoch so far (the last is the
-// current one). collapsed: the last fell more than `drop` below the best earlier one, which is `best_epoch`
-// (0-based index into the history).
+// current one) and, optionally, the accuracy on the training attack's images of the same epochs. collapsed: the last
+// fell more than `drop` below the best earlier one, which is `best_epoch` (0-based index into the history);
+// overfit (also a collapse): from the second epoch on, the last epoch's training-attack accuracy exceeds its robust
+// accuracy by more than `gap`.
 struct GuardVerdict {
   bool collapsed = false;
+  bool overfit = false;
   int best_epoch = -1;
 };
-GuardVerdict guard_verdict(const std::vector<double>& robust_history, double drop);
+GuardVerdict guard_verdict(const std::vector<double>& robust_history, double drop,
+                           const std::vector<double>& attack_accuracy = {}, double gap = 1.0);
 
 }  // namespace nudge

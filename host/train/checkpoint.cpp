@@ -145,7 +145,8 @@ TrainSpec train_spec(const std::string& arch, const TrainOptions& opt, const Dat
                        {"--check-attack", a.check_apgd ? "apgd-ce" : "pgd"},
                        {"--check-restarts", std::to_string(a.check_restarts)},
                        {"--guard", a.guard ? "on" : "off"},
-                       {"--collapse-drop", exact(a.collapse_drop)}});
+                       {"--collapse-drop", exact(a.collapse_drop)},
+                       {"--overfit-gap", exact(a.overfit_gap)}});
   }
   char hash[17];
   std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(data_hash(train)));

@@ -155,16 +155,23 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
     check_y[i] = data.labels[available + i];
   }
 
-  BatchTrainer trainer(backend, opt, D, K);
-  std::vector<float> x(static_cast<size_t>(opt.batch) * D);
-  std::vector<int32_t> y(opt.batch);
+  const int extra = opt.open_set_per_batch;
+  if (extra > 0) {
+    if (adversarial) throw InputError("--open-set trains plain models only (not with --adversarial)");
+    if (opt.open_set_families.empty()) throw InternalError("train_model: --open-set without families");
+  }
+  TrainOptions wide = opt;
+  wide.batch = opt.batch + extra;  // the trainer's buffers hold the digits and the non-digits of a batch
+  BatchTrainer trainer(backend, wide, D, K);
+  std::vector<float> x(static_cast<size_t>(opt.batch + extra) * D);
+  std::vector<int32_t> y(opt.batch + extra);
   TrainSummary local;
   TrainSummary& sum = summary ? *summary : local;
   sum = TrainSummary();
   sum.trained_images = count;
   sum.check_images = check;
   sum.kept_epoch = opt.epochs;
-  std::vector<double> robust_history;
+  std::vector<double> robust_history, attack_history;
   const bool guarded = adversarial && check > 0;
   Model best = model;
   int first_epoch = 1;
@@ -174,7 +181,10 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
     sum = r->summary;
     if (guarded) {
       best = r->best.params.empty() ? r->model : r->best;
-      for (const EpochStats& e : sum.epochs) robust_history.push_back(e.check_robust);
+      for (const EpochStats& e : sum.epochs) {
+        robust_history.push_back(e.check_robust);
+        attack_history.push_back(e.adv_accuracy);
+      }
     }
     first_epoch = r->epoch + 1;
     if (sum.collapsed) {  // the guard had stopped the run; only the model was still to be written
@@ -202,10 +212,17 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
         data.image_as_float(idx, x.data() + static_cast<size_t>(i) * D);
         y[i] = data.labels[idx];
       }
+      for (int j = 0; j < extra; ++j) {
+        // Image (epoch, batch, j): a new non-digit every time, its family in turn.
+        const uint64_t index = (static_cast<uint64_t>(epoch) * batches + b) * extra + j;
+        const NonDigitFamily f = opt.open_set_families[index % opt.open_set_families.size()];
+        make_nondigit(f, opt.seed, index, data, x.data() + static_cast<size_t>(n + j) * D);
+        y[n + j] = K - 1;
+      }
       const double t = (epoch - 1) + static_cast<double>(b + 1) / batches;
       lr = learning_rate_at(opt.lr_schedule, opt.adam.lr, t, opt.epochs);
       eps = eps_at(adv.eps, t, adv.eps_ramp_epochs);
-      trainer.train(x.data(), y.data(), n, lr, eps, training_attack_seed(opt.seed, epoch - 1, b), s);
+      trainer.train(x.data(), y.data(), n + extra, lr, eps, training_attack_seed(opt.seed, epoch - 1, b), s);
       // The epoch's running sums turn non-finite with the first batch that does.
       check_loss_finite(s.loss + s.adv_loss, epoch, b + 1, batches, lr);
       if (opt.progress) bar.update(b + 1, progress_detail(opt, s, b + 1, batches, bar.elapsed_seconds(), lr, eps), b + 1 == batches);
@@ -255,18 +272,28 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
     sum.epochs.push_back(st);
     if (guarded) {
       robust_history.push_back(st.check_robust);
-      const GuardVerdict v = guard_verdict(robust_history, adv.collapse_drop);
+      attack_history.push_back(st.adv_accuracy);
+      const GuardVerdict v = guard_verdict(robust_history, adv.collapse_drop, attack_history, adv.overfit_gap);
       if (v.best_epoch == epoch - 1) {
         backend.store_model(best);
         sum.kept_epoch = epoch;
       }
       if (adv.guard && v.collapsed) {
-        char msg[320];
-        std::snprintf(msg, sizeof msg,
-                      "guard: held-out robust accuracy fell from %.2f%% (epoch %d) to %.2f%% (epoch %d): catastrophic "
-                      "overfitting; stopped and kept epoch %d's model",
-                      100 * robust_history[v.best_epoch], v.best_epoch + 1, 100 * st.check_robust, epoch,
-                      v.best_epoch + 1);
+        char msg[400];
+        const char* check_name = adv.check_apgd ? "APGD-CE" : "PGD";
+        if (v.overfit)
+          std::snprintf(msg, sizeof msg,
+                        "guard: epoch %d's model resists its training attack on %.2f%% of the batches but only %.2f%% "
+                        "of the held-out images resist %s-%d: catastrophic overfitting to the training attack (gap "
+                        "over %.2f); stopped and kept epoch %d's model (held-out robust %.2f%%)",
+                        epoch, 100 * st.adv_accuracy, 100 * st.check_robust, check_name, adv.check_steps,
+                        adv.overfit_gap, v.best_epoch + 1, 100 * robust_history[v.best_epoch]);
+        else
+          std::snprintf(msg, sizeof msg,
+                        "guard: held-out robust accuracy fell from %.2f%% (epoch %d) to %.2f%% (epoch %d): catastrophic "
+                        "overfitting; stopped and kept epoch %d's model",
+                        100 * robust_history[v.best_epoch], v.best_epoch + 1, 100 * st.check_robust, epoch,
+                        v.best_epoch + 1);
         sum.collapsed = true;
         sum.guard_message = msg;
         std::fprintf(stderr, "%s\n", msg);

@@ -10,6 +10,7 @@
 #include "adversarial.h"
 #include "backend.h"
 #include "dataset.h"
+#include "nondigits.h"
 #include "train_schedule.h"
 
 namespace nudge {
@@ -22,6 +23,10 @@ struct TrainOptions {
   AdamConfig adam;  // adam.lr is the schedule's peak
   LrSchedule lr_schedule = LrSchedule::Constant;
   AdversarialConfig adv;
+  // Open set: this many synthetic non-digits (drawn in turn from `open_set_families`) join every batch, labelled
+  // with the model's last class, "not a digit" (nondigits.h). 0: a plain 10-class run.
+  int open_set_per_batch = 0;
+  std::vector<NonDigitFamily> open_set_families;
   bool progress = true;
 };
 
