@@ -137,9 +137,45 @@ TEST(OpenSet, TrainAndEvalCommands) {
                "--out", box.path("y.safetensors")});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("--open-set trains plain models only"), std::string::npos) << r.err;
+  r = box.run({"eval", "--model", box.path("open.safetensors"), "--data", data, "--nondigits", "noise,shapes", "--count",
+               "12", "--sheet", box.path("sheet.png"), "--device", "cpu"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(testing_support::slurp(box.path("sheet.png")).substr(1, 3), "PNG");
   r = box.run({"eval", "--model", box.path("open.safetensors"), "--data", data, "--nondigits", "stripes"});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("unknown non-digit family 'stripes'"), std::string::npos) << r.err;
+}
+
+// A 10-class judge of the open-set model: it judges the rows toward digits, and leaves the rows toward "not a digit"
+// (a class it lacks) unjudged; a judge with more classes than the model is refused.
+TEST(OpenSet, TenClassJudgeOfAnElevenClassModel) {
+  REQUIRE_MNIST();
+  CliSandbox box("nudge_open_judge_");
+  const std::string models = std::string(NUDGE_SOURCE_DIR) + "/data/models/";
+  const std::string data = testing_support::mnist_dir();
+  auto r = box.run({"optimize", "--model", models + "mnist_cnn_open.safetensors", "--judge", models + "judge_mlp.safetensors",
+                    "--init", "noise", "--count", "22", "--target", "all", "--steps", "3", "--data", data, "--device", "cpu",
+                    "--quiet", "--out", box.path("j")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string summary = testing_support::slurp(box.path("j/summary.json"));
+  EXPECT_NE(summary.find("\"judge_rows\": 20"), std::string::npos) << summary;  // the 2 rows toward class 10 are not judged
+  const std::string csv = testing_support::slurp(box.path("j/results.csv"));
+  // Rows 10 and 21 go toward class 10: their judge_p_target is empty, every other row's is a number.
+  int empty = 0, lines = 0;
+  size_t at = csv.find('\n') + 1;
+  while (at < csv.size()) {
+    const size_t end = csv.find('\n', at);
+    const std::string line = csv.substr(at, end - at);
+    ++lines;
+    empty += line.back() == ',';
+    at = end + 1;
+  }
+  EXPECT_EQ(lines, 22);
+  EXPECT_EQ(empty, 2) << csv;
+  r = box.run({"optimize", "--model", models + "judge_mlp.safetensors", "--judge", models + "mnist_cnn_open.safetensors",
+               "--init", "noise", "--count", "2", "--target", "all", "--steps", "1", "--data", data, "--out", box.path("k")});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("does not take the same inputs and classes"), std::string::npos) << r.err;
 }
 
 }  // namespace

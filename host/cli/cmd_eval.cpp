@@ -13,6 +13,7 @@
 #include "model_file.h"
 #include "make_backend.h"
 #include "model_loading.h"
+#include "contact_sheet.h"
 #include "json_text.h"
 #include "nondigits.h"
 
@@ -25,7 +26,10 @@ namespace {
 // family permutes test digits here (training permutes training digits). The noise family is the exception: its
 // image i is nudge optimize's --init noise image i (of --seed), the images the optimization experiments start from.
 int eval_nondigits(const Model& model, const CommonOptions& o, const std::string& list, int count,
-                   const std::string& fashion_dir, bool json) {
+                   const std::string& fashion_dir, bool json, const std::string& sheet) {
+  constexpr int kSheetPerFamily = 10;
+  std::vector<std::vector<float>> sheet_images;  // the first kSheetPerFamily of every family
+  std::vector<std::string> sheet_captions;
   const Dataset test = load_dataset(o.data, "test");
   check_model_fits(model, o.model, test.rows, test.cols, 10);
   const int K = model.arch.num_classes(), D = test.rows * test.cols;
@@ -66,7 +70,14 @@ int eval_nondigits(const Model& model, const CommonOptions& o, const std::string
       backend->predict(x.data(), m, probs.data());
       for (int j = 0; j < m; ++j) {
         const float* p = probs.data() + static_cast<size_t>(j) * K;
-        ++hist[std::max_element(p, p + K) - p];
+        const int cls = static_cast<int>(std::max_element(p, p + K) - p);
+        ++hist[cls];
+        if (!sheet.empty() && i0 + j < kSheetPerFamily) {
+          sheet_images.emplace_back(x.begin() + static_cast<size_t>(j) * D, x.begin() + static_cast<size_t>(j + 1) * D);
+          const std::string name = names[cls] == kNotADigit ? "none" : names[cls];
+          // Green when an open-set model says "not a digit", red when it calls the image a digit.
+          sheet_captions.push_back((open_set ? (cls == K - 1 ? "+" : "-") : "") + (j == 0 && i0 == 0 ? family + ": " : "") + name);
+        }
       }
     }
     nlohmann::json fj;
@@ -83,6 +94,13 @@ int eval_nondigits(const Model& model, const CommonOptions& o, const std::string
       std::printf("\n");
     }
   }
+  if (!sheet.empty()) {
+    std::vector<SheetCell> cells;
+    for (size_t i = 0; i < sheet_images.size(); ++i)
+      cells.push_back({nullptr, sheet_images[i].data(), test.cols, test.rows, sheet_captions[i]});
+    write_contact_sheet(sheet, cells, kSheetPerFamily, 3);
+    if (!json) std::printf("sheet: %s (the first %d images of each family with the class given)\n", sheet.c_str(), kSheetPerFamily);
+  }
   if (json) std::printf("%s\n", json_text(out).c_str());
   return 0;
 }
@@ -98,6 +116,7 @@ Runner add_eval_command(CLI::App& app) {
   auto nondigits = std::make_shared<std::string>();
   auto count = std::make_shared<int>(10000);
   auto fashion = std::make_shared<std::string>("data/fashion-mnist");
+  auto sheet = std::make_shared<std::string>();
   add_common_options(*cmd, *o, true, "");
   cmd->add_option("--split", *split, "test | train")->capture_default_str()->check(CLI::IsMember({"test", "train"}));
   cmd->add_option("--limit", *limit, "first N images only (0 = all)")->check(CLI::Range(0, std::numeric_limits<int>::max()));
@@ -108,9 +127,10 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_option("--count", *count, "images per --nondigits family")->capture_default_str()->check(CLI::Range(1, 10000000));
   cmd->add_option("--fashion", *fashion, "folder of Fashion-MNIST's IDX files (data/fetch_mnist.sh --fashion)")
       ->capture_default_str();
+  cmd->add_option("--sheet", *sheet, "with --nondigits: a PNG of each family's first 10 images and their classes");
   return [=]() {
     const Model model = load_model_file(o->model);
-    if (!nondigits->empty()) return eval_nondigits(model, *o, *nondigits, *count, *fashion, *json);
+    if (!nondigits->empty()) return eval_nondigits(model, *o, *nondigits, *count, *fashion, *json, *sheet);
     const Dataset data = load_dataset(o->data, *split);
     check_model_fits(model, o->model, data.rows, data.cols, 10);
     auto backend = make_backend(o->device);

@@ -1,5 +1,7 @@
 #include "job_setup.h"
 
+#include <algorithm>
+
 #include <cstdio>
 #include <filesystem>
 
@@ -38,7 +40,12 @@ void load_job_inputs(const JobRun& run, LoadedJob& j) {
       throw InputError(run.models[i] + " does not take the same inputs and classes as " + run.models[0]);
   if (!run.judge.empty()) {
     j.judge_model = std::make_unique<Model>(load_model_file(run.judge));
-    if (!(j.judge_model->arch.input == primary.arch.input) || j.judge_model->arch.num_classes() != j.K)
+    // The judge may know fewer classes than the model, its first ones under the same names (a 10-class judge of an
+    // open-set model's digits); rows toward the others are not judged.
+    const std::vector<std::string> judge_names = class_names(*j.judge_model), names = class_names(primary);
+    const int JK = j.judge_model->arch.num_classes();
+    if (!(j.judge_model->arch.input == primary.arch.input) || JK > j.K ||
+        !std::equal(judge_names.begin(), judge_names.end(), names.begin()))
       throw InputError("judge " + run.judge + " does not take the same inputs and classes as " + run.models[0]);
     // The same file under two spellings (./a, a, a symlink) is the same model.
     for (const std::string& m : run.models) {

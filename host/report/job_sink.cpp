@@ -21,7 +21,7 @@ void judge_rows(Backend& judge, std::vector<RowResult>& rows, int D, int K) {
       RowResult& r = rows[first + i];
       const float* p = probs.data() + i * k;
       r.judge_class = static_cast<int>(std::max_element(p, p + k) - p);
-      r.judge_p_target = r.target.kind == TargetKind::OneHot ? p[r.target.cls] : 0.0f;
+      r.judge_p_target = r.target.kind != TargetKind::OneHot ? 0.0f : r.target.cls < K ? p[r.target.cls] : -1.0f;
     }
   }
 }
@@ -30,7 +30,7 @@ void JobSink::rows(const std::vector<RowResult>& batch, long image_steps) {
   const std::vector<RowResult>* out = &batch;
   if (judge_) {
     judged_ = batch;
-    judge_rows(*judge_, judged_, D_, K_);
+    judge_rows(*judge_, judged_, D_, judge_K_);
     out = &judged_;
   }
   // The report first: it refuses a row that is not finite, and such a row must not reach the journal either.

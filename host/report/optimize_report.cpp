@@ -108,7 +108,7 @@ std::string OptimizeReport::format_line(const RowResult& r, bool* within_band) c
   }
   if (judged_rows_) {
     line += "," + std::to_string(r.judge_class);
-    if (r.target.kind == TargetKind::OneHot) append_g6(line, r.judge_p_target);
+    if (r.target.kind == TargetKind::OneHot && r.judge_p_target >= 0) append_g6(line, r.judge_p_target);
     else line += ",";
   }
   line += '\n';
@@ -141,7 +141,7 @@ void OptimizeReport::record(const RowResult& r, std::string line, bool within_ba
   const int final_class = static_cast<int>(std::max_element(r.probs.begin(), r.probs.end()) - r.probs.begin());
   char buf[64];
   within_band_ += within_band;
-  if (judged_rows_ && r.target.kind == TargetKind::OneHot) {
+  if (judged_rows_ && r.target.kind == TargetKind::OneHot && r.judge_p_target >= 0) {  // < 0: a class the judge lacks
     ++judged_;
     judge_agree_ += r.judge_p_target >= 0.5f;
   }
