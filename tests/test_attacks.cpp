@@ -413,5 +413,128 @@ TEST(Fab, OnALinearModelFindsTheNearestBoundary) {
   EXPECT_NO_THROW(recheck_adversarial(*backend, set, rec));
 }
 
+
+// The smallest |d|_2 on the plane within the box by bisection on the multiplier mu (d_j = clip(mu s w_j)): an
+// oracle for the sorted closed form of l2_plane_box_projection.
+double l2_projection_norm_by_bisection(const std::vector<float>& w, double c, const std::vector<float>& lo,
+                                       const std::vector<float>& hi) {
+  auto d_of = [&](double mu, size_t j) {
+    const double dir = (c >= 0) == (w[j] >= 0) ? 1.0 : -1.0;
+    const double room = std::max(0.0, static_cast<double>(dir > 0 ? hi[j] : -lo[j]));
+    return std::min(mu * std::fabs(w[j]), room);
+  };
+  auto reach = [&](double mu) {
+    double s = 0;
+    for (size_t j = 0; j < w.size(); ++j) s += std::fabs(w[j]) * d_of(mu, j);
+    return s;
+  };
+  double a = 0, b = 1;
+  while (reach(b) < std::fabs(c) && b < 1e12) b *= 2;
+  for (int i = 0; i < 200; ++i) {
+    const double m = 0.5 * (a + b);
+    (reach(m) >= std::fabs(c) ? b : a) = m;
+  }
+  double n = 0;
+  for (size_t j = 0; j < w.size(); ++j) n += d_of(b, j) * d_of(b, j);
+  return std::sqrt(n);
+}
+
+TEST(Fab, L2ProjectionOntoAHyperplaneHasTheClosedFormAnswer) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int D = 60;
+  std::vector<float> w(D), lo(D, -10.0f), hi(D, 10.0f), d(D);
+  for (float& v : w) v = g(rng);
+  double sq = 0;
+  for (float v : w) sq += static_cast<double>(v) * v;
+  // A box that never binds: d = c w / |w|^2, of norm |c| / |w|_2.
+  const double c = 0.9;
+  const float norm = l2_plane_box_projection(w.data(), c, lo.data(), hi.data(), D, d.data());
+  EXPECT_NEAR(norm, std::fabs(c) / std::sqrt(sq), 1e-6);
+  for (int j = 0; j < D; ++j) EXPECT_NEAR(d[j], c * w[j] / sq, 1e-6);
+  // Boxes that bind: on the plane, inside the box, and as short as bisection on the multiplier says.
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int trial = 0; trial < 10; ++trial) {
+    for (int j = 0; j < D; ++j) {
+      const float x = u(rng) < 0.6f ? 0.0f : u(rng);
+      lo[j] = -x;
+      hi[j] = 1.0f - x;
+    }
+    const double cc = (trial % 2 ? 1 : -1) * 3.0;
+    const float n2 = l2_plane_box_projection(w.data(), cc, lo.data(), hi.data(), D, d.data());
+    double dd = 0, nn = 0;
+    for (int j = 0; j < D; ++j) {
+      dd += static_cast<double>(w[j]) * d[j];
+      nn += static_cast<double>(d[j]) * d[j];
+      EXPECT_GE(d[j], lo[j] - 1e-6f);
+      EXPECT_LE(d[j], hi[j] + 1e-6f);
+    }
+    EXPECT_NEAR(dd, cc, 1e-4) << "trial " << trial;
+    EXPECT_NEAR(n2, std::sqrt(nn), 1e-5);
+    EXPECT_NEAR(n2, l2_projection_norm_by_bisection(w, cc, lo, hi), 1e-5) << "trial " << trial;
+  }
+}
+
+// FAB-T in L2 on a linear model, whose boundaries are the planes: it must find an example within 1.06x the nearest
+// one (in L2, within the box), and never closer than it.
+TEST(Fab, L2OnALinearModelFindsTheNearestBoundary) {
+  REQUIRE_MNIST();
+  Points p = first_test_points(3);
+  Model lin = Model::glorot(Architecture::parse("1x28x28:flatten,dense10"), 11);
+  auto backend = make_cpu_backend();
+  backend->load_model(lin);
+  const float* W = lin.params[0].ptr();
+  const float* bias = lin.params[1].ptr();
+  std::vector<float> probs(30);
+  backend->predict(p.x.data(), 3, probs.data());
+  AttackSet set;
+  set.D = 784;
+  set.K = 10;
+  set.norm = Norm::L2;
+  set.x0 = p.x;
+  set.eps.assign(3, 1.0f);
+  set.point = {0, 1, 2};
+  for (int i = 0; i < 3; ++i) {
+    const float* pr = probs.data() + i * 10;
+    set.label.push_back(static_cast<int32_t>(std::max_element(pr, pr + 10) - pr));
+    std::vector<int32_t> order(10);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return pr[a] > pr[b]; });
+    set.ranked.insert(set.ranked.end(), order.begin(), order.end());
+  }
+  for (int i = 0; i < 3; ++i) {
+    const float* x0 = p.x.data() + static_cast<size_t>(i) * 784;
+    const int y = set.label[i];
+    double best = 1e30;
+    std::vector<float> w(784), lo(784), hi(784);
+    for (int t = 0; t < 10; ++t) {
+      if (t == y) continue;
+      double gg = bias[y] - bias[t];
+      for (int j = 0; j < 784; ++j) {
+        w[j] = W[y * 784 + j] - W[t * 784 + j];
+        gg += static_cast<double>(w[j]) * x0[j];
+        lo[j] = -x0[j];
+        hi[j] = 1.0f - x0[j];
+      }
+      best = std::min(best, l2_projection_norm_by_bisection(w, -gg, lo, hi));
+    }
+    set.eps[i] = static_cast<float>(best * 1.06);
+  }
+  AttackRecord rec;
+  rec.resize(3, 784);
+  FabConfig cfg;
+  run_fab_targeted(*backend, set, {0, 1, 2}, cfg, 1, rec);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(rec.broken[i]) << "point " << i << ": FAB-T (L2) found nothing within 1.06x the nearest boundary";
+    double sq = 0;
+    for (int j = 0; j < 784; ++j) {
+      const double dv = static_cast<double>(rec.adv[static_cast<size_t>(i) * 784 + j]) - p.x[static_cast<size_t>(i) * 784 + j];
+      sq += dv * dv;
+    }
+    EXPECT_GE(std::sqrt(sq), set.eps[i] / 1.06 * (1 - 1e-4)) << "closer than the nearest boundary: impossible";
+  }
+  EXPECT_NO_THROW(recheck_adversarial(*backend, set, rec));
+}
+
 }  // namespace
 }  // namespace nudge

@@ -1,7 +1,7 @@
 // FAB-T (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples with a fast adaptive boundary attack"),
-// L-inf, from the paper: at each iterate x_i, linearise the boundary between the label y and the target t,
+// L-inf and L2, from the paper: at each iterate x_i, linearise the boundary between the label y and the target t,
 // g(x) = z_y(x) - z_t(x) ~ g_i + w.(x - x_i), project both x_i and the clean point x_0 onto that hyperplane within
-// the box [0,1]^D (minimal L-inf steps d_i and d_0), and move to the biased combination
+// the box [0,1]^D (minimal steps d_i and d_0 in the ball's norm), and move to the biased combination
 //   x_{i+1} = clip((1 - a)(x_i + eta d_i) + a (x_0 + eta d_0)),  a = min(|d_i| / (|d_i| + |d_0|), alpha_max),
 // extrapolating by eta = 1.05. Once x_{i+1} is misclassified it is stepped back toward x_0 by
 // x_{i+1} = (1 - beta) x_0 + beta x_{i+1}, beta = 0.9, to shrink it. An entry is broken as soon as a misclassified
@@ -57,10 +57,57 @@ float linf_plane_box_projection(const float* w, double c, const float* lo, const
   return static_cast<float>(reachable ? t : (D ? b[order[D - 1]] : 0.0));
 }
 
+float l2_plane_box_projection(const float* w, double c, const float* lo, const float* hi, int D, float* d) {
+  // min |d|_2 s.t. w.d = c, lo <= d <= hi. The KKT conditions give d_j = clip(mu s w_j) for one mu >= 0 (s = sign c):
+  // with a_j = |w_j| and b_j the box's room in d's direction, coordinate j contributes a_j min(mu a_j, b_j) to
+  // |w.d|, growing with mu; it stops growing at mu_j = b_j / a_j. Find the smallest mu with reach(mu) = |c| among the
+  // sorted mu_j and solve the linear piece: reach(mu) = capped + mu * free, free = sum of a_j^2 still moving.
+  const double target = std::fabs(c);
+  std::vector<double> a(D), b(D), mu_at(D);
+  std::vector<int> order;
+  double free_sq = 0;
+  for (int j = 0; j < D; ++j) {
+    const bool up = (c >= 0) == (w[j] >= 0);
+    a[j] = std::fabs(static_cast<double>(w[j]));
+    b[j] = std::max(0.0, static_cast<double>(up ? hi[j] : -lo[j]));
+    if (a[j] > 0) {
+      mu_at[j] = b[j] / a[j];
+      order.push_back(j);
+      free_sq += a[j] * a[j];
+    }
+  }
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return mu_at[x] < mu_at[y]; });
+  double capped = 0, mu = -1;
+  for (int j : order) {
+    if (capped + mu_at[j] * free_sq >= target) {
+      mu = (target - capped) / free_sq;
+      break;
+    }
+    capped += a[j] * b[j];
+    free_sq -= a[j] * a[j];
+  }
+  const bool reachable = mu >= 0;
+  double norm_sq = 0;
+  for (int j = 0; j < D; ++j) {
+    if (a[j] == 0 || target == 0) {
+      d[j] = 0.0f;
+      continue;
+    }
+    const double dir = (c >= 0) == (w[j] >= 0) ? 1.0 : -1.0;
+    // Unreachable within the box: every coordinate goes to its limit, the closest the box allows.
+    const double len = reachable ? std::min(mu * a[j], b[j]) : b[j];
+    d[j] = static_cast<float>(dir * len);
+    norm_sq += len * len;
+  }
+  return static_cast<float>(std::sqrt(norm_sq));
+}
+
 long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const FabConfig& cfg,
                       uint64_t seed, AttackRecord& rec, const AttackProgress& progress) {
   (void)seed;  // restart 0 starts from the clean point; further restarts are not drawn yet
-  if (set.norm != Norm::Linf) throw InputError("fab-t: only the L-inf version is implemented (use --norm linf)");
+  // The plane-and-box projection and every distance in the norm of the ball.
+  const bool l2 = set.norm == Norm::L2;
+  const auto project = l2 ? l2_plane_box_projection : linf_plane_box_projection;
   if (cfg.targets < 1 || cfg.targets > set.K - 1)
     throw InputError("FAB-T: " + std::to_string(cfg.targets) + " target classes asked; the model has " +
                      std::to_string(set.K - 1) + " classes besides the label");
@@ -110,7 +157,11 @@ long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<
           const float* x0 = set.x0.data() + static_cast<size_t>(e) * D;
           if (pred[l] != set.label[e]) {
             double norm = 0;
-            for (int p = 0; p < D; ++p) norm = std::max(norm, std::fabs(static_cast<double>(xl[p]) - x0[p]));
+            for (int p = 0; p < D; ++p) {
+              const double dv = static_cast<double>(xl[p]) - x0[p];
+              norm = l2 ? norm + dv * dv : std::max(norm, std::fabs(dv));
+            }
+            if (l2) norm = std::sqrt(norm);
             if (norm <= set.eps[e]) {
               rec.broken[e] = 1;
               rec.attack[e] = static_cast<int32_t>(AttackId::FabT);
@@ -131,14 +182,14 @@ long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<
             lo[p] = -xl[p];
             hi[p] = 1.0f - xl[p];
           }
-          const float ni = linf_plane_box_projection(w, -static_cast<double>(g[l]), lo.data(), hi.data(), D, di.data());
+          const float ni = project(w, -static_cast<double>(g[l]), lo.data(), hi.data(), D, di.data());
           double c0 = -static_cast<double>(g[l]);
           for (int p = 0; p < D; ++p) {
             c0 -= static_cast<double>(w[p]) * (x0[p] - xl[p]);
             lo[p] = -x0[p];
             hi[p] = 1.0f - x0[p];
           }
-          const float n0 = linf_plane_box_projection(w, c0, lo.data(), hi.data(), D, d0.data());
+          const float n0 = project(w, c0, lo.data(), hi.data(), D, d0.data());
           const float a = std::min(ni / std::max(ni + n0, 1e-12f), cfg.alpha_max);
           for (int p = 0; p < D; ++p) {
             const float v = (1.0f - a) * (xl[p] + cfg.eta * di[p]) + a * (x0[p] + cfg.eta * d0[p]);

@@ -86,6 +86,9 @@ struct FabConfig {
 // The smallest L-inf step d with w.d = c and lo <= d <= hi (the box [0,1] around a point), written to d[D]; returns
 // its norm. When the box cannot reach the plane, d goes to the box's limits toward it (the closest the box allows).
 float linf_plane_box_projection(const float* w, double c, const float* lo, const float* hi, int D, float* d);
+// The same with the smallest L2 norm (FAB's L2 version): d_j = clip(mu w_j) for the mu that reaches the plane;
+// returns |d|_2.
+float l2_plane_box_projection(const float* w, double c, const float* lo, const float* hi, int D, float* d);
 
 // Returns image-steps spent (a forward and backward pass per entry and iteration).
 long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const FabConfig& cfg,

@@ -57,9 +57,8 @@ Runner add_robustness_command(CLI::App& app) {
     cfg.eps = parse_float_list(f->eps, "--eps");
     cfg.norm = parse_norm(f->norm);
     cfg.attacks = parse_attack_list(f->attacks);
-    for (AttackId a : {AttackId::Square, AttackId::FabT})
-      if (cfg.norm == Norm::L2 && std::find(cfg.attacks.begin(), cfg.attacks.end(), a) != cfg.attacks.end())
-        throw InputError(std::string(attack_name(a)) + " is implemented for --norm linf only (--attacks apgd-ce,apgd-t runs L2)");
+    if (cfg.norm == Norm::L2 && std::find(cfg.attacks.begin(), cfg.attacks.end(), AttackId::Square) != cfg.attacks.end())
+      throw InputError("square is implemented for --norm linf only (--attacks apgd-ce,apgd-t,fab-t runs L2)");
     cfg.apgd_ce.iterations = cfg.apgd_t.iterations = cfg.apgd_dlr.iterations = f->apgd_iters;
     cfg.apgd_ce.restarts = cfg.apgd_t.restarts = cfg.apgd_dlr.restarts = f->apgd_restarts;
     cfg.apgd_ce.loss = ApgdLoss::Ce;
