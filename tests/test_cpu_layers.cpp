@@ -57,43 +57,6 @@ const ConvCase kConvCases[] = {
     {3, {4, 8, 11}, 5, 1},  {5, {1, 28, 28}, 24, 3},  {2, {24, 13, 13}, 36, 3}, {5, {2, 9, 7}, 2, 4},
 };
 
-TEST(CpuLayers, ConvMatchesReference) {
-  uint32_t seed = 1000;
-  for (const ConvCase& c : kConvCases) {
-    const std::string name = shape_name(c.N, c.in) + " K=" + std::to_string(c.K) + " k=" + std::to_string(c.k);
-    SCOPED_TRACE(name);
-    const int Ho = c.in.h - c.k + 1, Wo = c.in.w - c.k + 1;
-    const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = static_cast<size_t>(c.N) * c.K * Ho * Wo;
-    const size_t nw = static_cast<size_t>(c.K) * c.in.c * c.k * c.k;
-    const auto x = ref::random_uniform(nx, -1, 1, ++seed);
-    const auto w = ref::random_uniform(nw, -0.5f, 0.5f, ++seed);
-    const auto b = ref::random_uniform(c.K, -0.5f, 0.5f, ++seed);
-    const auto dy = ref::random_uniform(ny, -1, 1, ++seed);
-    const auto xd = ref::to_double(x), wd = ref::to_double(w), bd = ref::to_double(b), dyd = ref::to_double(dy);
-
-    ref::GuardedBuffer y(ny);
-    cpu::conv2d_forward(x.data(), c.N, c.in, w.data(), b.data(), c.K, c.k, y.data());
-    const auto y_ref = ref::conv2d_forward(xd, c.N, c.in, wd, bd, c.K, c.k);
-    ref::expect_close(y.values(), y_ref, kRtol, atol_for(y_ref), "conv2d_forward " + name);
-    y.expect_guard_intact("conv2d_forward " + name);
-
-    ref::GuardedBuffer dx(nx);
-    cpu::conv2d_backward_data(dy.data(), c.N, c.in, w.data(), c.K, c.k, dx.data());
-    const auto dx_ref = ref::conv2d_backward_data(dyd, c.N, c.in, wd, c.K, c.k);
-    ref::expect_close(dx.values(), dx_ref, kRtol, atol_for(dx_ref), "conv2d_backward_data " + name);
-    dx.expect_guard_intact("conv2d_backward_data " + name);
-
-    ref::GuardedBuffer dw(nw), db(c.K);
-    cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.k, dw.data(), db.data());
-    std::vector<double> dw_ref, db_ref;
-    ref::conv2d_backward_filter(xd, dyd, c.N, c.in, c.K, c.k, dw_ref, db_ref);
-    ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "conv2d_backward_filter dw " + name);
-    ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "conv2d_backward_filter db " + name);
-    dw.expect_guard_intact("conv2d_backward_filter dw " + name);
-    db.expect_guard_intact("conv2d_backward_filter db " + name);
-  }
-}
-
 // Strides, padding (also padding as wide as the kernel, where border outputs see only zeros and the bias) and
 // windows that do not tile the map: the general im2col path against the double twin, same tolerances.
 struct WindowConvCase {
@@ -109,42 +72,50 @@ const WindowConvCase kWindowConvCases[] = {
     {5, {1, 28, 28}, 6, {5, 1, 2}},
 };
 
+// One convolution case, forward and both backward passes, against the double twin.
+void check_conv(const WindowConvCase& c, uint32_t& seed) {
+  const std::string name = shape_name(c.N, c.in) + " K=" + std::to_string(c.K) + " k=" + std::to_string(c.win.k) +
+                           " s=" + std::to_string(c.win.stride) + " p=" + std::to_string(c.win.pad);
+  SCOPED_TRACE(name);
+  const int Ho = c.win.out(c.in.h), Wo = c.win.out(c.in.w);
+  const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = static_cast<size_t>(c.N) * c.K * Ho * Wo;
+  const size_t nw = static_cast<size_t>(c.K) * c.in.c * c.win.k * c.win.k;
+  const auto x = ref::random_uniform(nx, -1, 1, ++seed);
+  const auto w = ref::random_uniform(nw, -0.5f, 0.5f, ++seed);
+  const auto b = ref::random_uniform(c.K, -0.5f, 0.5f, ++seed);
+  const auto dy = ref::random_uniform(ny, -1, 1, ++seed);
+  const auto xd = ref::to_double(x), wd = ref::to_double(w), bd = ref::to_double(b), dyd = ref::to_double(dy);
+
+  ref::GuardedBuffer y(ny);
+  cpu::conv2d_forward(x.data(), c.N, c.in, w.data(), b.data(), c.K, c.win, y.data());
+  const auto y_ref = ref::conv2d_forward(xd, c.N, c.in, wd, bd, c.K, c.win);
+  ref::expect_close(y.values(), y_ref, kRtol, atol_for(y_ref), "conv2d_forward " + name);
+  y.expect_guard_intact("conv2d_forward " + name);
+
+  ref::GuardedBuffer dx(nx);
+  cpu::conv2d_backward_data(dy.data(), c.N, c.in, w.data(), c.K, c.win, dx.data());
+  const auto dx_ref = ref::conv2d_backward_data(dyd, c.N, c.in, wd, c.K, c.win);
+  ref::expect_close(dx.values(), dx_ref, kRtol, atol_for(dx_ref), "conv2d_backward_data " + name);
+  dx.expect_guard_intact("conv2d_backward_data " + name);
+
+  ref::GuardedBuffer dw(nw), db(c.K);
+  cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.win, dw.data(), db.data());
+  std::vector<double> dw_ref, db_ref;
+  ref::conv2d_backward_filter(xd, dyd, c.N, c.in, c.K, c.win, dw_ref, db_ref);
+  ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "conv2d_backward_filter dw " + name);
+  ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "conv2d_backward_filter db " + name);
+  dw.expect_guard_intact("conv2d_backward_filter dw " + name);
+  db.expect_guard_intact("conv2d_backward_filter db " + name);
+}
+
+TEST(CpuLayers, ConvMatchesReference) {
+  uint32_t seed = 1000;
+  for (const ConvCase& c : kConvCases) check_conv({c.N, c.in, c.K, Window{c.k, 1, 0}}, seed);
+}
+
 TEST(CpuLayers, ConvWithStrideAndPaddingMatchesReference) {
   uint32_t seed = 1500;
-  for (const WindowConvCase& c : kWindowConvCases) {
-    const std::string name = shape_name(c.N, c.in) + " K=" + std::to_string(c.K) + " k=" + std::to_string(c.win.k) +
-                             " s=" + std::to_string(c.win.stride) + " p=" + std::to_string(c.win.pad);
-    SCOPED_TRACE(name);
-    const int Ho = c.win.out(c.in.h), Wo = c.win.out(c.in.w);
-    const size_t nx = static_cast<size_t>(c.N) * c.in.size(), ny = static_cast<size_t>(c.N) * c.K * Ho * Wo;
-    const size_t nw = static_cast<size_t>(c.K) * c.in.c * c.win.k * c.win.k;
-    const auto x = ref::random_uniform(nx, -1, 1, ++seed);
-    const auto w = ref::random_uniform(nw, -0.5f, 0.5f, ++seed);
-    const auto b = ref::random_uniform(c.K, -0.5f, 0.5f, ++seed);
-    const auto dy = ref::random_uniform(ny, -1, 1, ++seed);
-    const auto xd = ref::to_double(x), wd = ref::to_double(w), bd = ref::to_double(b), dyd = ref::to_double(dy);
-
-    ref::GuardedBuffer y(ny);
-    cpu::conv2d_forward(x.data(), c.N, c.in, w.data(), b.data(), c.K, c.win, y.data());
-    const auto y_ref = ref::conv2d_forward(xd, c.N, c.in, wd, bd, c.K, c.win);
-    ref::expect_close(y.values(), y_ref, kRtol, atol_for(y_ref), "conv2d_forward " + name);
-    y.expect_guard_intact("conv2d_forward " + name);
-
-    ref::GuardedBuffer dx(nx);
-    cpu::conv2d_backward_data(dy.data(), c.N, c.in, w.data(), c.K, c.win, dx.data());
-    const auto dx_ref = ref::conv2d_backward_data(dyd, c.N, c.in, wd, c.K, c.win);
-    ref::expect_close(dx.values(), dx_ref, kRtol, atol_for(dx_ref), "conv2d_backward_data " + name);
-    dx.expect_guard_intact("conv2d_backward_data " + name);
-
-    ref::GuardedBuffer dw(nw), db(c.K);
-    cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.win, dw.data(), db.data());
-    std::vector<double> dw_ref, db_ref;
-    ref::conv2d_backward_filter(xd, dyd, c.N, c.in, c.K, c.win, dw_ref, db_ref);
-    ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "conv2d_backward_filter dw " + name);
-    ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "conv2d_backward_filter db " + name);
-    dw.expect_guard_intact("conv2d_backward_filter dw " + name);
-    db.expect_guard_intact("conv2d_backward_filter db " + name);
-  }
+  for (const WindowConvCase& c : kWindowConvCases) check_conv(c, seed);
 }
 
 // The layers overwrite their outputs: a second call into the same (now filled) buffers gives the same answer, and

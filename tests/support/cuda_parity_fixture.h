@@ -38,6 +38,10 @@ std::vector<float> clean_images(const Model& m, int n, std::mt19937_64& rng);
 
 double max_abs(const std::vector<float>& v);
 
+// A tolerance relative to a tensor's scale: atol = c * max|ref| (small elements of a gradient are sums with
+// cancellation, whose rounding scales with the terms, not the result), rtol 1e-4.
+Tolerance scaled(const std::vector<float>& ref, double c);
+
 // A CPU and a CUDA backend loaded with test_model(seed, architecture()), the seed drawn from the run's seed
 // (test_seed()) and the test's name; skips without a usable device.
 class CudaBackendParity : public ::testing::Test {
@@ -48,6 +52,14 @@ class CudaBackendParity : public ::testing::Test {
 
   // Mixed targets: one-hot, soft (with zeros) and untargeted, entries cycling through the kinds.
   void make_targets(int n, std::vector<float>* dist, std::vector<int32_t>* kind, std::vector<int32_t>* cls);
+
+  // The checks every parity suite runs on its architecture (tests/support/cuda_parity_checks.cpp), on n clean
+  // images: predict; input gradients for every loss; the networks' forward and whole backward pass, every parameter
+  // gradient, through guarded buffers; and the GPU against itself, `images` of a batch of n against each alone.
+  void check_predict(int n);
+  void check_input_gradient_all_losses(int n);
+  void check_network_forward_backward(int n);
+  void check_image_in_batch(int n, const std::vector<int>& images);
 
   std::mt19937_64 rng_;
   Model model_;
