@@ -187,6 +187,25 @@ TEST(Training, SameSeedGivesBitIdenticalParameters) {
   EXPECT_NE(0, std::memcmp(m1.params[0].ptr(), init.params[0].ptr(), init.params[0].size() * sizeof(float)));
 }
 
+// Shift augmentation: reproducible (a function of seed, epoch and image), and it changes what is trained on.
+TEST(Training, ShiftAugmentationIsReproducibleAndChangesTheRun) {
+  const Dataset data = synthetic_dataset(64, 10200);
+  TrainOptions opt;
+  opt.epochs = 1;
+  opt.seed = 7;
+  opt.progress = false;
+  const Model init = Model::glorot(Architecture::parse("1x28x28:conv2k3,relu,pool2,flatten,dense10"), 3);
+  auto backend = make_cpu_backend();
+  Model plain = init, a1 = init, a2 = init;
+  train_model(*backend, plain, data, opt);
+  opt.augment_shift = 2;
+  train_model(*backend, a1, data, opt);
+  train_model(*backend, a2, data, opt);
+  expect_same_params(a1, a2, "two augmented runs with the same seed");
+  EXPECT_NE(0, std::memcmp(a1.params[0].ptr(), plain.params[0].ptr(), plain.params[0].size() * sizeof(float)))
+      << "the augmentation changed nothing";
+}
+
 TEST(Training, EpochOrderIsAPermutationThatChangesEachEpoch) {
   for (int count : {0, 1, 2, 7, 1000}) {
     for (int epoch : {1, 2, 3}) {

@@ -115,12 +115,15 @@ Runner add_train_command(CLI::App& app) {
   add_common_options(*cmd, *o, false, "where to write the trained model (safetensors)");
   auto init = std::make_shared<std::string>();
   auto open_set = std::make_shared<int>(0);
+  auto augment = std::make_shared<int>(0);
   auto open_families = std::make_shared<std::string>("uniform,gauss,constant,shuffled,patches,shapes");
   auto* arch_opt = cmd->add_option("--arch", *arch, "architecture string")->capture_default_str();
   cmd->add_option("--init", *init, "start from this model's weights (.safetensors or .onnx, e.g. a network initialised "
                   "by PyTorch) instead of Glorot's; its architecture is the run's")->excludes(arch_opt);
   cmd->add_option("--open-set", *open_set, "add N synthetic non-digits to every batch as an extra class, \"not a "
                   "digit\" (the default architecture then has 11 outputs)")->check(CLI::Range(0, 100000));
+  cmd->add_option("--augment-shift", *augment, "shift every training digit by up to this many pixels each way (a "
+                  "new shift per epoch; 0: none)")->check(CLI::Range(0, 8));
   cmd->add_option("--open-set-families", *open_families, "the non-digits' families: uniform, gauss, constant, "
                   "shuffled, patches, shapes, blocks, noise")->capture_default_str();
   // Int ranges, not CLI::PositiveNumber, whose message prints DBL_MAX in full ("0 not in range 0.000000 to 1797...").
@@ -180,6 +183,7 @@ Runner add_train_command(CLI::App& app) {
     if (a.num_classes() < 10) throw InputError("architecture has " + std::to_string(a.num_classes()) + " outputs; the data has 10 classes");
     TrainOptions opt = *t;
     opt.seed = o->seed;
+    opt.augment_shift = *augment;
     if (*open_set > 0) {
       if (a.num_classes() != 11)
         throw InputError("--open-set needs an architecture with 11 outputs (10 digits and \"not a digit\"); it has " +
@@ -220,6 +224,7 @@ Runner add_train_command(CLI::App& app) {
     TrainSpec spec = train_spec(a.to_string(), opt, train);
     // A resume must start from the same weights: the start file's content, not its name.
     if (init_model) spec.emplace_back("--init", file_digest(*init));
+    if (*augment > 0) spec.emplace_back("--augment-shift", std::to_string(*augment));
     if (*open_set > 0) {
       spec.emplace_back("--open-set", std::to_string(*open_set));
       spec.emplace_back("--open-set-families", *open_families);
@@ -300,6 +305,7 @@ Runner add_train_command(CLI::App& app) {
         {"nudge.test_accuracy", std::to_string(ev.accuracy())},
         {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" + std::to_string(opt.batch) +
                             " lr=" + std::to_string(opt.adam.lr) + " seed=" + std::to_string(opt.seed)}};
+    if (opt.augment_shift > 0) recipe["augment"] = "shift up to " + std::to_string(opt.augment_shift) + " px";
     if (opt.open_set_per_batch > 0) {
       std::string families;
       for (NonDigitFamily f : opt.open_set_families) families += (families.empty() ? "" : ",") + to_string(f);

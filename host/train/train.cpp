@@ -8,6 +8,7 @@
 #include "errors.h"
 #include "interrupt.h"
 #include "progress.h"
+#include "regularizers.h"
 
 namespace nudge {
 
@@ -165,6 +166,7 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
   BatchTrainer trainer(backend, wide, D, K);
   std::vector<float> x(static_cast<size_t>(opt.batch + extra) * D);
   std::vector<int32_t> y(opt.batch + extra);
+  std::vector<float> shift_scratch;
   TrainSummary local;
   TrainSummary& sum = summary ? *summary : local;
   sum = TrainSummary();
@@ -209,7 +211,17 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
       const int n = std::min(opt.batch, count - b * opt.batch);
       for (int i = 0; i < n; ++i) {
         const int idx = order[b * opt.batch + i];
-        data.image_as_float(idx, x.data() + static_cast<size_t>(i) * D);
+        float* xi = x.data() + static_cast<size_t>(i) * D;
+        data.image_as_float(idx, xi);
+        if (opt.augment_shift > 0) {
+          // Shift (dy, dx) of image idx in this epoch: two counter uniforms, each to one of 2s+1 offsets.
+          const int s2 = 2 * opt.augment_shift + 1;
+          const uint64_t key = static_cast<uint64_t>(epoch) * data.count + idx;
+          const int dy = std::min(s2 - 1, static_cast<int>(counter_uniform(opt.seed, kStreamAugment, key, 0) * s2)) - opt.augment_shift;
+          const int dx = std::min(s2 - 1, static_cast<int>(counter_uniform(opt.seed, kStreamAugment, key, 1) * s2)) - opt.augment_shift;
+          shift_scratch.assign(xi, xi + D);
+          shift_image(shift_scratch.data(), data.rows, data.cols, dy, dx, xi);
+        }
         y[i] = data.labels[idx];
       }
       for (int j = 0; j < extra; ++j) {

@@ -27,6 +27,10 @@ struct TrainOptions {
   // with the model's last class, "not a digit" (nondigits.h). 0: a plain 10-class run.
   int open_set_per_batch = 0;
   std::vector<NonDigitFamily> open_set_families;
+  // Augmentation: every training digit is shifted by up to this many pixels in each direction (zeros come in;
+  // shift_image of host/optimize/regularizers.h), the shift drawn per (seed, epoch, image) by the counter
+  // generator. 0: none.
+  int augment_shift = 0;
   bool progress = true;
 };
 
