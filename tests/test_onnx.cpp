@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -319,6 +320,56 @@ TEST(Onnx, ConstructedHostileGraphsAreRefused) {
     *p.mutable_graph()->add_output() = p.graph().output(0);
     EXPECT_NE(refusal_of(bytes_of(p)).find("2 outputs"), std::string::npos);
   }
+  {  // a shape computation that would take 2^30 evaluations without memoisation: Gather(g, g) 30 deep
+    auto p = valid_proto();
+    auto* g = p.mutable_graph();
+    onnx::TensorProto* zero = g->add_initializer();
+    zero->set_name("zero");
+    zero->set_data_type(onnx::TensorProto::INT64);
+    zero->add_dims(1);
+    zero->add_int64_data(0);
+    onnx::TensorProto* minus1 = g->add_initializer();
+    minus1->set_name("minus1");
+    minus1->set_data_type(onnx::TensorProto::INT64);
+    minus1->add_dims(1);
+    minus1->add_int64_data(-1);
+    std::string prev = "zero";
+    for (int k = 0; k < 30; ++k) {
+      auto* n = g->add_node();
+      n->set_op_type("Gather");
+      n->add_input(prev);
+      n->add_input(prev);
+      prev = "gather" + std::to_string(k);
+      n->add_output(prev);
+    }
+    auto* cat = g->add_node();
+    cat->set_op_type("Concat");
+    cat->add_input(prev);
+    cat->add_input("minus1");
+    cat->add_output("target_shape");
+    auto* axis = cat->add_attribute();
+    axis->set_name("axis");
+    axis->set_type(onnx::AttributeProto::INT);
+    axis->set_i(0);
+    // The Flatten (node 3) becomes a Reshape to [0, -1].
+    auto* flat = g->mutable_node(3);
+    flat->set_op_type("Reshape");
+    flat->clear_attribute();
+    flat->add_input("target_shape");
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string msg = refusal_of(bytes_of(p));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_TRUE(msg.empty()) << msg;  // [0, -1] is a flatten: it imports
+    EXPECT_LT(secs, 5.0);
+    // And the same chain closed into a loop is refused as a cycle.
+    g->mutable_node(5)->set_input(0, prev);  // the first Gather reads the last one
+    EXPECT_NE(refusal_of(bytes_of(p)).find("cycle"), std::string::npos) << refusal_of(bytes_of(p));
+  }
+  // Found by the fuzzer (2026-12-03): a Gather with one input in a Reshape's shape computation was read past its
+  // inputs (heap-buffer-overflow); now refused by name.
+  EXPECT_NE(refusal_of(read_file(kFixtures + "hostile/fuzz_gather_one_input.onnx")).find("has 1 inputs; it needs 2"),
+            std::string::npos)
+      << refusal_of(read_file(kFixtures + "hostile/fuzz_gather_one_input.onnx"));
   // Bytes that are not a protobuf at all, and the empty file.
   EXPECT_NE(refusal_of(std::string(64, '\xff')).find("not a readable ONNX file"), std::string::npos);
   EXPECT_NE(refusal_of("").find("no graph"), std::string::npos) << refusal_of("");

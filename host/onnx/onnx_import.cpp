@@ -113,6 +113,9 @@ class Importer {
   bool is_constant(const std::string& name) const { return constants_.count(name) > 0; }
   int next_node(const std::string& value);
   std::vector<int64_t> evaluate_ints(const std::string& value, int depth);
+  std::vector<int64_t> evaluate_ints_uncached(const std::string& value, int depth);
+  std::map<std::string, std::vector<int64_t>> int_cache_;
+  std::set<std::string> evaluating_;
   std::vector<int64_t> current_shape() const;
   Window window_of(int node, const std::vector<int64_t>& kernel, bool pads_allowed);
   void translate(int i, std::string& cur);
@@ -249,6 +252,17 @@ int Importer::next_node(const std::string& value) {
 // Integer values computed from constants and static shapes: what PyTorch writes for x.view(x.size(0), -1) with a
 // dynamic batch (Shape -> Gather -> Unsqueeze -> Concat -> Reshape). The batch is kBatch.
 std::vector<int64_t> Importer::evaluate_ints(const std::string& value, int depth) {
+  // Each value is computed once: a graph whose shape nodes share inputs (or loop) costs one visit per value, not one
+  // per path, so no input can make this exponential; a value met again while it is being computed is a cycle.
+  if (auto hit = int_cache_.find(value); hit != int_cache_.end()) return hit->second;
+  if (!evaluating_.insert(value).second) refuse("the shape computation of '" + value + "' depends on itself: the graph has a cycle");
+  std::vector<int64_t> v = evaluate_ints_uncached(value, depth);
+  evaluating_.erase(value);
+  int_cache_[value] = v;
+  return v;
+}
+
+std::vector<int64_t> Importer::evaluate_ints_uncached(const std::string& value, int depth) {
   if (depth > 32) refuse("the shape computation feeding '" + value + "' is too deep");
   if (auto c = constants_.find(value); c != constants_.end())
     return onnx_io::decode_int_tensor(*c->second, "tensor '" + value + "'");
@@ -258,6 +272,9 @@ std::vector<int64_t> Importer::evaluate_ints(const std::string& value, int depth
   const auto& n = g_.node(i);
   const std::string who = node_label(n, i);
   visited_[i] = true;
+  // Every op here reads its first input; Gather also its second.
+  const int needs = n.op_type() == "Gather" ? 2 : n.op_type() == "Concat" ? 0 : 1;
+  if (n.input_size() < needs) refuse(who + " has " + std::to_string(n.input_size()) + " inputs; it needs " + std::to_string(needs));
   if (n.op_type() == "Shape") {
     auto s = shapes_.find(n.input(0));
     if (s == shapes_.end()) refuse(who + " reads '" + n.input(0) + "', whose shape nudge does not know");
