@@ -308,6 +308,17 @@ double projection_norm_by_bisection(const std::vector<float>& w, double c, const
   return b;
 }
 
+// The box [0,1]^D seen from a point x with 60% of its pixels at 0 and the rest uniform: lo = -x, hi = 1 - x, so
+// that the box binds the projections.
+void box_around_a_point_near_the_corners(std::mt19937& rng, std::vector<float>& lo, std::vector<float>& hi) {
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (size_t j = 0; j < lo.size(); ++j) {
+    const float x = u(rng) < 0.6f ? 0.0f : u(rng);
+    lo[j] = -x;
+    hi[j] = 1.0f - x;
+  }
+}
+
 TEST(Fab, LinfProjectionOntoAHyperplaneHasTheClosedFormAnswer) {
   std::mt19937 rng(3);
   std::normal_distribution<float> g(0.0f, 1.0f);
@@ -327,13 +338,8 @@ TEST(Fab, LinfProjectionOntoAHyperplaneHasTheClosedFormAnswer) {
   }
   EXPECT_NEAR(dot, c, 1e-5);
   // A box that binds (a point near the corners of [0,1]^D): still on the plane, and as short as bisection says.
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
   for (int trial = 0; trial < 10; ++trial) {
-    for (int j = 0; j < D; ++j) {
-      const float x = u(rng) < 0.6f ? 0.0f : u(rng);
-      lo[j] = -x;
-      hi[j] = 1.0f - x;
-    }
+    box_around_a_point_near_the_corners(rng, lo, hi);
     const double cc = (trial % 2 ? 1 : -1) * 2.0;
     const float n2 = linf_plane_box_projection(w.data(), cc, lo.data(), hi.data(), D, d.data());
     double dd = 0, mx = 0;
@@ -391,13 +397,8 @@ TEST(Fab, L2ProjectionOntoAHyperplaneHasTheClosedFormAnswer) {
   EXPECT_NEAR(norm, std::fabs(c) / std::sqrt(sq), 1e-6);
   for (int j = 0; j < D; ++j) EXPECT_NEAR(d[j], c * w[j] / sq, 1e-6);
   // Boxes that bind: on the plane, inside the box, and as short as bisection on the multiplier says.
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
   for (int trial = 0; trial < 10; ++trial) {
-    for (int j = 0; j < D; ++j) {
-      const float x = u(rng) < 0.6f ? 0.0f : u(rng);
-      lo[j] = -x;
-      hi[j] = 1.0f - x;
-    }
+    box_around_a_point_near_the_corners(rng, lo, hi);
     const double cc = (trial % 2 ? 1 : -1) * 3.0;
     const float n2 = l2_plane_box_projection(w.data(), cc, lo.data(), hi.data(), D, d.data());
     double dd = 0, nn = 0;

@@ -21,6 +21,9 @@ namespace nudge::cli {
 
 namespace {
 
+// A class's name in tables and captions: "none" for "not a digit".
+std::string short_name(const std::string& name) { return name == kNotADigit ? "none" : name; }
+
 // Classes a model gives to images that are not digits, per family. The synthetic families are drawn at indices from
 // 2^40 on, which no training run reaches, so an open-set model is never scored on images it trained on; the shuffled
 // family permutes test digits here (training permutes training digits). The noise family is the exception: its
@@ -74,7 +77,7 @@ int eval_nondigits(const Model& model, const CommonOptions& o, const std::string
         ++hist[cls];
         if (!sheet.empty() && i0 + j < kSheetPerFamily) {
           sheet_images.emplace_back(x.begin() + static_cast<size_t>(j) * D, x.begin() + static_cast<size_t>(j + 1) * D);
-          const std::string name = names[cls] == kNotADigit ? "none" : names[cls];
+          const std::string name = short_name(names[cls]);
           // Green when an open-set model says "not a digit", red when it calls the image a digit.
           sheet_captions.push_back((open_set ? (cls == K - 1 ? "+" : "-") : "") + (j == 0 && i0 == 0 ? family + ": " : "") + name);
         }
@@ -90,7 +93,7 @@ int eval_nondigits(const Model& model, const CommonOptions& o, const std::string
       std::printf("  %-9s", family.c_str());
       if (open_set) std::printf(" \"not a digit\" %6.2f%%  ", 100.0 * hist[K - 1] / n);
       std::printf(" histogram");
-      for (int k = 0; k < K; ++k) std::printf(" %s:%ld", names[k] == kNotADigit ? "none" : names[k].c_str(), hist[k]);
+      for (int k = 0; k < K; ++k) std::printf(" %s:%ld", short_name(names[k]).c_str(), hist[k]);
       std::printf("\n");
     }
   }
@@ -175,7 +178,7 @@ Runner add_eval_command(CLI::App& app) {
       if (c >= 10 && r.class_accuracy(c) == 0 && names[c] == kNotADigit) {
         std::printf("%5s  %8s  ", "none", "");  // no test image is a non-digit: only its column counts
       } else {
-        std::printf("%5s  %7.2f%%  ", names[c] == kNotADigit ? "none" : names[c].c_str(), 100 * r.class_accuracy(c));
+        std::printf("%5s  %7.2f%%  ", short_name(names[c]).c_str(), 100 * r.class_accuracy(c));
       }
       for (int p = 0; p < r.classes; ++p) std::printf("%5ld", r.confusion[static_cast<size_t>(c) * r.classes + p]);
       std::printf("\n");

@@ -223,7 +223,8 @@ Runner add_train_command(CLI::App& app) {
       if (!p.empty()) remove_dead_temporaries_of(p);
     TrainSpec spec = train_spec(a.to_string(), opt, train);
     // A resume must start from the same weights: the start file's content, not its name.
-    if (init_model) spec.emplace_back("--init", file_digest(*init));
+    const std::string init_digest = init_model ? file_digest(*init) : "";
+    if (init_model) spec.emplace_back("--init", init_digest);
     if (*augment > 0) spec.emplace_back("--augment-shift", std::to_string(*augment));
     if (*open_set > 0) {
       spec.emplace_back("--open-set", std::to_string(*open_set));
@@ -300,7 +301,7 @@ Runner add_train_command(CLI::App& app) {
       attack_steps += s.attack_image_steps;
     }
     nlohmann::json recipe = recipe_json(a.to_string(), opt, sum);
-    if (init_model) recipe["init"] = *init + " (" + file_digest(*init) + ")";
+    if (init_model) recipe["init"] = *init + " (" + init_digest + ")";
     std::map<std::string, std::string> meta = {
         {"nudge.test_accuracy", std::to_string(ev.accuracy())},
         {"nudge.train", "epochs=" + std::to_string(opt.epochs) + " batch=" + std::to_string(opt.batch) +

@@ -94,7 +94,7 @@ nlohmann::json run_job(const JobRun& run, std::vector<float>* images) {
   }
   // Said even with --quiet: a scheduler's log should show that a job continued rather than began.
   if (replayed > 0) std::fprintf(stderr, "nudge: resuming: %ld of %ld rows were in the journal\n", replayed, header.rows);
-  JobSink sink(j.judge.get(), &report, &journal.writer(), j.D, j.K, j.judge_model ? j.judge_model->arch.num_classes() : 0);
+  JobSink sink(j.judge.get(), &report, &journal.writer(), j.D, j.K, j.judge_classes());
   EngineStats stats;
   try {
     stats = run_optimize(backend, j.models.front(), job, *j.starts, sink, !run.quiet, j.ensemble(),

@@ -43,7 +43,7 @@ void load_job_inputs(const JobRun& run, LoadedJob& j) {
     // The judge may know fewer classes than the model, its first ones under the same names (a 10-class judge of an
     // open-set model's digits); rows toward the others are not judged.
     const std::vector<std::string> judge_names = class_names(*j.judge_model), names = class_names(primary);
-    const int JK = j.judge_model->arch.num_classes();
+    const int JK = j.judge_classes();
     if (!(j.judge_model->arch.input == primary.arch.input) || JK > j.K ||
         !std::equal(judge_names.begin(), judge_names.end(), names.begin()))
       throw InputError("judge " + run.judge + " does not take the same inputs and classes as " + run.models[0]);

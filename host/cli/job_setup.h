@@ -33,6 +33,8 @@ struct LoadedJob {
   LoadedJob(const LoadedJob&) = delete;
   LoadedJob& operator=(const LoadedJob&) = delete;
   std::vector<Backend*> ensemble() const;
+  // The judge's classes (it may have fewer than the model), 0 without a judge.
+  int judge_classes() const { return judge_model ? judge_model->arch.num_classes() : 0; }
 };
 
 // Loads and checks the models, the judge, the job and its start images (InputError naming what is wrong). Touches

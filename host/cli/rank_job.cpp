@@ -95,7 +95,7 @@ nlohmann::json run_root(const JobRun& run, LoadedJob& j, JobJournal& journal, co
   try {
     EngineStats stats;
     const PartRange part{headers[0].first_row, headers[0].first_row + headers[0].rows};
-    JobSink sink(j.judge.get(), nullptr, &journal.writer(0), j.D, j.K, j.judge_model ? j.judge_model->arch.num_classes() : 0);
+    JobSink sink(j.judge.get(), nullptr, &journal.writer(0), j.D, j.K, j.judge_classes());
     // Also when the part is complete: the engine's stats (entries per row) go into the summary.
     stats = run_optimize(*j.backends.front(), j.models.front(), run.job, *j.starts, sink, !run.quiet, j.ensemble(),
                            {part.first + done[0], part.end});
@@ -148,7 +148,7 @@ void run_other_rank(const JobRun& run, LoadedJob& j, const PartRange& part, long
   const int rank = dist::world().rank;
   try {
     RootBoundBlocks blocks(done);
-    JobSink sink(j.judge.get(), nullptr, &blocks, j.D, j.K, j.judge_model ? j.judge_model->arch.num_classes() : 0);
+    JobSink sink(j.judge.get(), nullptr, &blocks, j.D, j.K, j.judge_classes());
     EngineStats stats;
     stats = run_optimize(*j.backends.front(), j.models.front(), run.job, *j.starts, sink, false, j.ensemble(),
                            {part.first + done, part.end});

@@ -124,7 +124,7 @@ class Importer {
   void global_average_pool(int i);
   void batch_norm(int i, const std::string& cur);
   void gemm(int i);
-  void matmul(int i, std::string& cur);
+  void matmul(int i, const std::string& cur);
   void add_bias(int i, const std::string& cur);
   void reshape(int i);
   void require_inputs(int i, int min, int max);
@@ -392,8 +392,7 @@ void Importer::pool(int i, bool avg) {
   bool has;
   const auto kernel = onnx_io::ints_attribute(n, "kernel_shape", who, &has);
   if (!has) refuse_node(i, "attribute 'kernel_shape' is missing");
-  if (!avg && onnx_io::int_attribute(n, "storage_order", 0, who) != 0 && consumers_.count(n.output_size() > 1 ? n.output(1) : ""))
-    refuse_node(i, "attribute 'storage_order' = 1 is not supported");
+  // storage_order only lays out the Indices output, which require_unused_extra_outputs has already found unused.
   const Window win = window_of(i, kernel, !avg);
   if (!avg && 2 * win.pad > win.k)
     refuse_node(i, "attribute 'pads' = " + std::to_string(win.pad) + " is more than half the window");
@@ -474,7 +473,7 @@ void Importer::gemm(int i) {
 }
 
 // MatMul by a [in, out] initializer (tf2onnx's dense layer); the Add of its bias, if any, follows as its own node.
-void Importer::matmul(int i, std::string& cur) {
+void Importer::matmul(int i, const std::string& cur) {
   const auto& n = g_.node(i);
   const std::string who = node_label(n, i);
   require_inputs(i, 2, 2);

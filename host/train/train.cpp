@@ -161,12 +161,11 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
     if (adversarial) throw InputError("--open-set trains plain models only (not with --adversarial)");
     if (opt.open_set_families.empty()) throw InternalError("train_model: --open-set without families");
   }
-  TrainOptions wide = opt;
-  wide.batch = opt.batch + extra;  // the trainer's buffers hold the digits and the non-digits of a batch
-  BatchTrainer trainer(backend, wide, D, K);
+  // The trainer's own buffers serve adversarial training only, which --open-set refuses above, so they keep opt.batch.
+  BatchTrainer trainer(backend, opt, D, K);
   std::vector<float> x(static_cast<size_t>(opt.batch + extra) * D);
   std::vector<int32_t> y(opt.batch + extra);
-  std::vector<float> shift_scratch;
+  std::vector<float> shift_scratch(opt.augment_shift > 0 ? D : 0);
   TrainSummary local;
   TrainSummary& sum = summary ? *summary : local;
   sum = TrainSummary();
@@ -212,15 +211,16 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
       for (int i = 0; i < n; ++i) {
         const int idx = order[b * opt.batch + i];
         float* xi = x.data() + static_cast<size_t>(i) * D;
-        data.image_as_float(idx, xi);
         if (opt.augment_shift > 0) {
           // Shift (dy, dx) of image idx in this epoch: two counter uniforms, each to one of 2s+1 offsets.
           const int s2 = 2 * opt.augment_shift + 1;
           const uint64_t key = static_cast<uint64_t>(epoch) * data.count + idx;
           const int dy = std::min(s2 - 1, static_cast<int>(counter_uniform(opt.seed, kStreamAugment, key, 0) * s2)) - opt.augment_shift;
           const int dx = std::min(s2 - 1, static_cast<int>(counter_uniform(opt.seed, kStreamAugment, key, 1) * s2)) - opt.augment_shift;
-          shift_scratch.assign(xi, xi + D);
+          data.image_as_float(idx, shift_scratch.data());
           shift_image(shift_scratch.data(), data.rows, data.cols, dy, dx, xi);
+        } else {
+          data.image_as_float(idx, xi);
         }
         y[i] = data.labels[idx];
       }
