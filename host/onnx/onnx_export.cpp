@@ -29,6 +29,13 @@ void set_int(onnx::NodeProto* n, const char* name, int64_t v) {
   a->set_i(v);
 }
 
+// The square window of a Conv or pool: ONNX's kernel_shape, strides and pads [top, left, bottom, right].
+void set_window(onnx::NodeProto* n, const LayerSpec& l) {
+  set_ints(n, "kernel_shape", {l.kernel, l.kernel});
+  set_ints(n, "strides", {l.stride, l.stride});
+  set_ints(n, "pads", {l.pad, l.pad, l.pad, l.pad});
+}
+
 void add_initializer(onnx::GraphProto* g, const std::string& name, const Tensor& t) {
   auto* init = g->add_initializer();
   init->set_name(name);
@@ -88,9 +95,7 @@ std::string model_to_onnx(const Model& model) {
         n->set_name(l.name);
         n->add_input(l.name + ".weight");
         n->add_input(l.name + ".bias");
-        set_ints(n, "kernel_shape", {l.kernel, l.kernel});
-        set_ints(n, "strides", {l.stride, l.stride});
-        set_ints(n, "pads", {l.pad, l.pad, l.pad, l.pad});
+        set_window(n, l);
         add_initializer(g, l.name + ".weight", model.params[p]);
         add_initializer(g, l.name + ".bias", model.params[p + 1]);
         p += 2;
@@ -113,9 +118,7 @@ std::string model_to_onnx(const Model& model) {
       case LayerKind::AvgPool:
         n->set_op_type(l.kind == LayerKind::MaxPool ? "MaxPool" : "AveragePool");
         n->set_name((l.kind == LayerKind::MaxPool ? "maxpool" : "avgpool") + std::to_string(i));
-        set_ints(n, "kernel_shape", {l.kernel, l.kernel});
-        set_ints(n, "strides", {l.stride, l.stride});
-        set_ints(n, "pads", {l.pad, l.pad, l.pad, l.pad});
+        set_window(n, l);
         break;
       case LayerKind::Flatten:
         n->set_op_type("Flatten");
