@@ -121,6 +121,11 @@ TEST(Square, ScheduleAndSquareSides) {
   EXPECT_DOUBLE_EQ(square_p(0.8, 201, 10000), 0.1);
   EXPECT_DOUBLE_EQ(square_p(0.8, 9000, 10000), 0.8 / 512);
   EXPECT_DOUBLE_EQ(square_p(0.8, 6, 5000), 0.4);  // scaled to the budget: 6/5000 is 12 of 10,000
+  // AutoAttack's setting: the paper's 10,000-iteration schedule whatever the budget, unless asked to rescale.
+  SquareConfig cfg;
+  EXPECT_EQ(cfg.schedule_iterations(), 10000);
+  cfg.rescale = true;
+  EXPECT_EQ(cfg.schedule_iterations(), 5000);
   EXPECT_EQ(square_side(0.8, 28, 28), 25);   // round(sqrt(0.8 * 784)) = round(25.04)
   EXPECT_EQ(square_side(0.4, 28, 28), 18);   // round(17.71)
   EXPECT_EQ(square_side(0.8 / 512, 28, 28), 1);
@@ -188,6 +193,57 @@ TEST(Square, SpendsEveryQueryOnAnEntryItCannotBreak) {
   EXPECT_EQ(spent, 4 * 37);
   EXPECT_EQ(backend.rows, 4 * 37);
   for (int e = 0; e < 4; ++e) EXPECT_FALSE(rec.broken[e]);
+}
+
+// Remembers how many pixels each forwarded row differs from the row before it in.
+class ChangeWatchingBackend : public testing_support::DelegatingBackend {
+ public:
+  void logit_backprop(const float* x, int n, const LogitGradient& f, float* g) override {
+    for (int i = 0; i < n; ++i) {
+      const float* row = x + static_cast<size_t>(i) * 784;
+      if (!last_.empty()) {
+        int changed = 0;
+        for (int q = 0; q < 784; ++q) changed += row[q] != last_[q];
+        changes.push_back(changed);
+      }
+      last_.assign(row, row + 784);
+    }
+    DelegatingBackend::logit_backprop(x, n, f, g);
+  }
+  std::vector<int> changes;
+
+ private:
+  std::vector<float> last_;
+};
+
+TEST(Square, UsesThePapersScheduleUnlessAskedToRescale) {
+  REQUIRE_MNIST();
+  // One entry the attack cannot break. Consecutive candidates differ only inside their two squares, so at most
+  // 2 s^2 pixels: over queries 4,501..4,600 of 5,000 the unscaled schedule has p = 0.8/128, s = 2 (up to 8),
+  // the rescaled one p = 0.8/512, s = 1 (up to 2).
+  Points p = first_test_points(1);
+  for (bool rescale : {false, true}) {
+    ChangeWatchingBackend backend;
+    backend.load_model(Model::load(kModel));
+    AttackSet set;
+    set.D = 784;
+    set.K = 10;
+    set.x0 = p.x;
+    set.label = p.y;
+    set.eps = {1e-4f};
+    set.point = {0};
+    AttackRecord rec;
+    rec.resize(1, 784);
+    SquareConfig cfg;
+    cfg.queries = 4601;
+    cfg.rescale = rescale;
+    run_square(backend, set, {0}, cfg, 28, 28, 1, rec);
+    ASSERT_EQ(backend.changes.size(), 4600u);
+    const int widest = *std::max_element(backend.changes.end() - 100, backend.changes.end());
+    if (rescale) EXPECT_LE(widest, 2);
+    else EXPECT_GT(widest, 2);
+    EXPECT_LE(widest, 8);
+  }
 }
 
 TEST(Cascade, NeverAttacksABrokenPointAndReportsConsistentCounts) {

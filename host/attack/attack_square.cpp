@@ -1,20 +1,21 @@
 // Square (Andriushchenko et al., ECCV 2020, "Square Attack: a query-efficient black-box adversarial attack via
-// random search"), L-inf, untargeted, from the paper: start from vertical stripes of +-eps, then at each iteration
-// set one random square of side s (shrinking with the p schedule) to a random +-eps and keep the change when the
-// margin z_y - max_{i != y} z_i falls. Forward passes only. Every entry draws its own square and sign from the
-// counter generator (the reference implementation draws one per iteration for the whole batch, so its results
-// depend on the batch).
+// random search"), untargeted: the shared random search (square_search.h) and the L-inf version, from the paper:
+// start from vertical stripes of +-eps, then at each iteration set one random square of side s (shrinking with the
+// p schedule) to a random +-eps. Forward passes only. Every entry draws its own squares and signs from the counter
+// generator (the reference implementation draws one per iteration for the whole batch, so its results depend on the
+// batch). The L2 version's proposal is in attack_square_l2.cpp.
 #include <algorithm>
 #include <cmath>
 
 #include "optimize_math.h"
 #include "attacks.h"
 #include "errors.h"
+#include "square_search.h"
 
 namespace nudge {
 
-double square_p(double p_init, int it, int queries) {
-  const int i = static_cast<int>(static_cast<double>(it) / queries * 10000);
+double square_p(double p_init, int it, int iterations) {
+  const int i = static_cast<int>(static_cast<double>(it) / iterations * 10000);
   static const int kAt[] = {10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000};
   double p = p_init;
   for (int at : kAt)
@@ -39,19 +40,52 @@ void margins(Backend& backend, const AttackSet& set, const std::vector<int>& ent
   }, nullptr);
 }
 
-long square_chunk(Backend& backend, const AttackSet& set, const std::vector<int>& e, const SquareConfig& cfg, int H,
-                  int W, uint64_t seed, int restart, AttackRecord& rec, const std::function<void(double)>& tick) {
-  const int D = set.D, m = static_cast<int>(e.size());
-  std::vector<float> best(static_cast<size_t>(m) * D), cand, margin_best, margin_new;
-  for (int l = 0; l < m; ++l) {
-    const float* x0 = set.x0.data() + static_cast<size_t>(e[l]) * D;
-    float* b = best.data() + static_cast<size_t>(l) * D;
-    const float eps = set.eps[e[l]];
+SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int H, int W, uint64_t seed, int restart) {
+  SquareProposal p;
+  auto draw = [&set, seed, restart](int e, uint32_t step, uint32_t j) {
+    return attack_uniform(seed, AttackId::Square, restart, set.point[e], set.eps[e], step, j);
+  };
+  p.start = [&set, H, W, draw](int e, float* b) {
+    const float* x0 = set.x0.data() + static_cast<size_t>(e) * set.D;
+    const float eps = set.eps[e];
     for (int w = 0; w < W; ++w) {
-      const float s = attack_uniform(seed, AttackId::Square, restart, set.point[e[l]], eps, 0, static_cast<uint32_t>(w)) < 0.5f ? -eps : eps;
+      const float s = draw(e, 0, static_cast<uint32_t>(w)) < 0.5f ? -eps : eps;
       for (int h = 0; h < H; ++h) b[h * W + w] = std::min(std::max(x0[h * W + w] + s, 0.0f), 1.0f);
     }
-  }
+  };
+  p.propose = [&set, &cfg, H, W, draw](int e, int it, const float* b, float* c) {
+    const float eps = set.eps[e];
+    const float* x0 = set.x0.data() + static_cast<size_t>(e) * set.D;
+    const int s = square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W);
+    std::copy_n(b, set.D, c);
+    const uint32_t step = static_cast<uint32_t>(it);
+    const int vh = std::min(H - s, static_cast<int>(draw(e, step, 0) * (H - s + 1)));
+    const int vw = std::min(W - s, static_cast<int>(draw(e, step, 1) * (W - s + 1)));
+    float sign = draw(e, step, 2) < 0.5f ? -1.0f : 1.0f;
+    // A square that changes nothing wastes a query: with one channel the only other choice is the other sign.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      bool changed = false;
+      for (int h = vh; h < vh + s; ++h)
+        for (int w = vw; w < vw + s; ++w) {
+          const int q = h * W + w;
+          c[q] = std::min(std::max(x0[q] + sign * eps, 0.0f), 1.0f);
+          changed |= c[q] != b[q];
+        }
+      if (changed) break;
+      sign = -sign;
+    }
+  };
+  return p;
+}
+
+}  // namespace
+
+long square_search(Backend& backend, const AttackSet& set, const std::vector<int>& e, const SquareConfig& cfg,
+                   int restart, AttackRecord& rec, const SquareProposal& proposal,
+                   const std::function<void(double)>& tick) {
+  const int D = set.D, m = static_cast<int>(e.size());
+  std::vector<float> best(static_cast<size_t>(m) * D), cand, margin_best, margin_new;
+  for (int l = 0; l < m; ++l) proposal.start(e[l], best.data() + static_cast<size_t>(l) * D);
   margins(backend, set, e, best, margin_best);
   long spent = m;
   std::vector<int> live;  // local indices still robust
@@ -68,34 +102,14 @@ long square_chunk(Backend& backend, const AttackSet& set, const std::vector<int>
   }
   std::vector<int> live_entries;
   for (int it = 1; it < cfg.queries && !live.empty(); ++it) {
-    const int s = square_side(square_p(cfg.p_init, it, cfg.queries), H, W);
+    if (proposal.begin_iteration) proposal.begin_iteration(it);
     const int n = static_cast<int>(live.size());
     cand.resize(static_cast<size_t>(n) * D);
     live_entries.resize(n);
     for (int i = 0; i < n; ++i) {
-      const int l = live[i], en = e[l];
-      const float eps = set.eps[en];
-      const float* x0 = set.x0.data() + static_cast<size_t>(en) * D;
-      const float* b = best.data() + static_cast<size_t>(l) * D;
-      float* c = cand.data() + static_cast<size_t>(i) * D;
-      std::copy_n(b, D, c);
-      live_entries[i] = en;
-      const uint32_t step = static_cast<uint32_t>(it);
-      const int vh = std::min(H - s, static_cast<int>(attack_uniform(seed, AttackId::Square, restart, set.point[en], eps, step, 0) * (H - s + 1)));
-      const int vw = std::min(W - s, static_cast<int>(attack_uniform(seed, AttackId::Square, restart, set.point[en], eps, step, 1) * (W - s + 1)));
-      float sign = attack_uniform(seed, AttackId::Square, restart, set.point[en], eps, step, 2) < 0.5f ? -1.0f : 1.0f;
-      // A square that changes nothing wastes a query: with one channel the only other choice is the other sign.
-      for (int attempt = 0; attempt < 2; ++attempt) {
-        bool changed = false;
-        for (int h = vh; h < vh + s; ++h)
-          for (int w = vw; w < vw + s; ++w) {
-            const int p = h * W + w;
-            c[p] = std::min(std::max(x0[p] + sign * eps, 0.0f), 1.0f);
-            changed |= c[p] != b[p];
-          }
-        if (changed) break;
-        sign = -sign;
-      }
+      live_entries[i] = e[live[i]];
+      proposal.propose(live_entries[i], it, best.data() + static_cast<size_t>(live[i]) * D,
+                       cand.data() + static_cast<size_t>(i) * D);
     }
     margins(backend, set, live_entries, cand, margin_new);
     spent += n;
@@ -115,15 +129,17 @@ long square_chunk(Backend& backend, const AttackSet& set, const std::vector<int>
   return spent;
 }
 
-}  // namespace
-
 long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const SquareConfig& cfg, int H,
                 int W, uint64_t seed, AttackRecord& rec, const AttackProgress& progress) {
-  if (set.norm != Norm::Linf) throw InputError("square: only the L-inf version is implemented (use --norm linf)");
   if (cfg.queries < 1) throw InputError("square needs at least one query");
   if (H < 2 || W < 2 || H * W != set.D) throw InputError("square needs single-channel images of at least 2x2 pixels");
+  if (set.norm == Norm::L2 && std::min(H, W) < kSquareL2MinSide)
+    throw InputError("square in L2 needs images of at least " + std::to_string(kSquareL2MinSide) + "x" +
+                     std::to_string(kSquareL2MinSide) + " pixels (its start is a grid of 5 x 5 bumps)");
   long spent = 0;
   for (int r = 0; r < cfg.restarts; ++r) {
+    const SquareProposal proposal =
+        set.norm == Norm::L2 ? square_l2_proposal(set, cfg, H, W, seed, r) : linf_proposal(set, cfg, H, W, seed, r);
     std::vector<int> live;
     for (int e : todo)
       if (!rec.broken[e]) live.push_back(e);
@@ -131,7 +147,7 @@ long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& 
     for (size_t b = 0; b < live.size(); b += static_cast<size_t>(cfg.chunk)) {
       const std::vector<int> part(live.begin() + b, live.begin() + std::min(live.size(), b + cfg.chunk));
       const double c = static_cast<double>(b / cfg.chunk);
-      spent += square_chunk(backend, set, part, cfg, H, W, seed, r, rec, [&](double f) {
+      spent += square_search(backend, set, part, cfg, r, rec, proposal, [&](double f) {
         if (progress) progress((r + (c + f) / chunks) / cfg.restarts);
       });
     }

@@ -94,19 +94,37 @@ float l2_plane_box_projection(const float* w, double c, const float* lo, const f
 long run_fab_targeted(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const FabConfig& cfg,
                       uint64_t seed, AttackRecord& rec, const AttackProgress& progress = {});
 
-// ---- Square (L-inf) ------------------------------------------------------------------------------------------------
+// ---- Square (L-inf and L2) -----------------------------------------------------------------------------------------
 struct SquareConfig {
   int queries = 5000;        // forward passes per entry, the initial one included
   double p_init = 0.8;       // fraction of the image the first squares cover
   int restarts = 1;
   int chunk = 4096;
+  // The p schedule is the paper's, laid out on 10,000 iterations, whatever the budget: AutoAttack runs it so
+  // (resc_schedule=False), and with 5,000 queries its squares end at p_init/128. `rescale` lays it over the query
+  // budget instead (the Square paper's rule for other budgets), which ends every run at p_init/512.
+  bool rescale = false;
+  int schedule_iterations() const { return rescale ? queries : 10000; }
 };
 
-// The fraction p of pixels a square covers at iteration `it` of `queries`: p_init halved at 10, 50, 200, 500, 1000,
-// 2000, 4000, 6000 and 8000 of 10,000 (the schedule scaled to the budget).
-double square_p(double p_init, int it, int queries);
-// The side of the square: round(sqrt(p * H * W)), at least 1 and at most H - 1.
+// The fraction p of pixels a square covers at iteration `it` (0-based: the first candidate after the start) of a
+// schedule of `iterations`: p_init halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000, scaled
+// to `iterations`.
+double square_p(double p_init, int it, int iterations);
+// The side of the L-inf square: round(sqrt(p * H * W)), at least 1 and at most H - 1.
 int square_side(double p, int H, int W);
+
+// L2. The side of its window: round(sqrt(p * H * W)), at least 3 and odd (the paper's rule, so that the window's
+// two halves each hold a centre row), at most min(H, W) - 1 (so that it has two positions to choose from).
+int square_l2_side(double p, int H, int W);
+// The smallest image side L2 Square accepts: its start is a grid of bumps of side min(H, W) / 5.
+constexpr int kSquareL2MinSide = 5;
+// The paper's centred "pseudo-Gaussian" bump on a rows x cols rectangle, unnormalised: the pixel at Chebyshev
+// distance d from the centre (rows/2, cols/2) is sum_{k=d}^{M-1} 1/(k+1)^2, M = max(rows/2, cols/2) + 1. Row-major.
+std::vector<double> square_bump(int rows, int cols);
+// The L2 update's pattern on an s x s window: the bump on the first s/2 rows, minus the bump on the other s - s/2,
+// scaled to unit L2 norm; transposed (halves left and right) when `transpose`. Row-major.
+std::vector<double> square_l2_pattern(int s, bool transpose);
 
 // Returns queries (forward passes) spent. H x W single-channel images.
 long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const SquareConfig& cfg,

@@ -23,7 +23,7 @@ struct RobustnessFlags {
   std::string split = "test", range, indices, eps = "0.3", norm = "linf", attacks = "standard";
   int count = 1000, apgd_iters = 100, fab_iters = 100, apgd_restarts = 1, targets = 9, square_queries = 5000, square_restarts = 1,
       chunk = 4096;
-  bool resume = false, quiet = false;
+  bool resume = false, quiet = false, square_rescale = false;
 };
 
 }  // namespace
@@ -49,6 +49,8 @@ Runner add_robustness_command(CLI::App& app) {
   cmd->add_option("--targets", f->targets, "APGD-T and FAB-T target classes (the most likely ones besides the label)")->capture_default_str()->check(CLI::Range(1, 1000));
   cmd->add_option("--square-queries", f->square_queries, "Square: forward passes per point")->capture_default_str()->check(CLI::Range(1, 100000000));
   cmd->add_option("--square-restarts", f->square_restarts, "Square restarts")->capture_default_str()->check(CLI::Range(1, 10000));
+  cmd->add_flag("--square-rescale", f->square_rescale,
+                "Square: lay the p schedule over --square-queries (default: the paper's 10,000 iterations, as AutoAttack)");
   cmd->add_option("--chunk", f->chunk, "points evaluated at once (memory; results do not depend on it); the journal keeps each chunk")->capture_default_str()->check(CLI::Range(1, kMaxInt));
   cmd->add_flag("--resume", f->resume, "continue the interrupted evaluation in --out from its journal (the same command)");
   cmd->add_flag("--quiet", f->quiet, "no progress bars");
@@ -57,8 +59,6 @@ Runner add_robustness_command(CLI::App& app) {
     cfg.eps = parse_float_list(f->eps, "--eps");
     cfg.norm = parse_norm(f->norm);
     cfg.attacks = parse_attack_list(f->attacks);
-    if (cfg.norm == Norm::L2 && std::find(cfg.attacks.begin(), cfg.attacks.end(), AttackId::Square) != cfg.attacks.end())
-      throw InputError("square is implemented for --norm linf only (--attacks apgd-ce,apgd-t,fab-t runs L2)");
     cfg.apgd_ce.iterations = cfg.apgd_t.iterations = cfg.apgd_dlr.iterations = f->apgd_iters;
     cfg.apgd_ce.restarts = cfg.apgd_t.restarts = cfg.apgd_dlr.restarts = f->apgd_restarts;
     cfg.apgd_ce.loss = ApgdLoss::Ce;
@@ -69,6 +69,7 @@ Runner add_robustness_command(CLI::App& app) {
     cfg.fab_t.targets = f->targets;
     cfg.square.queries = f->square_queries;
     cfg.square.restarts = f->square_restarts;
+    cfg.square.rescale = f->square_rescale;
     cfg.chunk = f->chunk;
     cfg.seed = o->seed;
     if (!f->range.empty() && !f->indices.empty()) throw InputError("give --indices or --range, not both");
@@ -100,7 +101,8 @@ Runner add_robustness_command(CLI::App& app) {
                      {"apgd_t_targets", f->targets}, {"square_queries", f->square_queries},
                      {"square_restarts", f->square_restarts}, {"fab_t_iterations", f->fab_iters},
                      {"fab_t", {{"alpha_max", cfg.fab_t.alpha_max}, {"eta", cfg.fab_t.eta}, {"beta", cfg.fab_t.beta}}},
-                     {"square_p_init", cfg.square.p_init}, {"apgd_rho", cfg.apgd_ce.rho},
+                     {"square_p_init", cfg.square.p_init},
+                     {"square_schedule_iterations", cfg.square.schedule_iterations()}, {"apgd_rho", cfg.apgd_ce.rho},
                      {"apgd_momentum", cfg.apgd_ce.momentum}};
     return run_robustness(run);
   };
