@@ -16,6 +16,7 @@
 #include "mnist.h"
 #include "model.h"
 #include "robustness.h"
+#include "square_search.h"
 
 namespace nudge {
 namespace {
@@ -30,6 +31,18 @@ TEST(SquareL2, WindowSideIsOddAtLeastThreeAndFits) {
   EXPECT_EQ(square_l2_side(1.0, 28, 28), 27);        // 28 -> 29 exceeds 27 = H - 1
   EXPECT_EQ(square_l2_side(1.0, 6, 6), 5);
   EXPECT_EQ(square_l2_side(1.0, 7, 7), 5);           // cap 6 is even: 5
+}
+
+TEST(Square, WindowCornersNeverTouchTheLastRowOrColumn) {
+  // 28 - 25 = 3 positions, 0, 1, 2 (AutoAttack's range), for either norm.
+  EXPECT_EQ(square_corner(0.0f, 28, 25), 0);
+  EXPECT_EQ(square_corner(0.34f, 28, 25), 1);
+  EXPECT_EQ(square_corner(0.99999994f, 28, 25), 2);
+  EXPECT_EQ(square_corner(0.99999994f, 28, 27), 0);
+  std::vector<int> seen(26, 0);
+  for (int i = 0; i < 2600; ++i) ++seen[square_corner((i + 0.5f) / 2600, 28, 3)];
+  for (int c = 0; c < 25; ++c) EXPECT_EQ(seen[c], 104) << "corner " << c;
+  EXPECT_EQ(seen[25], 0);
 }
 
 TEST(SquareL2, BumpFollowsTheRingFormula) {
@@ -58,7 +71,11 @@ TEST(SquareL2, PatternHasUnitNormAndOppositeHalves) {
         else EXPECT_LT(v, 0) << s << " " << i << " " << j;
         EXPECT_EQ(t[static_cast<size_t>(j) * s + i], v);
       }
-    // The lower half is the upper half's bump one row taller: the same shape, opposite sign, peak at its centre.
+    // Each half holds half the squared norm, although the lower one is a row taller for odd s.
+    double up2 = 0;
+    for (int q = 0; q < (s / 2) * s; ++q) up2 += p[q] * p[q];
+    EXPECT_NEAR(up2, 0.5, 1e-12) << "s = " << s;
+    // The lower half is the bump of its own rectangle, negated: the same shape, peak at its centre.
     const std::vector<double> down = square_bump(s - s / 2, s);
     const double ratio = p[static_cast<size_t>(s - 1) * s] / down[static_cast<size_t>(s - s / 2 - 1) * s];
     for (int i = s / 2; i < s; ++i)
@@ -187,10 +204,10 @@ TEST(SquareL2, ResultsDoNotDependOnChunks) {
   auto backend = make_cpu_backend();
   backend->load_model(Model::load(kModel));
   RobustnessConfig whole;
-  whole.eps = {1.5f, 2.5f};
+  whole.eps = {2.5f, 3.5f};
   whole.norm = Norm::L2;
   whole.attacks = {AttackId::Square};
-  whole.square.queries = 80;
+  whole.square.queries = 150;
   whole.seed = 3;
   whole.progress = false;
   const RobustnessResult a = evaluate_robustness(*backend, p.x.data(), p.y.data(), n, 28, 28, 10, whole);

@@ -25,7 +25,7 @@ double square_p(double p_init, int it, int iterations) {
 
 int square_side(double p, int H, int W) {
   const int s = static_cast<int>(std::lround(std::sqrt(p * H * W)));
-  return std::max(1, std::min(s, H - 1));
+  return std::max(1, std::min(s, std::min(H, W) - 1));
 }
 
 namespace {
@@ -59,8 +59,7 @@ SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int 
     const int s = square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W);
     std::copy_n(b, set.D, c);
     const uint32_t step = static_cast<uint32_t>(it);
-    const int vh = std::min(H - s, static_cast<int>(draw(e, step, 0) * (H - s + 1)));
-    const int vw = std::min(W - s, static_cast<int>(draw(e, step, 1) * (W - s + 1)));
+    const int vh = square_corner(draw(e, step, 0), H, s), vw = square_corner(draw(e, step, 1), W, s);
     float sign = draw(e, step, 2) < 0.5f ? -1.0f : 1.0f;
     // A square that changes nothing wastes a query: with one channel the only other choice is the other sign.
     for (int attempt = 0; attempt < 2; ++attempt) {

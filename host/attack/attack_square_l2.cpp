@@ -34,16 +34,28 @@ std::vector<double> square_bump(int rows, int cols) {
   return b;
 }
 
+namespace {
+
+void scale_to_unit_norm(std::vector<double>& v) {
+  double n2 = 0;
+  for (double x : v) n2 += x * x;
+  const double inv = 1.0 / std::sqrt(n2);
+  for (double& x : v) x *= inv;
+}
+
+}  // namespace
+
 std::vector<double> square_l2_pattern(int s, bool transpose) {
   const int top = s / 2;
-  const std::vector<double> up = square_bump(top, s), down = square_bump(s - top, s);
+  // Each half at unit norm first, so that the two carry equal mass although the lower one is a row taller (for odd
+  // s); the pattern moves mass across its midline, not toward its taller side.
+  std::vector<double> up = square_bump(top, s), down = square_bump(s - top, s);
+  scale_to_unit_norm(up);
+  scale_to_unit_norm(down);
   std::vector<double> p(static_cast<size_t>(s) * s);
   std::copy(up.begin(), up.end(), p.begin());
   std::transform(down.begin(), down.end(), p.begin() + up.size(), [](double v) { return -v; });
-  double n2 = 0;
-  for (double v : p) n2 += v * v;
-  const double inv = 1.0 / std::sqrt(n2);
-  for (double& v : p) v *= inv;
+  scale_to_unit_norm(p);
   if (transpose) {
     std::vector<double> t(p.size());
     for (int i = 0; i < s; ++i)
@@ -111,10 +123,8 @@ SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg,
     const float eps = set.eps[e];
     const float* x0 = set.x0.data() + static_cast<size_t>(e) * set.D;
     const uint32_t step = static_cast<uint32_t>(it);
-    auto position = [&](uint32_t j, int extent) {
-      return std::min(extent - s, static_cast<int>(draw(e, step, j) * (extent - s + 1)));
-    };
-    const int r1 = position(kRow1, H), c1 = position(kCol1, W), r2 = position(kRow2, H), c2 = position(kCol2, W);
+    const int r1 = square_corner(draw(e, step, kRow1), H, s), c1 = square_corner(draw(e, step, kCol1), W, s);
+    const int r2 = square_corner(draw(e, step, kRow2), H, s), c2 = square_corner(draw(e, step, kCol2), W, s);
     const double sign = draw(e, step, kSign) < 0.5f ? -1.0 : 1.0;
     const std::vector<double>& pat = windows->pattern[draw(e, step, kTranspose) < 0.5f ? 0 : 1];
     auto in1 = [&](int h, int w) { return h >= r1 && h < r1 + s && w >= c1 && w < c1 + s; };

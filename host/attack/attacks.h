@@ -111,7 +111,7 @@ struct SquareConfig {
 // schedule of `iterations`: p_init halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000, scaled
 // to `iterations`.
 double square_p(double p_init, int it, int iterations);
-// The side of the L-inf square: round(sqrt(p * H * W)), at least 1 and at most H - 1.
+// The side of the L-inf square: round(sqrt(p * H * W)), at least 1 and at most min(H, W) - 1.
 int square_side(double p, int H, int W);
 
 // L2. The side of its window: round(sqrt(p * H * W)), at least 3 and odd (the paper's rule, so that the window's
@@ -123,7 +123,8 @@ constexpr int kSquareL2MinSide = 5;
 // distance d from the centre (rows/2, cols/2) is sum_{k=d}^{M-1} 1/(k+1)^2, M = max(rows/2, cols/2) + 1. Row-major.
 std::vector<double> square_bump(int rows, int cols);
 // The L2 update's pattern on an s x s window: the bump on the first s/2 rows, minus the bump on the other s - s/2,
-// scaled to unit L2 norm; transposed (halves left and right) when `transpose`. Row-major.
+// each half scaled to unit L2 norm and then the whole (so each half holds norm 1/sqrt(2)); transposed (halves left
+// and right) when `transpose`. Row-major.
 std::vector<double> square_l2_pattern(int s, bool transpose);
 
 // Returns queries (forward passes) spent. H x W single-channel images.
