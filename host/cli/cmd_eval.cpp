@@ -132,7 +132,7 @@ Runner add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--sheet", *sheet, "with --nondigits: a PNG of each family's first 10 images and their classes");
   return [=]() {
-    const Model model = load_model_file(o->model);
+    const Model model = load_inference_model(o->model);
     if (!nondigits->empty()) return eval_nondigits(model, *o, *nondigits, *count, *fashion, *json, *sheet);
     const Dataset data = load_dataset(o->data, *split);
     check_model_fits(model, o->model, data.rows, data.cols, 10);

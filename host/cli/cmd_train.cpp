@@ -248,6 +248,7 @@ Runner add_train_command(CLI::App& app) {
     }
     // After the checks above, so that a refused resume says only why.
     auto backend = make_backend(o->device);
+    if (const std::string why = backend->training_refusal(a); !why.empty()) throw InputError(why);
     if (hooks.resume) {
       std::fprintf(stderr, "nudge train: resuming from %s after epoch %d of %d\n", ckpt.c_str(),
                    resumed.progress.epoch, opt.epochs);
