@@ -28,6 +28,7 @@
 #include "mnist.h"
 #include "model.h"
 #include "model_file.h"
+#include "model_fold.h"
 #include "onnx_model.h"
 
 #ifdef NUDGE_HAVE_ONNX
@@ -92,8 +93,12 @@ TEST(Onnx, PyTorchExportsGiveTorchsLogits) {
     const int n = static_cast<int>(x.size() / m.arch.input.size());
     ASSERT_EQ(n, 8);
     ASSERT_EQ(torch.size(), static_cast<size_t>(n) * m.arch.num_classes());
-    const auto got = cpu_logits(m, x, n);
+    // The inference form every command runs (bn folded), and the unfolded network in eval mode.
+    const auto got = cpu_logits(fold_for_inference(m), x, n);
+    const auto unfolded = cpu_logits(m, x, n);
     for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_LE(std::fabs(static_cast<double>(unfolded[i]) - torch[i]), kLogitAtol + kLogitRtol * std::fabs(torch[i]))
+          << "logit " << i << " of the unfolded network: nudge " << unfolded[i] << ", torch " << torch[i];
       const double d = std::fabs(static_cast<double>(got[i]) - torch[i]);
       worst = std::max(worst, d / (1 + std::fabs(torch[i])));
       ASSERT_LE(d, kLogitAtol + kLogitRtol * std::fabs(torch[i])) << "logit " << i << ": nudge " << got[i] << ", torch " << torch[i];
@@ -103,12 +108,13 @@ TEST(Onnx, PyTorchExportsGiveTorchsLogits) {
 }
 
 // What the importer made of each PyTorch graph, spelled as nudge's grammar: padding, stride, the overlapping max-pool,
-// average pooling, the folded batch norms (no layer of their own), the dropped softmax, the Reshape chain.
+// average pooling, the batch norms as bn layers (trainable by nudge train --init; inference folds them, so the
+// folded architecture is the one without them), the dropped softmax, the Reshape chain.
 TEST(Onnx, PyTorchExportsReadAsTheirArchitectures) {
   REQUIRE_ONNX();
   const std::pair<const char*, const char*> cases[] = {
-      {"padded_bn", "1x28x28:conv8k3p1,relu,pool2,conv16k3p1,relu,pool2,flatten,dense32,relu,dense10"},
-      {"padded_bn_unfused", "1x28x28:conv8k3p1,relu,pool2,conv16k3p1,relu,pool2,flatten,dense32,relu,dense10"},
+      {"padded_bn", "1x28x28:conv8k3p1,relu,pool2,conv16k3p1,relu,pool2,flatten,dense32,bn,relu,dense10"},
+      {"padded_bn_unfused", "1x28x28:conv8k3p1,bn,relu,pool2,conv16k3p1,bn,relu,pool2,flatten,dense32,bn,relu,dense10"},
       {"fastat_stride2", "1x28x28:conv16k4s2p1,relu,conv32k4s2p1,relu,flatten,dense32,relu,dense10"},
       {"pool_variants", "1x28x28:conv8k5,relu,pool3s2p1,conv8k3p1,relu,avgpool2,flatten,dense10"},
       {"pool_variants_shape_chain", "1x28x28:conv8k5,relu,pool3s2p1,conv8k3p1,relu,avgpool2,flatten,dense10"},
@@ -121,6 +127,10 @@ TEST(Onnx, PyTorchExportsReadAsTheirArchitectures) {
     const Model m = load_model_file(kFixtures + name + ".onnx");
     EXPECT_EQ(m.arch.to_string(), arch);
     EXPECT_NE(m.metadata.at("nudge.source").find("onnx from pytorch"), std::string::npos);
+    std::string folded = arch;
+    for (size_t at; (at = folded.find(",bn")) != std::string::npos;) folded.erase(at, 3);
+    EXPECT_EQ(fold_for_inference(m).arch.to_string(), folded);
+    EXPECT_EQ(load_inference_model(kFixtures + name + ".onnx").arch.to_string(), folded);
   }
   EXPECT_NE(load_model_file(kFixtures + "pool_variants.onnx").metadata.at("nudge.source").find("final softmax dropped"),
             std::string::npos);
