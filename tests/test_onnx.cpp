@@ -30,6 +30,7 @@
 #include "model_file.h"
 #include "model_fold.h"
 #include "onnx_model.h"
+#include "reference_math.h"
 
 #ifdef NUDGE_HAVE_ONNX
 #include <onnx/checker.h>
@@ -200,6 +201,10 @@ TEST(Onnx, ExportIsCheckedAndReadsBackBitIdentical) {
                            "3x9x7:conv4k2,pool3,relu,conv2k1s2,relu,flatten,dense6,relu,dense3",
                            "1x28x28:flatten,dense10"})
     models.emplace_back(arch, Model::glorot(Architecture::parse(arch), 7));
+  // bn (running statistics away from the identity) and dropout: BatchNormalization and Dropout nodes with the ratio.
+  for (const char* arch : {"1x28x28:conv8k3p1,bn,relu,pool2,dropout0.25,flatten,dense16,bn,relu,dropout0.5,dense10",
+                           "1x28x28:dropout0.125,flatten,dense12,bn,dense10"})
+    models.emplace_back(arch, ref::random_model(Architecture::parse(arch), 8));
   for (const auto& [name, m] : models) {
     SCOPED_TRACE(name);
     const std::string bytes = model_to_onnx(m);
@@ -428,6 +433,17 @@ TEST(Onnx, CommandsReadAndWriteOnnx) {
   r = box.run({"train", "--init", kFixtures + "fastat_stride2.onnx", "--arch", "1x28x28:flatten,dense10", "--data", data,
                "--out", box.path("x.safetensors")});
   EXPECT_EQ(r.code, 2) << r.err;
+  // A PyTorch model with batch norm, fine-tuned: its bn layers train and stay in the file; eval runs it folded and
+  // gets the accuracy its ONNX export gets.
+  r = box.run({"train", "--init", kFixtures + "padded_bn_unfused.onnx", "--data", data, "--device", "cpu", "--limit",
+               "200", "--epochs", "1", "--out", box.path("bn_tuned.safetensors")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Model bn_tuned = Model::load(box.path("bn_tuned.safetensors"));
+  EXPECT_EQ(bn_tuned.arch.to_string(), load_model_file(kFixtures + "padded_bn_unfused.onnx").arch.to_string());
+  r = box.run({"export", "--model", box.path("bn_tuned.safetensors"), "--onnx", box.path("bn_tuned.onnx")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_same_model(bn_tuned, load_model_file(box.path("bn_tuned.onnx")));
+  EXPECT_EQ(eval_of(box.path("bn_tuned.safetensors")), eval_of(box.path("bn_tuned.onnx")));
 
   r = box.run({"eval", "--model", kFixtures + "hostile/conv_group.onnx", "--data", data});
   EXPECT_EQ(r.code, 2);
