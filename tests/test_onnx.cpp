@@ -269,6 +269,50 @@ onnx::TensorProto* initializer(onnx::ModelProto& p, const std::string& name) {
   return nullptr;
 }
 
+// BatchNormalization and Dropout nodes as nudge reads them, each graph a nudge export changed in one thing.
+TEST(Onnx, BatchNormAndDropoutNodesBecomeLayersOrAreRefused) {
+  const Model m = ref::random_model(Architecture::parse("1x6x6:conv2k3,bn,relu,dropout0.5,flatten,dense3"), 30);
+  auto proto = [&] {
+    onnx::ModelProto p;
+    p.ParseFromString(model_to_onnx(m));
+    return p;
+  };
+  auto node = [](onnx::ModelProto& p, const std::string& op) {
+    for (auto& n : *p.mutable_graph()->mutable_node())
+      if (n.op_type() == op) return &n;
+    return static_cast<onnx::NodeProto*>(nullptr);
+  };
+  {  // another epsilon goes into the variance: var + eps = var' + 1e-5
+    auto p = proto();
+    onnx::NodeProto* bn = node(p, "BatchNormalization");
+    for (auto& a : *bn->mutable_attribute())
+      if (a.name() == "epsilon") a.set_f(1e-3f);
+    const Model back = model_from_onnx(bytes_of(p), "eps.onnx");
+    for (int c = 0; c < 2; ++c)
+      EXPECT_EQ(back.params[5].data[c], static_cast<float>(static_cast<double>(m.params[5].data[c]) + 1e-3f - 1e-5));
+  }
+  {  // a ratio of 0 is no layer; a ratio of 1 or a training_mode of true is refused
+    auto p = proto();
+    initializer(p, node(p, "Dropout")->input(1))->mutable_raw_data()->assign(4, '\0');
+    EXPECT_EQ(model_from_onnx(bytes_of(p), "r0.onnx").arch.to_string(), "1x6x6:conv2k3,bn,relu,flatten,dense3");
+    const float one = 1.0f;
+    initializer(p, node(p, "Dropout")->input(1))->mutable_raw_data()->assign(reinterpret_cast<const char*>(&one), 4);
+    EXPECT_NE(refusal_of(bytes_of(p)).find("ratio 1.000000 is not in [0, 1)"), std::string::npos) << refusal_of(bytes_of(p));
+  }
+  {  // a Dropout between the Conv and its BatchNormalization
+    auto p = proto();
+    onnx::NodeProto* bn = node(p, "BatchNormalization");
+    auto* d = p.mutable_graph()->add_node();
+    d->set_op_type("Dropout");
+    d->set_name("early_dropout");
+    d->add_input(bn->input(0));
+    d->add_output("dropped");
+    bn->set_input(0, "dropped");
+    EXPECT_NE(refusal_of(bytes_of(p)).find("(BatchNormalization): follows a Dropout"), std::string::npos)
+        << refusal_of(bytes_of(p));
+  }
+}
+
 TEST(Onnx, ConstructedHostileGraphsAreRefused) {
   {  // dims claiming 2^40 floats: refused from the dims, before anything is allocated
     auto p = valid_proto();

@@ -430,10 +430,10 @@ void Importer::batch_norm(int i, const std::string& cur) {
   require_inputs(i, 5, 5);
   if (onnx_io::int_attribute(n, "training_mode", 0, who) != 0)
     refuse_node(i, "attribute 'training_mode' = 1 (batch statistics); export the model in eval mode");
+  if (!b_.tokens.empty() && b_.tokens.back().rfind("dropout", 0) == 0)
+    refuse_node(i, "follows a Dropout; nudge's bn comes directly after its Conv, Gemm or MatMul");
   if (b_.param_output != cur)
     refuse_node(i, "does not directly follow a Conv, Gemm or MatMul; nudge folds batch normalisation into the layer before it");
-  if (b_.tokens.back().rfind("dropout", 0) == 0)
-    refuse_node(i, "follows a Dropout; nudge's bn comes directly after its Conv, Gemm or MatMul");
   const int C = b_.cur.c;
   const char* roles[4] = {"scale", "B", "mean", "var"};
   std::vector<Tensor> p;
