@@ -212,7 +212,6 @@ void CudaNetwork::backward(const std::vector<const float*>& params, const float*
       case LayerKind::BatchNorm:
       case LayerKind::Dropout: break;  // refused by the constructor
     }
-    }
     if (!need_dx) break;
     dy = d;
     which ^= 1;
