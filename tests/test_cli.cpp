@@ -357,5 +357,32 @@ TEST(Cli, TrainOneEpochWritesALoadableModel) {
   EXPECT_NE(slurp(box.path("models/m.train.json")).find("\"epochs\""), std::string::npos);
 }
 
+// A model with bn and dropout: nudge train keeps them in the file; eval reports the file's architecture and the
+// folded one it runs; predict agrees with eval's model. The bad uses exit 2 naming the token or the option.
+TEST(Cli, TrainAndEvalABatchNormModel) {
+  REQUIRE_MNIST();
+  Sandbox box;
+  const char* arch = "1x28x28:conv4k3,bn,relu,pool2,flatten,dense16,bn,relu,dropout0.5,dense10";
+  const RunOutput r = box.run({"train", "--data", kMnist, "--arch", arch, "--epochs", "1", "--limit", "300",
+                               "--device", "cpu", "--out", box.path("bn.safetensors")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Model::load(box.path("bn.safetensors")).arch.to_string(), arch);
+  const RunOutput e = box.run({"eval", "--model", box.path("bn.safetensors"), "--data", kMnist, "--limit", "100"});
+  ASSERT_EQ(e.code, 0) << e.err;
+  EXPECT_NE(e.out.find(std::string("architecture: ") + arch), std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("runs as: 1x28x28:conv4k3,relu,pool2,flatten,dense16,relu,dense10 (bn folded"), std::string::npos)
+      << e.out;
+  write_gray_png(box.path("digit.png"), 28);
+  EXPECT_EQ(box.run({"predict", "--model", box.path("bn.safetensors"), "digit.png"}).code, 0);
+
+  expect_usage_error(box, {"train", "--data", kMnist, "--arch", "1x28x28:conv4k3,relu,bn,flatten,dense10", "--limit", "10",
+                           "--out", box.path("x.safetensors")}, "'bn' must come right after a conv or dense layer");
+  expect_usage_error(box, {"train", "--data", kMnist, "--arch", "1x28x28:conv4k3,flatten,dropout1.5,dense10", "--limit",
+                           "10", "--out", box.path("x.safetensors")}, "'dropout1.5' should be dropoutP");
+  expect_usage_error(box, {"train", "--data", kMnist, "--arch", arch, "--limit", "40", "--device", "cpu", "--adversarial",
+                           "trades", "--check-count", "0", "--out", box.path("x.safetensors")},
+                     "--adversarial trades cannot train a model with bn layers");
+}
+
 }  // namespace
 }  // namespace nudge

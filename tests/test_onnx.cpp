@@ -28,7 +28,9 @@
 #include "mnist.h"
 #include "model.h"
 #include "model_file.h"
+#include "model_fold.h"
 #include "onnx_model.h"
+#include "reference_math.h"
 
 #ifdef NUDGE_HAVE_ONNX
 #include <onnx/checker.h>
@@ -92,8 +94,12 @@ TEST(Onnx, PyTorchExportsGiveTorchsLogits) {
     const int n = static_cast<int>(x.size() / m.arch.input.size());
     ASSERT_EQ(n, 8);
     ASSERT_EQ(torch.size(), static_cast<size_t>(n) * m.arch.num_classes());
-    const auto got = cpu_logits(m, x, n);
+    // The inference form every command runs (bn folded), and the unfolded network in eval mode.
+    const auto got = cpu_logits(fold_for_inference(m), x, n);
+    const auto unfolded = cpu_logits(m, x, n);
     for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_LE(std::fabs(static_cast<double>(unfolded[i]) - torch[i]), kLogitAtol + kLogitRtol * std::fabs(torch[i]))
+          << "logit " << i << " of the unfolded network: nudge " << unfolded[i] << ", torch " << torch[i];
       const double d = std::fabs(static_cast<double>(got[i]) - torch[i]);
       worst = std::max(worst, d / (1 + std::fabs(torch[i])));
       ASSERT_LE(d, kLogitAtol + kLogitRtol * std::fabs(torch[i])) << "logit " << i << ": nudge " << got[i] << ", torch " << torch[i];
@@ -103,12 +109,13 @@ TEST(Onnx, PyTorchExportsGiveTorchsLogits) {
 }
 
 // What the importer made of each PyTorch graph, spelled as nudge's grammar: padding, stride, the overlapping max-pool,
-// average pooling, the folded batch norms (no layer of their own), the dropped softmax, the Reshape chain.
+// average pooling, the batch norms as bn layers (trainable by nudge train --init; inference folds them, so the
+// folded architecture is the one without them), the dropped softmax, the Reshape chain.
 TEST(Onnx, PyTorchExportsReadAsTheirArchitectures) {
   REQUIRE_ONNX();
   const std::pair<const char*, const char*> cases[] = {
-      {"padded_bn", "1x28x28:conv8k3p1,relu,pool2,conv16k3p1,relu,pool2,flatten,dense32,relu,dense10"},
-      {"padded_bn_unfused", "1x28x28:conv8k3p1,relu,pool2,conv16k3p1,relu,pool2,flatten,dense32,relu,dense10"},
+      {"padded_bn", "1x28x28:conv8k3p1,relu,pool2,conv16k3p1,relu,pool2,flatten,dense32,bn,relu,dense10"},
+      {"padded_bn_unfused", "1x28x28:conv8k3p1,bn,relu,pool2,conv16k3p1,bn,relu,pool2,flatten,dense32,bn,relu,dense10"},
       {"fastat_stride2", "1x28x28:conv16k4s2p1,relu,conv32k4s2p1,relu,flatten,dense32,relu,dense10"},
       {"pool_variants", "1x28x28:conv8k5,relu,pool3s2p1,conv8k3p1,relu,avgpool2,flatten,dense10"},
       {"pool_variants_shape_chain", "1x28x28:conv8k5,relu,pool3s2p1,conv8k3p1,relu,avgpool2,flatten,dense10"},
@@ -121,6 +128,10 @@ TEST(Onnx, PyTorchExportsReadAsTheirArchitectures) {
     const Model m = load_model_file(kFixtures + name + ".onnx");
     EXPECT_EQ(m.arch.to_string(), arch);
     EXPECT_NE(m.metadata.at("nudge.source").find("onnx from pytorch"), std::string::npos);
+    std::string folded = arch;
+    for (size_t at; (at = folded.find(",bn")) != std::string::npos;) folded.erase(at, 3);
+    EXPECT_EQ(fold_for_inference(m).arch.to_string(), folded);
+    EXPECT_EQ(load_inference_model(kFixtures + name + ".onnx").arch.to_string(), folded);
   }
   EXPECT_NE(load_model_file(kFixtures + "pool_variants.onnx").metadata.at("nudge.source").find("final softmax dropped"),
             std::string::npos);
@@ -190,6 +201,10 @@ TEST(Onnx, ExportIsCheckedAndReadsBackBitIdentical) {
                            "3x9x7:conv4k2,pool3,relu,conv2k1s2,relu,flatten,dense6,relu,dense3",
                            "1x28x28:flatten,dense10"})
     models.emplace_back(arch, Model::glorot(Architecture::parse(arch), 7));
+  // bn (running statistics away from the identity) and dropout: BatchNormalization and Dropout nodes with the ratio.
+  for (const char* arch : {"1x28x28:conv8k3p1,bn,relu,pool2,dropout0.25,flatten,dense16,bn,relu,dropout0.5,dense10",
+                           "1x28x28:dropout0.125,flatten,dense12,bn,dense10"})
+    models.emplace_back(arch, ref::random_model(Architecture::parse(arch), 8));
   for (const auto& [name, m] : models) {
     SCOPED_TRACE(name);
     const std::string bytes = model_to_onnx(m);
@@ -252,6 +267,50 @@ onnx::TensorProto* initializer(onnx::ModelProto& p, const std::string& name) {
   for (auto& t : *p.mutable_graph()->mutable_initializer())
     if (t.name() == name) return &t;
   return nullptr;
+}
+
+// BatchNormalization and Dropout nodes as nudge reads them, each graph a nudge export changed in one thing.
+TEST(Onnx, BatchNormAndDropoutNodesBecomeLayersOrAreRefused) {
+  const Model m = ref::random_model(Architecture::parse("1x6x6:conv2k3,bn,relu,dropout0.5,flatten,dense3"), 30);
+  auto proto = [&] {
+    onnx::ModelProto p;
+    p.ParseFromString(model_to_onnx(m));
+    return p;
+  };
+  auto node = [](onnx::ModelProto& p, const std::string& op) {
+    for (auto& n : *p.mutable_graph()->mutable_node())
+      if (n.op_type() == op) return &n;
+    return static_cast<onnx::NodeProto*>(nullptr);
+  };
+  {  // another epsilon goes into the variance: var + eps = var' + 1e-5
+    auto p = proto();
+    onnx::NodeProto* bn = node(p, "BatchNormalization");
+    for (auto& a : *bn->mutable_attribute())
+      if (a.name() == "epsilon") a.set_f(1e-3f);
+    const Model back = model_from_onnx(bytes_of(p), "eps.onnx");
+    for (int c = 0; c < 2; ++c)
+      EXPECT_EQ(back.params[5].data[c], static_cast<float>(static_cast<double>(m.params[5].data[c]) + 1e-3f - 1e-5));
+  }
+  {  // a ratio of 0 is no layer; a ratio of 1 or a training_mode of true is refused
+    auto p = proto();
+    initializer(p, node(p, "Dropout")->input(1))->mutable_raw_data()->assign(4, '\0');
+    EXPECT_EQ(model_from_onnx(bytes_of(p), "r0.onnx").arch.to_string(), "1x6x6:conv2k3,bn,relu,flatten,dense3");
+    const float one = 1.0f;
+    initializer(p, node(p, "Dropout")->input(1))->mutable_raw_data()->assign(reinterpret_cast<const char*>(&one), 4);
+    EXPECT_NE(refusal_of(bytes_of(p)).find("ratio 1.000000 is not in [0, 1)"), std::string::npos) << refusal_of(bytes_of(p));
+  }
+  {  // a Dropout between the Conv and its BatchNormalization
+    auto p = proto();
+    onnx::NodeProto* bn = node(p, "BatchNormalization");
+    auto* d = p.mutable_graph()->add_node();
+    d->set_op_type("Dropout");
+    d->set_name("early_dropout");
+    d->add_input(bn->input(0));
+    d->add_output("dropped");
+    bn->set_input(0, "dropped");
+    EXPECT_NE(refusal_of(bytes_of(p)).find("(BatchNormalization): follows a Dropout"), std::string::npos)
+        << refusal_of(bytes_of(p));
+  }
 }
 
 TEST(Onnx, ConstructedHostileGraphsAreRefused) {
@@ -418,6 +477,17 @@ TEST(Onnx, CommandsReadAndWriteOnnx) {
   r = box.run({"train", "--init", kFixtures + "fastat_stride2.onnx", "--arch", "1x28x28:flatten,dense10", "--data", data,
                "--out", box.path("x.safetensors")});
   EXPECT_EQ(r.code, 2) << r.err;
+  // A PyTorch model with batch norm, fine-tuned: its bn layers train and stay in the file; eval runs it folded and
+  // gets the accuracy its ONNX export gets.
+  r = box.run({"train", "--init", kFixtures + "padded_bn_unfused.onnx", "--data", data, "--device", "cpu", "--limit",
+               "200", "--epochs", "1", "--out", box.path("bn_tuned.safetensors")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Model bn_tuned = Model::load(box.path("bn_tuned.safetensors"));
+  EXPECT_EQ(bn_tuned.arch.to_string(), load_model_file(kFixtures + "padded_bn_unfused.onnx").arch.to_string());
+  r = box.run({"export", "--model", box.path("bn_tuned.safetensors"), "--onnx", box.path("bn_tuned.onnx")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_same_model(bn_tuned, load_model_file(box.path("bn_tuned.onnx")));
+  EXPECT_EQ(eval_of(box.path("bn_tuned.safetensors")), eval_of(box.path("bn_tuned.onnx")));
 
   r = box.run({"eval", "--model", kFixtures + "hostile/conv_group.onnx", "--data", data});
   EXPECT_EQ(r.code, 2);

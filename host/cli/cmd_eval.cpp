@@ -11,6 +11,7 @@
 #include "evaluate.h"
 #include "errors.h"
 #include "model_file.h"
+#include "model_fold.h"
 #include "make_backend.h"
 #include "model_loading.h"
 #include "contact_sheet.h"
@@ -132,7 +133,10 @@ Runner add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--sheet", *sheet, "with --nondigits: a PNG of each family's first 10 images and their classes");
   return [=]() {
-    const Model model = load_model_file(o->model);
+    // The file's architecture is reported; what runs is its inference form (bn folded, dropout dropped).
+    const Model written = load_model_file(o->model);
+    const Model model = fold_for_inference(written);
+    const bool folded = written.arch.has_training_layers();
     if (!nondigits->empty()) return eval_nondigits(model, *o, *nondigits, *count, *fashion, *json, *sheet);
     const Dataset data = load_dataset(o->data, *split);
     check_model_fits(model, o->model, data.rows, data.cols, 10);
@@ -143,7 +147,8 @@ Runner add_eval_command(CLI::App& app) {
     if (*json) {
       nlohmann::json j;
       j["model"] = o->model;
-      j["architecture"] = model.arch.to_string();
+      j["architecture"] = written.arch.to_string();
+      if (folded) j["inference_architecture"] = model.arch.to_string();
       if (const auto src = model.metadata.find("nudge.source"); src != model.metadata.end()) j["source"] = src->second;
       j["split"] = *split;
       j["device"] = backend->name();
@@ -167,7 +172,8 @@ Runner add_eval_command(CLI::App& app) {
     }
     std::printf("%s on %s split (%d images, %s): accuracy %.2f%% (%d/%d), %.0f images/s\n", o->model.c_str(),
                 split->c_str(), r.count, backend->name().c_str(), 100 * r.accuracy(), r.correct, r.count, ips);
-    std::printf("architecture: %s\n", model.arch.to_string().c_str());
+    std::printf("architecture: %s\n", written.arch.to_string().c_str());
+    if (folded) std::printf("runs as: %s (bn folded into the layer before it, dropout dropped)\n", model.arch.to_string().c_str());
     if (const auto src = model.metadata.find("nudge.source"); src != model.metadata.end())
       std::printf("source: %s\n", src->second.c_str());
     const auto recipe = model.metadata.find("nudge.recipe");

@@ -30,7 +30,7 @@ Runner add_predict_command(CLI::App& app) {
   cmd->add_flag("--json", *json, "print one JSON object per image, one per line");
   return [=]() {
     if (files->empty() && indices->empty()) throw InputError("predict needs image files or --index N");
-    const Model model = load_model_file(o->model);
+    const Model model = load_inference_model(o->model);
     const int H = model.arch.input.h, W = model.arch.input.w, D = model.arch.input.size();
     const int K = model.arch.num_classes();
     std::vector<std::string> names;

@@ -248,6 +248,7 @@ Runner add_train_command(CLI::App& app) {
     }
     // After the checks above, so that a refused resume says only why.
     auto backend = make_backend(o->device);
+    if (const std::string why = backend->training_refusal(a); !why.empty()) throw InputError(why);
     if (hooks.resume) {
       std::fprintf(stderr, "nudge train: resuming from %s after epoch %d of %d\n", ckpt.c_str(),
                    resumed.progress.epoch, opt.epochs);
@@ -260,6 +261,7 @@ Runner add_train_command(CLI::App& app) {
                    "after its first epoch (add --resume to continue that run instead)\n", ckpt.c_str());
     }
     const int images = std::min(t->limit ? t->limit : train.count, train.count - (opt.adv.method == AdvMethod::None ? 0 : opt.adv.check_count));
+    check_trainable_with_batch_norm(a, opt, images, opt.open_set_per_batch);  // before the run's banner
     std::fprintf(stderr, "nudge train: %s, %d params, %d images x %d epochs, batch %d, %s, on %s\n", a.to_string().c_str(),
                  static_cast<int>(a.param_count()), images, t->epochs, t->batch,
                  opt.adv.method == AdvMethod::None ? "standard training"

@@ -116,7 +116,7 @@ Runner add_visualize_command(CLI::App& app) {
           throw InputError("the judge " + run.judge + " is also an optimized-against model (" + m + ")");
 
     // The primary model fixes the image shape and the class count (run_job checks the others against it).
-    const Model primary = load_model_file(run.models.front());
+    const Model primary = load_inference_model(run.models.front());
     if (primary.arch.input.c != 1) throw InputError("visualize draws 1-channel images; " + run.models.front() +
                                                     " takes " + std::to_string(primary.arch.input.c) + " channels");
     const int H = primary.arch.input.h, W = primary.arch.input.w, C = primary.arch.num_classes();

@@ -32,14 +32,14 @@ std::vector<Backend*> LoadedJob::ensemble() const {
 void load_job_inputs(const JobRun& run, LoadedJob& j) {
   const OptimizeJob& job = run.job;
   if (run.models.empty()) throw InputError("no --model given");
-  for (const std::string& path : run.models) j.models.push_back(load_model_file(path));
+  for (const std::string& path : run.models) j.models.push_back(load_inference_model(path));
   const Model& primary = j.models.front();
   j.K = primary.arch.num_classes();
   for (size_t i = 1; i < j.models.size(); ++i)
     if (!(j.models[i].arch.input == primary.arch.input) || j.models[i].arch.num_classes() != j.K)
       throw InputError(run.models[i] + " does not take the same inputs and classes as " + run.models[0]);
   if (!run.judge.empty()) {
-    j.judge_model = std::make_unique<Model>(load_model_file(run.judge));
+    j.judge_model = std::make_unique<Model>(load_inference_model(run.judge));
     // The judge may know fewer classes than the model, its first ones under the same names (a 10-class judge of an
     // open-set model's digits); rows toward the others are not judged.
     const std::vector<std::string> judge_names = class_names(*j.judge_model), names = class_names(primary);

@@ -55,7 +55,7 @@ struct Loaded {
 };
 
 void load(const RobustnessRun& run, Loaded& l) {
-  l.model = std::make_unique<Model>(load_model_file(run.model));
+  l.model = std::make_unique<Model>(load_inference_model(run.model));
   l.data = std::make_unique<Dataset>(load_dataset(run.data, run.split));
   check_model_fits(*l.model, run.model, l.data->rows, l.data->cols, 10);
   l.K = l.model->arch.num_classes();

@@ -57,6 +57,18 @@ Suffixes parse_suffixes(const std::string& t, const std::string& allowed) {
   return r;
 }
 
+// "0.25" -> 250000: a decimal in [0,1) as "0." and 1 to 6 digits, in millionths; -1 for any other spelling (so that
+// every accepted P prints back as it was read, less trailing zeros).
+int parse_probability_ppm(const std::string& s) {
+  if (s.size() < 3 || s.size() > 8 || s.compare(0, 2, "0.") != 0) return -1;
+  int ppm = 0;
+  for (size_t i = 2; i < 8; ++i) {
+    if (i < s.size() && !std::isdigit(static_cast<unsigned char>(s[i]))) return -1;
+    ppm = ppm * 10 + (i < s.size() ? s[i] - '0' : 0);
+  }
+  return ppm;
+}
+
 // Refuses a layer whose output or weights exceed the caps in architecture.h, before anything is sized from it.
 void check_layer_size(const std::string& text, const std::string& tok, const Shape3& out, int64_t weights) {
   if (out.size() > kMaxLayerElements)
@@ -92,14 +104,32 @@ Architecture Architecture::parse(const std::string& text) {
   }
   Shape3 cur = a.input;
   bool flat = false;
-  int convs = 0, denses = 0;
+  int convs = 0, denses = 0, bns = 0;
+  std::string prev_tok;
   std::istringstream ss(text.substr(colon + 1));
   std::string tok;
   while (std::getline(ss, tok, ',')) {
     if (a.layers.size() == kMaxLayers) bad(text, "more than " + std::to_string(kMaxLayers) + " layers");
     LayerSpec l{};
     l.in = cur;
-    if (tok == "relu") {
+    if (tok == "bn") {
+      // Only where inference can fold it into the layer before (model_fold.h), which is also where PyTorch models put it.
+      const bool after_param_layer = !a.layers.empty() && (a.layers.back().kind == LayerKind::Conv ||
+                                                             a.layers.back().kind == LayerKind::Dense);
+      if (!after_param_layer)
+        bad(text, "'bn' must come right after a conv or dense layer (it is folded into that layer for inference)" +
+                      (prev_tok.empty() ? std::string("; here it is the first layer") : "; here it follows '" + prev_tok + "'"));
+      l.kind = LayerKind::BatchNorm;
+      l.out = cur;
+      l.name = "bn" + std::to_string(++bns);
+    } else if (tok.rfind("dropout", 0) == 0) {
+      l.kind = LayerKind::Dropout;
+      l.out = cur;
+      l.drop_ppm = parse_probability_ppm(tok.substr(7));
+      if (l.drop_ppm <= 0 || l.drop_ppm >= 1000000)
+        bad(text, "'" + tok + "' should be dropoutP with P the drop probability, a decimal in (0,1) with at most 6 "
+                  "digits after the point, e.g. dropout0.25");
+    } else if (tok == "relu") {
       l.kind = LayerKind::Relu;
       l.out = cur;
     } else if (tok == "flatten") {
@@ -147,9 +177,11 @@ Architecture Architecture::parse(const std::string& text) {
       check_layer_size(text, tok, l.out, int64_t{l.out_channels} * cur.size());
       l.name = "dense" + std::to_string(++denses);
     } else {
-      bad(text, "unknown layer '" + tok + "' (known: convFkK[sS][pP], relu, poolK[sS][pP], avgpoolK[sS], flatten, denseN)");
+      bad(text, "unknown layer '" + tok + "' (known: convFkK[sS][pP], relu, poolK[sS][pP], avgpoolK[sS], flatten, denseN, "
+                "bn, dropoutP)");
     }
     cur = l.out;
+    prev_tok = tok;
     a.layers.push_back(l);
   }
   if (a.layers.empty() || a.layers.back().kind != LayerKind::Dense)
@@ -179,6 +211,13 @@ std::string Architecture::to_string() const {
         break;
       case LayerKind::Flatten: s << "flatten"; break;
       case LayerKind::Dense: s << "dense" << l.out_channels; break;
+      case LayerKind::BatchNorm: s << "bn"; break;
+      case LayerKind::Dropout: {
+        std::string digits = std::to_string(1000000 + l.drop_ppm).substr(1);  // six digits, leading zeros kept
+        while (digits.back() == '0') digits.pop_back();  // drop_ppm > 0, so a digit stays
+        s << "dropout0." << digits;
+        break;
+      }
     }
   }
   return s.str();
@@ -188,15 +227,36 @@ std::vector<ParamSpec> Architecture::params() const {
   std::vector<ParamSpec> p;
   for (size_t i = 0; i < layers.size(); ++i) {
     const LayerSpec& l = layers[i];
+    const int layer = static_cast<int>(i);
     if (l.kind == LayerKind::Conv) {
-      p.push_back({l.name + ".weight", {l.out_channels, l.in.c, l.kernel, l.kernel}, static_cast<int>(i), false});
-      p.push_back({l.name + ".bias", {l.out_channels}, static_cast<int>(i), true});
+      p.push_back({l.name + ".weight", {l.out_channels, l.in.c, l.kernel, l.kernel}, layer, false, false, ParamInit::Glorot});
+      p.push_back({l.name + ".bias", {l.out_channels}, layer, true, false, ParamInit::Zero});
     } else if (l.kind == LayerKind::Dense) {
-      p.push_back({l.name + ".weight", {l.out_channels, l.in.size()}, static_cast<int>(i), false});
-      p.push_back({l.name + ".bias", {l.out_channels}, static_cast<int>(i), true});
+      p.push_back({l.name + ".weight", {l.out_channels, l.in.size()}, layer, false, false, ParamInit::Glorot});
+      p.push_back({l.name + ".bias", {l.out_channels}, layer, true, false, ParamInit::Zero});
+    } else if (l.kind == LayerKind::BatchNorm) {
+      // PyTorch's names and order (state_dict of BatchNorm2d, less num_batches_tracked, which only matters for
+      // momentum=None): the identity transform to start with.
+      const int64_t C = l.in.c;
+      p.push_back({l.name + ".weight", {C}, layer, false, false, ParamInit::One});
+      p.push_back({l.name + ".bias", {C}, layer, true, false, ParamInit::Zero});
+      p.push_back({l.name + ".running_mean", {C}, layer, false, true, ParamInit::Zero});
+      p.push_back({l.name + ".running_var", {C}, layer, false, true, ParamInit::One});
     }
   }
   return p;
+}
+
+bool Architecture::has_training_layers() const {
+  for (const LayerSpec& l : layers)
+    if (l.kind == LayerKind::BatchNorm || l.kind == LayerKind::Dropout) return true;
+  return false;
+}
+
+bool Architecture::has_batch_norm() const {
+  for (const LayerSpec& l : layers)
+    if (l.kind == LayerKind::BatchNorm) return true;
+  return false;
 }
 
 size_t Architecture::param_count() const {

@@ -17,6 +17,8 @@ namespace nudge {
 
 struct AdamConfig {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-7f;
+  // Keys the step's dropout masks with the step count (dropout_mask.h): the run's seed, so that a run is reproducible.
+  uint64_t dropout_seed = 0;
 };
 
 // The training optimizer's state, for a checkpoint that resumes bit for bit: Adam's moments, flat in the order and
@@ -94,8 +96,17 @@ class Backend {
   virtual std::string name() const = 0;  // "cpu (OpenBLAS, 2 threads)", "cuda (NVIDIA H100 ...)"
   virtual bool is_gpu() const = 0;
 
-  virtual void load_model(const Model& model) = 0;  // also resets the training optimizer state
-  virtual void store_model(Model& model) = 0;       // parameters back into `model`
+  // Also resets the training optimizer state. A model with bn or dropout (Architecture::has_training_layers) is
+  // trained as it is, while every inference method below (predict, input_gradient, logit_backprop, begin_optimize)
+  // runs its folded form (model_fold.h) of the current weights.
+  virtual void load_model(const Model& model) = 0;
+  virtual void store_model(Model& model) = 0;       // parameters back into `model` (unfolded, buffers included)
+
+  // Why this backend cannot train `arch` ("" when it can): nudge train asks before anything runs.
+  virtual std::string training_refusal(const Architecture& arch) const {
+    (void)arch;
+    return "";
+  }
 
   // The optimizer state that load_model reset and train steps advanced, and its restoration after a load_model of the
   // same weights (InternalError when the sizes do not fit the loaded model).

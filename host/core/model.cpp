@@ -21,7 +21,9 @@ Model Model::glorot(const Architecture& arch, uint64_t seed) {
   const auto specs = arch.params();
   for (size_t p = 0; p < specs.size(); ++p) {
     Tensor t(specs[p].shape);
-    if (!specs[p].is_bias) {
+    if (specs[p].init == ParamInit::One) {
+      std::fill(t.data.begin(), t.data.end(), 1.0f);
+    } else if (specs[p].init == ParamInit::Glorot) {
       // Keras' glorot_uniform: fan_in = in*kh*kw, fan_out = out*kh*kw.
       const int64_t receptive = specs[p].shape.size() == 4 ? specs[p].shape[2] * specs[p].shape[3] : 1;
       const double fan_in = static_cast<double>(specs[p].shape[1] * receptive);
@@ -59,6 +61,9 @@ Model Model::from_safetensors(SafetensorsFile f, const std::string& path) {
         std::snprintf(value, sizeof value, "%g, beyond the +-%g", v, kMaxWeightMagnitude);
         throw InputError(path + ": tensor " + spec.name + " holds " + value + " nudge accepts (its outputs would overflow)");
       }
+      // A variance below zero has no square root to normalise by (and cannot come from a batch).
+      if (spec.is_buffer && v < 0 && spec.name.size() > 12 && spec.name.compare(spec.name.size() - 12, 12, ".running_var") == 0)
+        throw InputError(path + ": tensor " + spec.name + " holds a negative variance");
     }
     m.params.push_back(std::move(t->second));
   }

@@ -21,7 +21,8 @@ struct Model {
   // The file's metadata as loaded (e.g. "nudge.recipe", how the model was trained); save() writes its own.
   std::map<std::string, std::string> metadata;
 
-  // Glorot-uniform weights (limit sqrt(6/(fan_in+fan_out)), as Keras), zero biases; reproducible from `seed`.
+  // Glorot-uniform weights (limit sqrt(6/(fan_in+fan_out)), as Keras), zero biases, batch norms the identity (scale
+  // 1, shift 0, running mean 0, running variance 1, as PyTorch); reproducible from `seed`.
   static Model glorot(const Architecture& arch, uint64_t seed);
 
   // Reads a safetensors file. The architecture comes from the metadata key "nudge.architecture"; a file without it

@@ -8,7 +8,9 @@
 #include <cstring>
 
 #include "cpu_network.h"
+#include "cpu_train_layers.h"
 #include "errors.h"
+#include "model_fold.h"
 #include "optimize_math.h"
 #include "parallel_errors.h"
 
@@ -69,25 +71,32 @@ class CpuBackend : public Backend {
   int preferred_chunk() const override { return 8192; }
 
   void load_model(const Model& model) override {
+    assert_params_match_architecture(model, "cpu backend");
     arch_ = model.arch;
     specs_ = arch_.params();
-    offsets_.clear();
-    size_t total = 0;
-    for (const Tensor& t : model.params) {
-      offsets_.push_back(total);
-      total += t.size();
-    }
+    offsets_ = flat_offsets(model);
+    const size_t total = offsets_.empty() ? 0 : offsets_.back() + model.params.back().size();
     flat_.resize(total);
     for (size_t i = 0; i < model.params.size(); ++i)
       std::copy(model.params[i].data.begin(), model.params[i].data.end(), flat_.begin() + offsets_[i]);
+    // Adam moves every tensor but bn's running statistics, which training's forward sets.
+    adam_ranges_.clear();
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      if (specs_[i].is_buffer) continue;
+      const size_t begin = offsets_[i], end = begin + model.params[i].size();
+      if (!adam_ranges_.empty() && adam_ranges_.back().second == begin) adam_ranges_.back().second = end;
+      else adam_ranges_.emplace_back(begin, end);
+    }
     adam_m_.assign(total, 0.0f);
     adam_v_.assign(total, 0.0f);
     adam_t_ = 0;
+    folded_ = arch_.has_training_layers();
+    refold();
     nets_.clear();
     invariant_nets_.clear();
     for (int t = 0; t < threads_; ++t) {
       nets_.push_back(std::make_unique<CpuNetwork>(arch_));
-      invariant_nets_.push_back(std::make_unique<CpuNetwork>(arch_, true));
+      invariant_nets_.push_back(std::make_unique<CpuNetwork>(folded_ ? infer_arch_ : arch_, true));
     }
     thread_grads_.assign(threads_, std::vector<float>(total));
   }
@@ -113,10 +122,10 @@ class CpuBackend : public Backend {
     adam_t_ = state.step;
   }
 
-  std::vector<const float*> param_ptrs() const {
-    std::vector<const float*> p;
-    for (size_t off : offsets_) p.push_back(flat_.data() + off);
-    return p;
+  // The parameters the inference paths run: the folded model's when the loaded one has bn or dropout, else the
+  // trained ones themselves (no copy, so those paths cost what they did).
+  std::vector<const float*> inference_param_ptrs() const {
+    return folded_ ? pointers(infer_flat_, infer_offsets_) : pointers(flat_, offsets_);
   }
 
   int input_size() const { return arch_.input.size(); }
@@ -125,7 +134,7 @@ class CpuBackend : public Backend {
   int threads() const { return threads_; }
 
   void predict(const float* x, int n, float* probs) override {
-    const auto params = param_ptrs();
+    const auto params = inference_param_ptrs();
     const int D = input_size(), K = classes();
     const int mb = balanced_micro_batch(n, threads_);
     ParallelErrors errors;
@@ -163,6 +172,11 @@ class CpuBackend : public Backend {
   TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n, float beta,
                                     const AdamConfig& adam) override {
     const int D = input_size(), K = classes();
+    // One forward of [clean; attacked] would give bn the statistics of the two kinds of images mixed, where TRADES
+    // (two forwards in train mode) normalises each on its own.
+    if (arch_.has_batch_norm())
+      throw InputError("--adversarial trades cannot train a model with bn layers (its clean and attacked images go "
+                       "through one forward, which would mix their batch statistics); use --adversarial pgd or fgsm");
     // Each thread's slice goes through its network as [clean images; attacked images], one forward and backward.
     return train_on_slices(
         n, 2, adam,
@@ -188,7 +202,7 @@ class CpuBackend : public Backend {
   void input_gradient(const float* x, int n, const float* target_dist, const int32_t* target_kind,
                       const int32_t* target_class, LossKind loss, float kappa, float* probs, float* loss_out,
                       float* grad) override {
-    const auto params = param_ptrs();
+    const auto params = inference_param_ptrs();
     const int D = input_size(), K = classes();
     const int mb = balanced_micro_batch(n, threads_);
     ParallelErrors errors;
@@ -211,7 +225,7 @@ class CpuBackend : public Backend {
   }
 
   void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
-    const auto params = param_ptrs();
+    const auto params = inference_param_ptrs();
     const int D = input_size(), K = classes();
     const int mb = balanced_micro_batch(n, threads_);
     ParallelErrors errors;
@@ -242,11 +256,19 @@ class CpuBackend : public Backend {
   // One Adam step whose gradient is summed over per-thread slices of the batch. Thread t takes examples
   // [begin, begin + m); fill(begin, m, xb) writes its rows_per_example * m input images, and loss(begin, m, logits,
   // dlogits, r) turns their logits into logit gradients (already scaled for the batch mean) and adds to r.
+  //
+  // A model with bn trains on one slice, the whole batch on one thread: its statistics must be the batch's, and a
+  // reduction across slices at every bn layer (forward and backward) is left for when bn models need the speed. The
+  // trade-off: such a model's training step uses one core (its inference paths still use all of them). Dropout
+  // needs no such thing: each row's mask is keyed by its place in the whole batch, whoever computes it.
   template <class Fill, class Loss>
   TrainStepResult train_on_slices(int n, int rows_per_example, const AdamConfig& adam, Fill&& fill, Loss&& loss) {
-    const auto params = param_ptrs();
+    const auto params = pointers(flat_, offsets_);
     const int D = input_size(), K = classes();
-    const int T = std::min(threads_, n);
+    const bool batch_norm = arch_.has_batch_norm();
+    if (batch_norm) check_batch_statistics(n * rows_per_example);
+    const int T = batch_norm ? 1 : std::min(threads_, n);
+    const uint64_t step = static_cast<uint64_t>(adam_t_) + 1;
     double loss_sum = 0, kl_sum = 0;
     int correct = 0, adv_correct = 0;
     ParallelErrors errors;
@@ -260,7 +282,12 @@ class CpuBackend : public Backend {
         CpuNetwork& nw = *nets_[t];
         std::vector<float> xb(static_cast<size_t>(rows) * D), dlogits(static_cast<size_t>(rows) * K);
         fill(begin, m, xb.data());
-        nw.forward(params, xb.data(), rows);
+        // Row j of the slice is example begin + j % m of part j / m ([clean; attacked] for TRADES), whose place in
+        // the whole step's rows is part * n + begin + j % m.
+        std::vector<uint32_t> keys(rows);
+        for (int j = 0; j < rows; ++j) keys[j] = static_cast<uint32_t>((j / m) * n + begin + j % m);
+        const TrainingPass pass{adam.dropout_seed, step, keys.data()};
+        nw.forward(params, xb.data(), rows, &pass);
         TrainStepResult r;
         loss(begin, m, nw.logits(), dlogits.data(), r);
         loss_sum += r.loss_sum;
@@ -278,15 +305,18 @@ class CpuBackend : public Backend {
     ++adam_t_;
     const float c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
     const float c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
-    const size_t P = flat_.size();
+    for (const auto& [begin, end] : adam_ranges_) {
 #pragma omp parallel for num_threads(threads_) schedule(static)
-    for (size_t i = 0; i < P; ++i) {
-      float g = 0;
-      for (int t = 0; t < T; ++t) g += thread_grads_[t][i];
-      adam_m_[i] = adam.beta1 * adam_m_[i] + (1 - adam.beta1) * g;
-      adam_v_[i] = adam.beta2 * adam_v_[i] + (1 - adam.beta2) * g * g;
-      flat_[i] -= adam.lr * (adam_m_[i] / c1) / (std::sqrt(adam_v_[i] / c2) + adam.eps);
+      for (size_t i = begin; i < end; ++i) {
+        float g = 0;
+        for (int t = 0; t < T; ++t) g += thread_grads_[t][i];
+        adam_m_[i] = adam.beta1 * adam_m_[i] + (1 - adam.beta1) * g;
+        adam_v_[i] = adam.beta2 * adam_v_[i] + (1 - adam.beta2) * g * g;
+        flat_[i] -= adam.lr * (adam_m_[i] / c1) / (std::sqrt(adam_v_[i] / c2) + adam.eps);
+      }
     }
+    if (batch_norm) update_running_statistics(*nets_[0], n * rows_per_example);
+    refold();
     TrainStepResult r;
     r.loss_sum = loss_sum;
     r.kl_sum = kl_sum;
@@ -295,12 +325,70 @@ class CpuBackend : public Backend {
     return r;
   }
 
+  static std::vector<size_t> flat_offsets(const Model& m) {
+    std::vector<size_t> offsets;
+    size_t total = 0;
+    for (const Tensor& t : m.params) {
+      offsets.push_back(total);
+      total += t.size();
+    }
+    return offsets;
+  }
+
+  static std::vector<const float*> pointers(const std::vector<float>& flat, const std::vector<size_t>& offsets) {
+    std::vector<const float*> p;
+    for (size_t off : offsets) p.push_back(flat.data() + off);
+    return p;
+  }
+
+  // Brings the inference copy up to the trained weights (after a load or a step): O(parameters), against the
+  // step's O(batch x FLOPs).
+  void refold() {
+    if (!folded_) return;
+    Model current;
+    store_model(current);
+    const Model folded = fold_for_inference(current);
+    infer_arch_ = folded.arch;
+    infer_offsets_ = flat_offsets(folded);
+    infer_flat_.clear();
+    for (const Tensor& t : folded.params) infer_flat_.insert(infer_flat_.end(), t.data.begin(), t.data.end());
+  }
+
+  // A bn layer normalises each channel over the rows' N*P values, which must be at least 2 for a variance (PyTorch
+  // refuses one value per channel in training too).
+  void check_batch_statistics(int rows) const {
+    for (const LayerSpec& l : arch_.layers)
+      if (l.kind == LayerKind::BatchNorm && static_cast<int64_t>(rows) * l.out.h * l.out.w < 2)
+        throw InputError("batch norm '" + l.name + "' needs at least 2 values per channel in a training batch; this "
+                         "batch has " + std::to_string(rows) + " image (a bn after a dense layer normalises over the "
+                         "batch alone): use a larger --batch, or a --limit that leaves no batch of one");
+  }
+
+  // Once per training step, from the batch statistics of its forward (one slice: the whole batch's).
+  void update_running_statistics(const CpuNetwork& net, int rows) {
+    for (size_t i = 0; i < arch_.layers.size(); ++i) {
+      const LayerSpec& l = arch_.layers[i];
+      if (l.kind != LayerKind::BatchNorm) continue;
+      size_t q = 0;
+      while (specs_[q].layer != static_cast<int>(i)) ++q;
+      cpu::batch_norm_update_running(net.batch_mean(static_cast<int>(i)).data(), net.batch_var(static_cast<int>(i)).data(),
+                                     l.out.c, static_cast<int64_t>(rows) * l.out.h * l.out.w, flat_.data() + offsets_[q + 2],
+                                     flat_.data() + offsets_[q + 3]);
+    }
+  }
+
   int threads_;
   Architecture arch_;
   std::vector<ParamSpec> specs_;
   std::vector<size_t> offsets_;
   std::vector<float> flat_, adam_m_, adam_v_;
+  std::vector<std::pair<size_t, size_t>> adam_ranges_;  // [begin, end) of flat_ that Adam updates
   long adam_t_ = 0;
+  // The folded model that inference runs when arch_ has bn or dropout (folded_), refreshed after every step.
+  bool folded_ = false;
+  Architecture infer_arch_;
+  std::vector<float> infer_flat_;
+  std::vector<size_t> infer_offsets_;
   // Training groups images into large GEMMs (nets_); inference, input gradients and optimize give every image its
   // own calls (invariant_nets_), so an image's result does not depend on chunking, early stop or batch size.
   std::vector<std::unique_ptr<CpuNetwork>> nets_, invariant_nets_;
@@ -329,7 +417,7 @@ CpuOptimizeChunk::CpuOptimizeChunk(CpuBackend& backend, const ChunkInput& in, co
 }
 
 void CpuOptimizeChunk::evaluate_and_update(bool update) {
-  const auto params = backend_.param_ptrs();
+  const auto params = backend_.inference_param_ptrs();
   const int count = static_cast<int>(active_.size());
   std::vector<uint8_t> keep(count, 1);
   const int mb = balanced_micro_batch(count, backend_.threads());

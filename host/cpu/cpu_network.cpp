@@ -3,19 +3,26 @@
 #include <algorithm>
 
 #include "cpu_layers.h"
+#include "cpu_train_layers.h"
+#include "dropout_mask.h"
 #include "errors.h"
 
 namespace nudge {
 
 CpuNetwork::CpuNetwork(const Architecture& arch, bool batch_invariant) : arch_(arch), batch_invariant_(batch_invariant) {
-  int p = 0;
+  int p = 0, dropouts = 0;
   for (const LayerSpec& l : arch_.layers) {
-    const bool has_params = l.kind == LayerKind::Conv || l.kind == LayerKind::Dense;
-    param_index_.push_back(has_params ? p : -1);
-    if (has_params) p += 2;
+    const int tensors = l.kind == LayerKind::Conv || l.kind == LayerKind::Dense ? 2 : l.kind == LayerKind::BatchNorm ? 4 : 0;
+    param_index_.push_back(tensors ? p : -1);
+    p += tensors;
+    dropout_ordinal_.push_back(l.kind == LayerKind::Dropout ? dropouts++ : -1);
   }
-  act_.resize(arch_.layers.size());
-  argmax_.resize(arch_.layers.size());
+  const size_t L = arch_.layers.size();
+  act_.resize(L);
+  argmax_.resize(L);
+  bn_mean_.resize(L);
+  bn_var_.resize(L);
+  keep_.resize(L);
 }
 
 void CpuNetwork::reserve(int n) {
@@ -33,6 +40,11 @@ void CpuNetwork::reserve_buffers(int n) {
     widest = std::max<size_t>(widest, l.out.size());
     if (l.kind != LayerKind::Flatten) act_[i].resize(static_cast<size_t>(n) * l.out.size());
     if (l.kind == LayerKind::MaxPool) argmax_[i].resize(static_cast<size_t>(n) * l.out.size());
+    if (l.kind == LayerKind::Dropout) keep_[i].resize(static_cast<size_t>(n) * l.out.size());
+    if (l.kind == LayerKind::BatchNorm) {
+      bn_mean_[i].resize(l.out.c);
+      bn_var_[i].resize(l.out.c);
+    }
   }
   grad_a_.resize(static_cast<size_t>(n) * widest);
   grad_b_.resize(static_cast<size_t>(n) * widest);
@@ -54,9 +66,10 @@ const float* CpuNetwork::out(int layer) const {
   return layer < 0 ? x_ : act_[layer].data();
 }
 
-void CpuNetwork::forward(const std::vector<const float*>& params, const float* x, int n) {
+void CpuNetwork::forward(const std::vector<const float*>& params, const float* x, int n, const TrainingPass* training) {
   reserve(n);
   x_ = x;
+  training_ = training != nullptr;
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     const LayerSpec& l = arch_.layers[i];
     const float* in = out(static_cast<int>(i) - 1);
@@ -78,6 +91,31 @@ void CpuNetwork::forward(const std::vector<const float*>& params, const float* x
                              l.out_channels, y + oo);
         });
         break;
+      case LayerKind::BatchNorm: {
+        const int q = param_index_[i], C = l.out.c, P = l.out.h * l.out.w;
+        if (training_) {
+          cpu::batch_norm_forward_train(in, n, C, P, params[q], params[q + 1], y, bn_mean_[i].data(), bn_var_[i].data());
+        } else {
+          for (int c = 0; c < C; ++c) {
+            bn_mean_[i][c] = params[q + 2][c];
+            bn_var_[i][c] = params[q + 3][c];
+          }
+          cpu::batch_norm_forward_eval(in, n, C, P, params[q], params[q + 1], params[q + 2], params[q + 3], y);
+        }
+        break;
+      }
+      case LayerKind::Dropout: {
+        const size_t count = static_cast<size_t>(n) * l.out.size();
+        if (!training_) {
+          std::copy(in, in + count, y);
+          break;
+        }
+        const float p = l.drop_probability();
+        cpu::dropout_mask(training->seed, training->step, training->row_keys, n, static_cast<uint32_t>(dropout_ordinal_[i]),
+                          static_cast<int>(l.out.size()), p, keep_[i].data());
+        cpu::dropout_forward(in, keep_[i].data(), count, dropout_scale(p), y);
+        break;
+      }
     }
   }
 }
@@ -122,6 +160,27 @@ void CpuNetwork::backward(const std::vector<const float*>& params, const float* 
           for_images(n, l.out.size(), l.in.size(), [&](int m, size_t oo, size_t io) {
             cpu::dense_backward_data(dy + oo, m, l.in.size(), params[param_index_[i]], l.out_channels, d + io);
           });
+        break;
+      case LayerKind::BatchNorm: {
+        const int q = param_index_[i], C = l.out.c, P = l.out.h * l.out.w;
+        std::vector<float> dgamma(C), dbeta(C);
+        float* dg = param_grads ? (*param_grads)[q] : dgamma.data();
+        float* db = param_grads ? (*param_grads)[q + 1] : dbeta.data();
+        cpu::batch_norm_backward(in, dy, n, C, P, params[q], bn_mean_[i].data(), bn_var_[i].data(), training_,
+                                 need_dx ? d : nullptr, dg, db);
+        if (param_grads) {  // the running statistics are not trained: their gradient is zero
+          std::fill((*param_grads)[q + 2], (*param_grads)[q + 2] + C, 0.0f);
+          std::fill((*param_grads)[q + 3], (*param_grads)[q + 3] + C, 0.0f);
+        }
+        break;
+      }
+      case LayerKind::Dropout:
+        if (!need_dx) break;
+        if (training_)
+          cpu::dropout_backward(dy, keep_[i].data(), static_cast<size_t>(n) * l.out.size(),
+                                dropout_scale(l.drop_probability()), d);
+        else
+          std::copy(dy, dy + static_cast<size_t>(n) * l.out.size(), d);
         break;
     }
     if (!need_dx) break;

@@ -17,6 +17,7 @@
 #include "cuda_optimize_chunk.h"
 #include "device_memory.h"
 #include "fused_chunk.h"
+#include "model_fold.h"
 #include "nvtx.h"
 #include "errors.h"
 #include "softmax_loss.cuh"
@@ -83,8 +84,14 @@ class CudaBackend : public Backend {
   std::string name() const override { return "cuda (" + ctx_->description() + ")"; }
   bool is_gpu() const override { return true; }
 
-  void load_model(const Model& model) override {
-    assert_params_match_architecture(model, "cuda backend");
+  void load_model(const Model& loaded) override {
+    assert_params_match_architecture(loaded, "cuda backend");
+    // This backend does not train bn or dropout (nudge train refuses it up front, training_refusal): it holds only
+    // the folded model, which every inference path, the fused kernel's included, runs like any other.
+    trains_loaded_ = !loaded.arch.has_training_layers();
+    loaded_text_ = loaded.arch.to_string();
+    const Model folded = trains_loaded_ ? Model() : fold_for_inference(loaded);
+    const Model& model = trains_loaded_ ? loaded : folded;
     const std::vector<ParamSpec> specs = model.arch.params();
     std::vector<size_t> offsets;
     size_t total = 0;
@@ -170,8 +177,11 @@ class CudaBackend : public Backend {
     }
   }
 
+  std::string training_refusal(const Architecture& arch) const override { return cuda_training_refusal(arch); }
+
   TrainStepResult train_step(const float* x, const int32_t* labels, int n, const AdamConfig& adam) override {
     require_model("train_step");
+    require_trainable();
     if (n <= 0) throw InternalError("train_step: empty batch");
     NvtxRange range("train_step");
     const int D = arch_.input.size(), K = arch_.num_classes();
@@ -218,6 +228,7 @@ class CudaBackend : public Backend {
   TrainStepResult train_step_trades(const float* x_clean, const float* x_adv, const int32_t* labels, int n, float beta,
                                     const AdamConfig& adam) override {
     require_model("train_step_trades");
+    require_trainable();
     if (n <= 0) throw InternalError("train_step_trades: empty batch");
     NvtxRange range("train_step_trades");
     const int D = arch_.input.size(), K = arch_.num_classes();
@@ -380,6 +391,11 @@ class CudaBackend : public Backend {
     if (!loaded_) throw InternalError(std::string("CudaBackend::") + what + " before load_model");
   }
 
+  // The loaded model was folded: training it here would train another model than the one asked for.
+  void require_trainable() const {
+    if (!trains_loaded_) throw InputError(cuda_training_refusal(Architecture::parse(loaded_text_)));
+  }
+
   std::vector<const float*> param_ptrs() const {
     std::vector<const float*> p;
     for (size_t off : offsets_) p.push_back(params_.get() + off);
@@ -422,6 +438,8 @@ class CudaBackend : public Backend {
 
   std::shared_ptr<CudaContext> ctx_;  // shared with every other backend on this card (shared_context)
   bool loaded_ = false;
+  bool trains_loaded_ = true;  // false: the loaded model had bn or dropout, and arch_ is its folded form
+  std::string loaded_text_;    // the architecture as loaded, before folding
   Architecture arch_;
   std::vector<ParamSpec> specs_;
   std::vector<size_t> offsets_;
@@ -442,5 +460,11 @@ class CudaBackend : public Backend {
 }  // namespace cuda
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<cuda::CudaBackend>(device); }
+
+std::string cuda_training_refusal(const Architecture& arch) {
+  if (!arch.has_training_layers()) return "";
+  return "the CUDA backend does not train bn or dropout layers (" + arch.to_string() +
+         "); train with --device cpu (every other command runs such a model on the GPU, folded)";
+}
 
 }  // namespace nudge

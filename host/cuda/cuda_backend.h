@@ -15,5 +15,9 @@ bool cuda_device_usable(std::string* why);
 int cuda_device_count();
 // A backend on device `device` (0 <= device < cuda_device_count()).
 std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+// Why the CUDA backend will not train `arch` ("" when it will): it trains no bn or dropout layers (CUDA batch-norm
+// training is not written; inference runs such models folded). Needs no device, so nudge train and the tests can
+// ask before one is opened.
+std::string cuda_training_refusal(const Architecture& arch);
 
 }  // namespace nudge

@@ -27,6 +27,8 @@ const char* kind_name(LayerKind k) {
     case LayerKind::AvgPool: return "avgpool";
     case LayerKind::Flatten: return "flatten";
     case LayerKind::Dense: return "dense";
+    case LayerKind::BatchNorm: return "bn";
+    case LayerKind::Dropout: return "dropout";
   }
   return "layer";
 }
@@ -62,6 +64,9 @@ CudaNetwork::CudaNetwork(CudaContext& ctx, const Architecture& arch, DeviceAlloc
   int p = 0;
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     const LayerSpec& l = arch_.layers[i];
+    // The backend folds such a model before it builds a network (model_fold.h).
+    if (l.kind == LayerKind::BatchNorm || l.kind == LayerKind::Dropout)
+      throw InternalError("CudaNetwork: layer '" + std::string(kind_name(l.kind)) + "' reached the GPU unfolded");
     const bool has_params = fusable(l.kind);
     param_index_.push_back(has_params ? p : -1);
     if (has_params) p += 2;
@@ -153,6 +158,8 @@ void CudaNetwork::forward(const std::vector<const float*>& params, const float* 
         break;
       case LayerKind::AvgPool: avgpool_forward_cuda(in, n, l.in.c, l.in.h, l.in.w, l.window(), y, s); break;
       case LayerKind::Flatten: break;
+      case LayerKind::BatchNorm:
+      case LayerKind::Dropout: break;  // refused by the constructor
     }
   }
 }
@@ -202,6 +209,8 @@ void CudaNetwork::backward(const std::vector<const float*>& params, const float*
         if (need_dx)
           CUDA_CHECK(cudaMemcpyAsync(d, dy, sizeof(float) * n * l.in.size(), cudaMemcpyDeviceToDevice, s));
         break;
+      case LayerKind::BatchNorm:
+      case LayerKind::Dropout: break;  // refused by the constructor
     }
     if (!need_dx) break;
     dy = d;

@@ -1,5 +1,6 @@
 #include "model_file.h"
 
+#include "model_fold.h"
 #include "onnx_model.h"
 
 namespace nudge {
@@ -13,5 +14,7 @@ bool is_onnx_path(const std::string& path) {
 }
 
 Model load_model_file(const std::string& path) { return is_onnx_path(path) ? read_onnx_model(path) : Model::load(path); }
+
+Model load_inference_model(const std::string& path) { return fold_for_inference(load_model_file(path)); }
 
 }  // namespace nudge

@@ -1,8 +1,10 @@
-// A nudge model as an ONNX graph (opset 13): the layers in order, the weights as initializers under nudge's own
+// A nudge model as an ONNX graph (opset 13): the layers in order (bn as BatchNormalization, dropout as Dropout with
+// its ratio, both in inference form), the weights as initializers under nudge's own
 // tensor names, raw little-endian float32, so that import reads back the same bits. The batch dimension is symbolic
 // ("N"), C, H and W fixed.
 #include <cstring>
 
+#include "architecture.h"
 #include "atomic_file.h"
 #include "errors.h"
 #include "onnx_model.h"
@@ -27,6 +29,13 @@ void set_int(onnx::NodeProto* n, const char* name, int64_t v) {
   a->set_name(name);
   a->set_type(onnx::AttributeProto::INT);
   a->set_i(v);
+}
+
+void set_float(onnx::NodeProto* n, const char* name, float v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(v);
 }
 
 // The square window of a Conv or pool: ONNX's kernel_shape, strides and pads [top, left, bottom, right].
@@ -125,6 +134,32 @@ std::string model_to_onnx(const Model& model) {
         n->set_name("flatten" + std::to_string(i));
         set_int(n, "axis", 1);
         break;
+      case LayerKind::BatchNorm: {
+        // Inference form (opset 13 has no training_mode): the running statistics normalise. ONNX's momentum weighs
+        // the old running value, PyTorch's (and nudge's) the batch's.
+        n->set_op_type("BatchNormalization");
+        n->set_name(l.name);
+        const char* suffixes[4] = {".weight", ".bias", ".running_mean", ".running_var"};
+        for (int k = 0; k < 4; ++k) {
+          n->add_input(l.name + suffixes[k]);
+          add_initializer(g, l.name + suffixes[k], model.params[p + k]);
+        }
+        set_float(n, "epsilon", static_cast<float>(kBatchNormEps));
+        set_float(n, "momentum", static_cast<float>(1 - kBatchNormMomentum));
+        p += 4;
+        break;
+      }
+      case LayerKind::Dropout: {
+        // The ratio as an input (opset 12 on); no training_mode input, so every reader runs it as the identity.
+        n->set_op_type("Dropout");
+        n->set_name("dropout" + std::to_string(i));
+        const std::string ratio = n->name() + ".ratio";
+        n->add_input(ratio);
+        Tensor r(std::vector<int64_t>{});
+        r.data[0] = l.drop_probability();
+        add_initializer(g, ratio, r);
+        break;
+      }
     }
     cur = out;
   }

@@ -1,4 +1,5 @@
-// ONNX graph -> nudge architecture string + tensors, then Model::from_safetensors for every check a safetensors model
+// ONNX graph -> nudge architecture string + tensors (BatchNormalization and Dropout become nudge's bn and dropoutP,
+// which inference folds), then Model::from_safetensors for every check a safetensors model
 // gets (names, shapes, finite weights of sane magnitude). The graph is walked as a chain from its input: each value
 // must feed exactly one node (shape computations, which read only a value's static shape, aside), so branches and
 // skip connections are refused by name, and a node is never visited twice, so a cycle cannot loop.
@@ -39,13 +40,12 @@ struct ChainBuilder {
   bool flat = false;
   std::vector<std::string> tokens;
   std::vector<std::pair<std::string, Tensor>> tensors;
-  int convs = 0, denses = 0;
-  // The value the last conv or dense layer wrote, while nothing has come after it: a BatchNormalization or an Add
-  // reading exactly that value can be folded into the layer.
+  int convs = 0, denses = 0, bns = 0;
+  // The value the last conv or dense layer wrote, while nothing has come after it: an Add reading exactly that value
+  // can be folded into the layer's bias, and a BatchNormalization reading it becomes the layer's bn.
   std::string param_output;
   bool dropped_softmax = false;
 
-  Tensor& last_weight() { return tensors[tensors.size() - 2].second; }
   Tensor& last_bias() { return tensors.back().second; }
 
   void add_conv(const Tensor& w, const Tensor& b, Window win) {
@@ -68,6 +68,18 @@ struct ChainBuilder {
     tensors.push_back({name + ".weight", w});
     tensors.push_back({name + ".bias", b});
     cur = {static_cast<int>(w.shape[0]), 1, 1};
+  }
+  // scale, B, mean, var: PyTorch's weight, bias, running_mean, running_var.
+  void add_batch_norm(const std::vector<Tensor>& p) {
+    tokens.push_back("bn");
+    const std::string name = "bn" + std::to_string(++bns);
+    const char* suffixes[4] = {".weight", ".bias", ".running_mean", ".running_var"};
+    for (int k = 0; k < 4; ++k) tensors.push_back({name + suffixes[k], p[k]});
+  }
+  void add_dropout(int ppm) {
+    std::string digits = std::to_string(1000000 + ppm).substr(1);
+    while (digits.back() == '0') digits.pop_back();
+    tokens.push_back("dropout0." + digits);
   }
   void add_pool(bool avg, Window win) {
     tokens.push_back(std::string(avg ? "avgpool" : "pool") + std::to_string(win.k) +
@@ -123,6 +135,7 @@ class Importer {
   void pool(int i, bool avg);
   void global_average_pool(int i);
   void batch_norm(int i, const std::string& cur);
+  bool dropout(int i);  // whether it added a layer
   void gemm(int i);
   void matmul(int i, const std::string& cur);
   void add_bias(int i, const std::string& cur);
@@ -407,14 +420,18 @@ void Importer::global_average_pool(int i) {
   b_.add_pool(true, Window{b_.cur.h, b_.cur.h, 0});
 }
 
-// y = scale (x - mean) / sqrt(var + eps) + B folded into the layer that wrote x: per output channel o,
-// W[o] *= a_o and b_o = (b_o - mean_o) a_o + B_o with a_o = scale_o / sqrt(var_o + eps), in double.
+// y = scale (x - mean) / sqrt(var + eps) + B right after the layer that wrote x: nudge's bn, with its four tensors,
+// so that the model can be trained further (nudge train --init); inference folds it (model_fold.h). nudge's eps is
+// PyTorch's 1e-5: another epsilon is moved into the variance, var + eps = (var + eps - 1e-5) + 1e-5, exact in the
+// inference form up to the variance's float rounding. The momentum attribute is not read (nudge trains with 0.1).
 void Importer::batch_norm(int i, const std::string& cur) {
   const auto& n = g_.node(i);
   const std::string who = node_label(n, i);
   require_inputs(i, 5, 5);
   if (onnx_io::int_attribute(n, "training_mode", 0, who) != 0)
     refuse_node(i, "attribute 'training_mode' = 1 (batch statistics); export the model in eval mode");
+  if (!b_.tokens.empty() && b_.tokens.back().rfind("dropout", 0) == 0)
+    refuse_node(i, "follows a Dropout; nudge's bn comes directly after its Conv, Gemm or MatMul");
   if (b_.param_output != cur)
     refuse_node(i, "does not directly follow a Conv, Gemm or MatMul; nudge folds batch normalisation into the layer before it");
   const int C = b_.cur.c;
@@ -426,20 +443,44 @@ void Importer::batch_norm(int i, const std::string& cur) {
       refuse_node(i, std::string(roles[k]) + " has " + std::to_string(p.back().size()) + " values; the layer has " +
                          std::to_string(C) + " channels");
   }
-  const double eps = onnx_io::float_attribute(n, "epsilon", 1e-5f, who);
-  Tensor& w = b_.last_weight();
-  Tensor& bias = b_.last_bias();
-  const size_t per_channel = w.size() / static_cast<size_t>(C);
+  const float eps = onnx_io::float_attribute(n, "epsilon", 1e-5f, who);
   for (int o = 0; o < C; ++o) {
     const double var = p[3].data[o];
     if (!(var + eps > 0)) refuse_node(i, "var + epsilon is not positive for channel " + std::to_string(o));
-    const double a = p[0].data[o] / std::sqrt(var + eps);
-    for (size_t j = 0; j < per_channel; ++j) {
-      float& x = w.data[o * per_channel + j];
-      x = static_cast<float>(x * a);
+    // 1e-5f is PyTorch's and Keras-free exporters' 1e-5 written as a float: the same epsilon.
+    if (eps != static_cast<float>(kBatchNormEps)) {
+      p[3].data[o] = static_cast<float>(var + eps - kBatchNormEps);
+      if (p[3].data[o] < 0)
+        refuse_node(i, "epsilon " + std::to_string(eps) + " with variance " + std::to_string(var) + " for channel " +
+                           std::to_string(o) + " cannot be written with nudge's epsilon 1e-5");
     }
-    bias.data[o] = static_cast<float>((bias.data[o] - static_cast<double>(p[2].data[o])) * a + p[1].data[o]);
   }
+  b_.add_batch_norm(p);
+}
+
+// nudge's dropoutP with the node's ratio (input 1 from opset 12, an attribute before; 0.5 by default): the identity
+// outside training, as in the graph, and what nudge train --init trains with. A ratio of 0 is no layer at all.
+bool Importer::dropout(int i) {
+  const auto& n = g_.node(i);
+  const std::string who = node_label(n, i);
+  require_inputs(i, 1, 3);
+  // A training_mode input, if given, must be a constant false.
+  if (n.input_size() >= 3 && !n.input(2).empty()) {
+    const auto mode = onnx_io::decode_int_tensor(constant(i, 2, "training_mode"), who + " training_mode");
+    if (!mode.empty() && mode[0] != 0) refuse_node(i, "runs in training mode; export the model in eval mode");
+  }
+  float ratio = onnx_io::float_attribute(n, "ratio", 0.5f, who);
+  if (n.input_size() >= 2 && !n.input(1).empty()) {
+    const Tensor r = onnx_io::decode_float_tensor(constant(i, 1, "ratio"), who + " ratio");
+    if (r.size() != 1) refuse_node(i, "ratio has " + std::to_string(r.size()) + " values; expected one");
+    ratio = r.data[0];
+  }
+  if (!(ratio >= 0 && ratio < 1)) refuse_node(i, "ratio " + std::to_string(ratio) + " is not in [0, 1)");
+  const int ppm = static_cast<int>(std::lround(static_cast<double>(ratio) * 1e6));
+  if (ppm >= 1000000) refuse_node(i, "ratio " + std::to_string(ratio) + " rounds to 1 in nudge's 6 decimals");
+  if (ppm == 0) return false;
+  b_.add_dropout(ppm);
+  return true;
 }
 
 void Importer::gemm(int i) {
@@ -560,7 +601,6 @@ void Importer::translate(int i, std::string& cur) {
     keeps_param_output = true;
   } else if (op == "BatchNormalization") {
     batch_norm(i, cur);
-    keeps_param_output = true;
   } else if (op == "Relu") {
     require_inputs(i, 1, 1);
     b_.tokens.push_back("relu");
@@ -589,12 +629,8 @@ void Importer::translate(int i, std::string& cur) {
       if (v != 0) refuse_node(i, "pads " + ints_to_string(pads) + " are not supported (only an all-zero Pad, which changes nothing)");
     keeps_param_output = b_.param_output == cur;
   } else if (op == "Dropout") {
-    // Identity outside training. A training_mode input, if given, must be a constant false.
-    if (n.input_size() >= 3 && !n.input(2).empty()) {
-      const auto mode = onnx_io::decode_int_tensor(constant(i, 2, "training_mode"), who + " training_mode");
-      if (!mode.empty() && mode[0] != 0) refuse_node(i, "runs in training mode; export the model in eval mode");
-    }
-    keeps_param_output = b_.param_output == cur;
+    // A bias Add after a real dropout is no longer the layer's bias in training.
+    keeps_param_output = !dropout(i) && b_.param_output == cur;
   } else if (op == "Identity") {
     require_inputs(i, 1, 1);
     keeps_param_output = b_.param_output == cur;

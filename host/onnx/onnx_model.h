@@ -2,12 +2,13 @@
 //
 // Import reads a sequential CNN: a chain from the one input [N, C, H, W] to the one output, of Conv (padding and
 // stride), Relu, MaxPool, AveragePool (no padding), GlobalAveragePool, BatchNormalization directly after a Conv or a
-// dense layer (folded into it), Flatten or Reshape to [N, C*H*W], Gemm, MatMul (+ Add), Dropout and Identity (both
-// identity outside training), and a final Softmax or LogSoftmax (dropped: nudge's losses take logits). Anything else
+// dense layer (nudge's bn, which inference folds into it), Flatten or Reshape to [N, C*H*W], Gemm, MatMul (+ Add),
+// Dropout (nudge's dropoutP), Identity, and a final Softmax or LogSoftmax (dropped: nudge's losses take logits). Anything else
 // is refused with exit 2 and a message naming the node, its op and the attribute. Every size is checked before use:
 // the file's against kMaxOnnxBytes before it is read, every tensor's dims against the architecture's caps before
 // anything is allocated, every tensor's bytes against its dims.
-// Export writes any nudge model as that same subset (opset 13), which import reads back to the same bits.
+// Export writes any nudge model as that same subset (opset 13; bn and dropout as BatchNormalization and Dropout in
+// inference form), which import reads back to the same bits.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -43,6 +43,20 @@ void check_weights_loadable(const Model& model, float lr) {
       }
 }
 
+void check_trainable_with_batch_norm(const Architecture& arch, const TrainOptions& opt, int count, int extra) {
+  if (!arch.has_batch_norm()) return;
+  if (opt.adv.method == AdvMethod::Trades)
+    throw InputError("--adversarial trades cannot train a model with bn layers (its clean and attacked images go "
+                     "through one forward, which would mix their batch statistics); use --adversarial pgd or fgsm");
+  // The smallest batch of an epoch: a full one, or the remainder (with the open set's non-digits in each).
+  const int smallest = std::min(opt.batch, count % opt.batch == 0 ? opt.batch : count % opt.batch) + extra;
+  for (const LayerSpec& l : arch.layers)
+    if (l.kind == LayerKind::BatchNorm && static_cast<int64_t>(smallest) * l.out.h * l.out.w < 2)
+      throw InputError("'" + l.name + "' (bn after a dense layer) normalises over the batch, and an epoch of " +
+                       std::to_string(count) + " images in batches of " + std::to_string(opt.batch) +
+                       " has a batch of one image; change --batch or --limit");
+}
+
 namespace {
 
 constexpr uint64_t kCheckSeedSalt = 0x636865636bULL;  // "check": the guard's attack differs from training's
@@ -73,6 +87,7 @@ class BatchTrainer {
   void train(const float* x, const int32_t* y, int n, float lr, float eps, uint64_t attack_seed, EpochSums& s) {
     AdamConfig adam = opt_.adam;
     adam.lr = lr;
+    adam.dropout_seed = opt_.seed;
     const AdversarialConfig& a = opt_.adv;
     s.seen += n;
     if (a.method == AdvMethod::None) {
@@ -157,6 +172,7 @@ std::vector<EpochStats> train_model(Backend& backend, Model& model, const Datase
   }
 
   const int extra = opt.open_set_per_batch;
+  check_trainable_with_batch_norm(model.arch, opt, count, extra);
   if (extra > 0) {
     if (adversarial) throw InputError("--open-set trains plain models only (not with --adversarial)");
     if (opt.open_set_families.empty()) throw InternalError("train_model: --open-set without families");

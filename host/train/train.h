@@ -82,6 +82,11 @@ void check_loss_finite(double loss_sum, int epoch, int batch, int batches, float
 // kMaxWeightMagnitude), and such a file must not replace the previous model either.
 void check_weights_loadable(const Model& model, float lr);
 
+// Throws InputError where a model with bn cannot be trained as asked: TRADES (one forward of clean and attacked
+// images would mix their batch statistics), or a batch with a single value per channel of some bn (a bn after a
+// dense layer, and an epoch of `count` images leaving a batch of one; `extra` images join every batch).
+void check_trainable_with_batch_norm(const Architecture& arch, const TrainOptions& opt, int count, int extra);
+
 // The order of training images for an epoch: a Fisher-Yates shuffle driven by the counter generator, so it depends
 // only on (seed, epoch).
 std::vector<int> epoch_order(int count, uint64_t seed, int epoch);

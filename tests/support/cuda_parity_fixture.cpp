@@ -87,6 +87,8 @@ bool away_from_ties(const Model& m, const float* x, double margin) {
       }
       case LayerKind::AvgPool: cpu::avgpool_forward(cur.data(), 1, l.in, l.window(), next.data()); break;
       case LayerKind::Flatten: next = cur; break;
+      case LayerKind::BatchNorm:
+      case LayerKind::Dropout: return false;  // the GPU runs models folded (model_fold.h): not a parity case
     }
     cur.swap(next);
   }

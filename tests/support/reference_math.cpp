@@ -188,13 +188,40 @@ void dense_backward_params(const std::vector<double>& x, const std::vector<doubl
     }
 }
 
+std::vector<double> batch_norm_forward(const std::vector<double>& x, int N, int C, int P, const std::vector<double>& gamma,
+                                       const std::vector<double>& beta, std::vector<double>& mean,
+                                       std::vector<double>& var, bool batch_stats) {
+  auto at = [&](int n, int c, int p) { return (static_cast<size_t>(n) * C + c) * P + p; };
+  if (batch_stats) {
+    mean.assign(C, 0.0);
+    var.assign(C, 0.0);
+    const double M = static_cast<double>(N) * P;
+    for (int c = 0; c < C; ++c) {
+      for (int n = 0; n < N; ++n)
+        for (int p = 0; p < P; ++p) mean[c] += x[at(n, c, p)];
+      mean[c] /= M;
+      for (int n = 0; n < N; ++n)
+        for (int p = 0; p < P; ++p) var[c] += (x[at(n, c, p)] - mean[c]) * (x[at(n, c, p)] - mean[c]);
+      var[c] /= M;
+    }
+  }
+  std::vector<double> y(x.size());
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c)
+      for (int p = 0; p < P; ++p)
+        y[at(n, c, p)] = gamma[c] * (x[at(n, c, p)] - mean[c]) / std::sqrt(var[c] + 1e-5) + beta[c];
+  return y;
+}
+
 // ---- whole network --------------------------------------------------------------------------------------------
 
 std::vector<double> network_forward(const Architecture& arch, const std::vector<std::vector<double>>& params,
-                                    const std::vector<double>& x, int N, ForwardTrace* trace) {
+                                    const std::vector<double>& x, int N, ForwardTrace* trace,
+                                    const TrainMode* train) {
   if (trace) *trace = ForwardTrace{};
   std::vector<double> a = x;
   size_t p = 0;
+  int dropouts = 0;
   for (const LayerSpec& l : arch.layers) {
     switch (l.kind) {
       case LayerKind::Conv:
@@ -241,6 +268,24 @@ std::vector<double> network_forward(const Architecture& arch, const std::vector<
         a = dense_forward(a, N, l.in.size(), params[p], params[p + 1], l.out_channels);
         p += 2;
         break;
+      case LayerKind::BatchNorm: {
+        std::vector<double> mean = params[p + 2], var = params[p + 3];
+        a = batch_norm_forward(a, N, l.out.c, l.out.h * l.out.w, params[p], params[p + 1], mean, var, train != nullptr);
+        p += 4;
+        break;
+      }
+      case LayerKind::Dropout: {
+        const int ordinal = dropouts++;
+        if (!train) break;
+        const double scale = 1.0 / (1.0 - l.drop_ppm * 1e-6);
+        const int units = static_cast<int>(l.out.size());
+        for (int n = 0; n < N; ++n)
+          for (int u = 0; u < units; ++u) {
+            double& v = a[static_cast<size_t>(n) * units + u];
+            v = train->keeps(ordinal, n, u) ? v * scale : 0.0;
+          }
+        break;
+      }
     }
   }
   return a;
@@ -384,9 +429,18 @@ std::vector<double> to_double(const float* v, size_t n) { return std::vector<dou
 Model random_model(const Architecture& arch, uint32_t seed, float bias) {
   Model m = Model::glorot(arch, seed);
   const auto specs = arch.params();
-  for (size_t i = 0; i < specs.size(); ++i)
-    if (specs[i].is_bias)
-      m.params[i].data = random_uniform(m.params[i].size(), -bias, bias, seed * 7919u + static_cast<uint32_t>(i));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const uint32_t s = seed * 7919u + static_cast<uint32_t>(i);
+    if (specs[i].is_bias) {
+      m.params[i].data = random_uniform(m.params[i].size(), -bias, bias, s);
+    } else if (arch.layers[specs[i].layer].kind == LayerKind::BatchNorm) {
+      // Scale, running mean and running variance away from the identity, so that a fold or an eval forward that
+      // forgot one of them shows: scale in [0.5,1.5], mean in [-0.5,0.5], variance in [0.5,2].
+      const bool mean = specs[i].is_buffer && specs[i].init == ParamInit::Zero;
+      const bool var = specs[i].is_buffer && specs[i].init == ParamInit::One;
+      m.params[i].data = random_uniform(m.params[i].size(), mean ? -0.5f : 0.5f, mean ? 0.5f : var ? 2.0f : 1.5f, s);
+    }
+  }
   return m;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -69,7 +70,20 @@ std::vector<double> dense_backward_data(const std::vector<double>& dy, int N, in
 void dense_backward_params(const std::vector<double>& x, const std::vector<double>& dy, int N, int in, int out,
                            std::vector<double>& dw, std::vector<double>& db);
 
+// Batch normalisation over [N, C, P]: y = gamma (x - mean) / sqrt(var + 1e-5) + beta per channel. batch_stats
+// computes mean and the biased var of x over N and P (two passes) into mean/var; otherwise they are read.
+std::vector<double> batch_norm_forward(const std::vector<double>& x, int N, int C, int P, const std::vector<double>& gamma,
+                                       const std::vector<double>& beta, std::vector<double>& mean,
+                                       std::vector<double>& var, bool batch_stats);
+
 // ---- whole network --------------------------------------------------------------------------------------------
+// Training mode for network_forward: bn normalises with the batch's statistics, and dropout layer `ordinal` keeps
+// unit u of row r when keeps(ordinal, r, u) (a fixed mask: the test's draw), scaling by 1/(1-P). Without it (eval),
+// bn uses its running statistics and dropout is the identity.
+struct TrainMode {
+  std::function<bool(int ordinal, int row, int unit)> keeps;
+};
+
 // What a forward pass went through, for telling whether a perturbation crossed a kink: the sign of every ReLU input
 // and every max-pool argmax, in layer order.
 struct ForwardTrace {
@@ -87,7 +101,8 @@ struct ForwardTrace {
 
 // Logits [N, num_classes] of `arch` with params (one vector per Architecture::params() entry) on x [N, input].
 std::vector<double> network_forward(const Architecture& arch, const std::vector<std::vector<double>>& params,
-                                    const std::vector<double>& x, int N, ForwardTrace* trace = nullptr);
+                                    const std::vector<double>& x, int N, ForwardTrace* trace = nullptr,
+                                    const TrainMode* train = nullptr);
 // A model's float parameters, exactly, in double.
 std::vector<std::vector<double>> params_to_double(const Model& model);
 
@@ -121,7 +136,7 @@ std::vector<float> random_uniform(size_t n, float lo, float hi, uint32_t seed);
 std::vector<double> to_double(const std::vector<float>& v);
 std::vector<double> to_double(const float* v, size_t n);
 // Glorot weights (Model::glorot with `seed`) plus biases uniform in [-bias, bias]: zero biases would leave the
-// bias paths of the checks untested.
+// bias paths of the checks untested. A bn's scale, running mean and variance are drawn too (see there).
 Model random_model(const Architecture& arch, uint32_t seed, float bias = 0.1f);
 // One pointer per parameter tensor, as CpuNetwork takes them.
 std::vector<const float*> param_ptrs(const Model& model);
