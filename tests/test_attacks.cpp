@@ -312,6 +312,25 @@ TEST(Cascade, ResultsDoNotDependOnChunksOrTheSweep) {
   }
 }
 
+TEST(AttackDraws, RefuseStepsAndDrawsBeyondTheCounter) {
+  EXPECT_NO_THROW(attack_uniform(1, AttackId::Square, 0, 0, 0.3f, kMaxAttackSteps - 1, kMaxAttackDraws - 1));
+  EXPECT_THROW(attack_uniform(1, AttackId::Square, 0, 0, 0.3f, kMaxAttackSteps, 0), InternalError);
+  EXPECT_THROW(attack_uniform(1, AttackId::ApgdCe, 0, 0, 0.3f, 0, kMaxAttackDraws), InternalError);
+  // The last draw of a step and the same lane of the next step's first block are different numbers.
+  EXPECT_NE(attack_uniform(1, AttackId::Square, 0, 0, 0.3f, 0, kMaxAttackDraws - 1),
+            attack_uniform(1, AttackId::Square, 0, 0, 0.3f, 1, 3));
+  auto backend = make_cpu_backend();
+  backend->load_model(Model::load(kModel));
+  RobustnessConfig cfg;
+  cfg.eps = {0.1f};
+  cfg.attacks = {AttackId::Square};
+  cfg.square.queries = static_cast<int>(kMaxAttackSteps) + 1;
+  cfg.progress = false;
+  std::vector<float> x(784, 0.5f);
+  std::vector<int32_t> y{3};
+  EXPECT_THROW(evaluate_robustness(*backend, x.data(), y.data(), 1, 28, 28, 10, cfg), InputError);
+}
+
 TEST(Recheck, RefusesAPlantedBadExample) {
   REQUIRE_MNIST();
   Points p = first_test_points(1);

@@ -34,6 +34,9 @@ void AttackRecord::resize(int n, int D) {
 }
 
 float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point, float eps, uint32_t step, uint32_t j) {
+  if (step >= kMaxAttackSteps || j >= kMaxAttackDraws)
+    throw InternalError("attack_uniform: step " + std::to_string(step) + ", draw " + std::to_string(j) +
+                        " beyond the counter's 16 + 18 bits");
   uint32_t eps_bits;
   std::memcpy(&eps_bits, &eps, sizeof eps_bits);
   // Streams 256 and up are the attacks' (counter_rng.h's named streams are all below 256).

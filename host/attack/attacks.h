@@ -43,7 +43,12 @@ struct AttackRecord {
 // Told the fraction of an attack's budget done so far (for progress bars); may be empty.
 using AttackProgress = std::function<void(double)>;
 
-// A uniform in [0,1) for draw j of `step` of (attack, restart) on the entry keyed by (point, eps).
+// A uniform in [0,1) for draw j of `step` of (attack, restart) on the entry keyed by (point, eps). Step and draw
+// share the generator's 32-bit block counter, 16 bits each after four draws per block, so step < kMaxAttackSteps and
+// j < kMaxAttackDraws (InternalError beyond: two draws would collide); evaluate_robustness refuses configurations that
+// would need more.
+constexpr uint32_t kMaxAttackSteps = 1u << 16;
+constexpr uint32_t kMaxAttackDraws = 1u << 18;
 float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point, float eps, uint32_t step, uint32_t j);
 
 // The target of rank t (0-based) for entry e: the (t+2)-th most likely clean class, skipping the label.

@@ -179,6 +179,14 @@ RobustnessResult evaluate_robustness(Backend& backend, const float* x, const int
   for (size_t i = 0; i < cfg.eps.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       if (cfg.eps[i] == cfg.eps[j]) throw InputError("--eps lists " + std::to_string(cfg.eps[i]) + " twice");
+  // The attacks' draws are keyed by (step, draw) in one 32-bit counter (attack_uniform): a random start draws one
+  // value per pixel, Square one step per query.
+  if (static_cast<int64_t>(H) * W > kMaxAttackDraws)
+    throw InputError("nudge robustness takes images of at most " + std::to_string(kMaxAttackDraws) + " pixels; these have " +
+                     std::to_string(static_cast<int64_t>(H) * W));
+  if (cfg.square.queries > static_cast<int>(kMaxAttackSteps))
+    throw InputError("--square-queries: at most " + std::to_string(kMaxAttackSteps) + " (given " +
+                     std::to_string(cfg.square.queries) + ")");
   const auto t0 = std::chrono::steady_clock::now();
   const int E = static_cast<int>(cfg.eps.size()), D = H * W;
   RobustnessResult out;

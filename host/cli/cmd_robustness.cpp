@@ -47,7 +47,7 @@ Runner add_robustness_command(CLI::App& app) {
   cmd->add_option("--apgd-restarts", f->apgd_restarts, "APGD restarts (APGD-T: per target)")->capture_default_str()->check(CLI::Range(1, 10000));
   cmd->add_option("--fab-iters", f->fab_iters, "FAB-T iterations per target")->capture_default_str()->check(CLI::Range(1, 1000000));
   cmd->add_option("--targets", f->targets, "APGD-T and FAB-T target classes (the most likely ones besides the label)")->capture_default_str()->check(CLI::Range(1, 1000));
-  cmd->add_option("--square-queries", f->square_queries, "Square: forward passes per point")->capture_default_str()->check(CLI::Range(1, 100000000));
+  cmd->add_option("--square-queries", f->square_queries, "Square: forward passes per point")->capture_default_str()->check(CLI::Range(1, static_cast<int>(kMaxAttackSteps)));
   cmd->add_option("--square-restarts", f->square_restarts, "Square restarts")->capture_default_str()->check(CLI::Range(1, 10000));
   cmd->add_flag("--square-rescale", f->square_rescale,
                 "Square: lay the p schedule over --square-queries (default: the paper's 10,000 iterations, as AutoAttack)");
