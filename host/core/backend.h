@@ -100,7 +100,9 @@ class Backend {
   // trained as it is, while every inference method below (predict, input_gradient, logit_backprop, begin_optimize)
   // runs its folded form (model_fold.h) of the current weights.
   virtual void load_model(const Model& model) = 0;
-  virtual void store_model(Model& model) = 0;       // parameters back into `model` (unfolded, buffers included)
+  // Parameters back into `model`: what the backend trains, unfolded with its buffers on the CPU; the CUDA backend,
+  // which trains no bn or dropout, holds and stores such a model folded.
+  virtual void store_model(Model& model) = 0;
 
   // Why this backend cannot train `arch` ("" when it can): nudge train asks before anything runs.
   virtual std::string training_refusal(const Architecture& arch) const {
