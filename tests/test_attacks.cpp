@@ -331,6 +331,34 @@ TEST(AttackDraws, RefuseStepsAndDrawsBeyondTheCounter) {
   EXPECT_THROW(evaluate_robustness(*backend, x.data(), y.data(), 1, 28, 28, 10, cfg), InputError);
 }
 
+TEST(Cascade, APointsResultDoesNotDependOnTheJobItIsIn) {
+  REQUIRE_MNIST();
+  // Points 0..5 as one job, and points 3..5 as a job of their own keyed by their dataset indices: the same results.
+  Points p = first_test_points(6);
+  auto backend = make_cpu_backend();
+  backend->load_model(Model::load(kModel));
+  // eps 0.25 breaks these points, so their examples, which depend on the draws, are compared.
+  const RobustnessConfig cfg = small_config({0.25f}, {AttackId::ApgdCe, AttackId::Square});
+  const std::vector<uint32_t> all{0, 1, 2, 3, 4, 5}, tail{3, 4, 5};
+  const RobustnessResult whole = evaluate_robustness(*backend, p.x.data(), p.y.data(), 6, 28, 28, 10, cfg, all.data());
+  const RobustnessResult part =
+      evaluate_robustness(*backend, p.x.data() + 3 * 784, p.y.data() + 3, 3, 28, 28, 10, cfg, tail.data());
+  const RobustnessResult unkeyed =
+      evaluate_robustness(*backend, p.x.data() + 3 * 784, p.y.data() + 3, 3, 28, 28, 10, cfg);
+  int differ_unkeyed = 0;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(whole.robust[3 + i], part.robust[i]) << "point " << 3 + i;
+    EXPECT_EQ(whole.step[3 + i], part.step[i]) << "point " << 3 + i;
+    EXPECT_TRUE(std::equal(part.images.begin() + i * 784, part.images.begin() + (i + 1) * 784,
+                           whole.images.begin() + (3 + i) * 784)) << "point " << 3 + i;
+    differ_unkeyed += unkeyed.step[i] != whole.step[3 + i] ||
+                      !std::equal(unkeyed.images.begin() + i * 784, unkeyed.images.begin() + (i + 1) * 784,
+                                  whole.images.begin() + (3 + i) * 784);
+  }
+  // Keyed 0..2 instead, the same points draw otherwise: the keys are what makes the two jobs agree.
+  EXPECT_GT(differ_unkeyed, 0);
+}
+
 TEST(Recheck, RefusesAPlantedBadExample) {
   REQUIRE_MNIST();
   Points p = first_test_points(1);

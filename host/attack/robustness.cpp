@@ -78,7 +78,7 @@ void run_stage(Backend& backend, const AttackSet& set, const std::vector<int>& t
 
 // One slice of the job's points through the whole cascade, into `out` from point `offset` on.
 void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int n, int H, int W, int K,
-                    const RobustnessConfig& cfg, uint32_t first_point, RobustnessResult& out, int offset) {
+                    const RobustnessConfig& cfg, const uint32_t* keys, RobustnessResult& out, int offset) {
   const int D = H * W, E = static_cast<int>(cfg.eps.size());
   std::vector<float> logits(static_cast<size_t>(n) * K);
   backend.logit_backprop(x, n, [&](int first, int m, const float* z, float*) {
@@ -105,7 +105,7 @@ void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int
       set.x0.insert(set.x0.end(), x + static_cast<size_t>(i) * D, x + static_cast<size_t>(i + 1) * D);
       set.label.push_back(labels[i]);
       set.eps.push_back(cfg.eps[j]);
-      set.point.push_back(first_point + static_cast<uint32_t>(i));
+      set.point.push_back(keys ? keys[i] : static_cast<uint32_t>(offset + i));
       set.ranked.insert(set.ranked.end(), order.begin(), order.end());
       entry_of.push_back(r);
     }
@@ -170,7 +170,7 @@ void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int
 }  // namespace
 
 RobustnessResult evaluate_robustness(Backend& backend, const float* x, const int32_t* labels, int n, int H, int W,
-                                     int K, const RobustnessConfig& cfg, uint32_t first_point) {
+                                     int K, const RobustnessConfig& cfg, const uint32_t* keys) {
   if (cfg.eps.empty()) throw InputError("--eps: give at least one radius");
   for (float e : cfg.eps)
     if (!(e > 0) || !std::isfinite(e)) throw InputError("--eps values must be finite and > 0");
@@ -212,7 +212,7 @@ RobustnessResult evaluate_robustness(Backend& backend, const float* x, const int
   for (int b = 0; b < n; b += cfg.chunk) {
     const int m = std::min(cfg.chunk, n - b);
     evaluate_slice(backend, x + static_cast<size_t>(b) * D, labels + b, m, H, W, K, cfg,
-                   first_point + static_cast<uint32_t>(b), out, b);
+                   keys ? keys + b : nullptr, out, b);
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;

@@ -49,10 +49,11 @@ struct RobustnessResult {
   double seconds = 0;
 };
 
-// x [n, D] images in [0,1] (H x W, one channel), labels [n]. `first_point` offsets the points' indices, which key
-// their random draws: point p of a job is the same entry whatever slice of the job evaluates it.
+// x [n, D] images in [0,1] (H x W, one channel), labels [n]. keys[i] keys point i's random draws (the CLI passes
+// the point's index in its dataset), so a point's result is the same whatever job, range, slice or shard evaluates
+// it; without keys, point i is keyed i.
 RobustnessResult evaluate_robustness(Backend& backend, const float* x, const int32_t* labels, int n, int H, int W,
-                                     int K, const RobustnessConfig& cfg, uint32_t first_point = 0);
+                                     int K, const RobustnessConfig& cfg, const uint32_t* keys = nullptr);
 
 // Throws InternalError naming the entry and the rule when a reported adversarial example is outside its eps-ball
 // (beyond float rounding of the projection, 1e-6 relative), outside [0,1], or classified as its label by a fresh

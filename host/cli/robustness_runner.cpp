@@ -50,6 +50,7 @@ struct Loaded {
   std::vector<float> x;
   std::vector<int32_t> y;
   std::vector<int> index;  // dataset index of each point
+  std::vector<uint32_t> keys;  // the same, as the attacks' draw keys: a point draws alike in any job (evaluate_robustness)
   int n = 0, H = 0, W = 0, D = 0, K = 0, E = 0;
   std::unique_ptr<Backend> backend;
 };
@@ -79,6 +80,7 @@ void load(const RobustnessRun& run, Loaded& l) {
     l.y[i] = points.label(i);
     l.index[i] = static_cast<int>(points.dataset_index(i));
   }
+  l.keys.assign(l.index.begin(), l.index.end());
 }
 
 // Evaluates points [from, end) slice by slice, handing each slice's block to `keep`; returns the seconds spent.
@@ -93,7 +95,7 @@ double evaluate_part(const RobustnessRun& run, Loaded& l, long from, long end, b
     if (progress && slices > 1)
       std::fprintf(stderr, "nudge robustness: points %ld to %ld (slice %ld of %ld)\n", b, b + m - 1, s, slices);
     const RobustnessResult slice = evaluate_robustness(*l.backend, l.x.data() + static_cast<size_t>(b) * l.D,
-                                                       l.y.data() + b, m, l.H, l.W, l.K, cfg, static_cast<uint32_t>(b));
+                                                       l.y.data() + b, m, l.H, l.W, l.K, cfg, l.keys.data() + b);
     keep(encode_robustness_block(slice, b));
     throw_if_interrupted("the robustness evaluation");
   }
