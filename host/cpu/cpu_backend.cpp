@@ -305,7 +305,9 @@ class CpuBackend : public Backend {
     ++adam_t_;
     const float c1 = 1.0f - std::pow(adam.beta1, static_cast<float>(adam_t_));
     const float c2 = 1.0f - std::pow(adam.beta2, static_cast<float>(adam_t_));
-    for (const auto& [begin, end] : adam_ranges_) {
+    for (const auto& range : adam_ranges_) {
+      // Plain copies: an OpenMP region may not capture structured bindings in C++17 (clang refuses them).
+      const size_t begin = range.first, end = range.second;
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (size_t i = begin; i < end; ++i) {
         float g = 0;
