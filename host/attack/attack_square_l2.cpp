@@ -70,15 +70,25 @@ namespace {
 // Draw indices of one iteration's proposal (its step is the iteration).
 enum : uint32_t { kRow1 = 0, kCol1 = 1, kRow2 = 2, kCol2 = 3, kSign = 4, kTranspose = 5 };
 
-// The iteration's window side and its pattern in both orientations, shared by every entry of the iteration.
-struct Windows {
-  int s = 0;
+// What the proposal's calls share (square_search makes them one at a time): the start's bump patterns, the
+// iteration's window side and its pattern in both orientations, and scratch for the perturbation, so that no query
+// builds a pattern or allocates.
+struct ProposalState {
+  int bump = 0;                   // side of the start's bumps
+  std::vector<double> bump_pattern[2];
+  int s = 0;                      // the iteration's window side
   std::vector<double> pattern[2];
-  void set(int side) {
+  std::vector<double> nu, fresh;  // the entry's perturbation [H*W], the new W1 [s*s]
+  ProposalState(int H, int W) : bump(std::min(H, W) / 5), nu(static_cast<size_t>(H) * W) {
+    bump_pattern[0] = square_l2_pattern(bump, false);
+    bump_pattern[1] = square_l2_pattern(bump, true);
+  }
+  void set_side(int side) {
     if (side == s) return;
     s = side;
     pattern[0] = square_l2_pattern(s, false);
     pattern[1] = square_l2_pattern(s, true);
+    fresh.resize(static_cast<size_t>(s) * s);
   }
 };
 
@@ -98,39 +108,39 @@ SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg,
   auto draw = [&set, seed, restart](int e, uint32_t step, uint32_t j) {
     return attack_uniform(seed, AttackId::Square, restart, set.point[e], set.eps[e], step, j);
   };
-  auto windows = std::make_shared<Windows>();
+  auto state = std::make_shared<ProposalState>(H, W);
   SquareProposal p;
-  p.start = [&set, H, W, draw](int e, float* x) {
-    const int b = std::min(H, W) / 5, nh = H / b, nw = W / b, oh = (H - nh * b) / 2, ow = (W - nw * b) / 2;
-    const std::vector<double> pattern[2] = {square_l2_pattern(b, false), square_l2_pattern(b, true)};
-    std::vector<double> nu(static_cast<size_t>(H) * W, 0.0);
+  p.start = [&set, state, H, W, draw](int e, float* x) {
+    const int b = state->bump, nh = H / b, nw = W / b, oh = (H - nh * b) / 2, ow = (W - nw * b) / 2;
+    std::vector<double>& nu = state->nu;
+    std::fill(nu.begin(), nu.end(), 0.0);
     for (int bi = 0; bi < nh; ++bi)
       for (int bj = 0; bj < nw; ++bj) {
         const uint32_t k = static_cast<uint32_t>(bi * nw + bj);
         const double sign = draw(e, 0, 2 * k) < 0.5f ? -1.0 : 1.0;
-        const std::vector<double>& pat = pattern[draw(e, 0, 2 * k + 1) < 0.5f ? 0 : 1];
+        const std::vector<double>& pat = state->bump_pattern[draw(e, 0, 2 * k + 1) < 0.5f ? 0 : 1];
         for (int i = 0; i < b; ++i)
           for (int j = 0; j < b; ++j)
             nu[static_cast<size_t>(oh + bi * b + i) * W + ow + bj * b + j] = sign * pat[static_cast<size_t>(i) * b + j];
       }
     place(set.x0.data() + static_cast<size_t>(e) * set.D, nu, set.eps[e], x);
   };
-  p.begin_iteration = [windows, &cfg, H, W](int it) {
-    windows->set(square_l2_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W));
+  p.begin_iteration = [state, &cfg, H, W](int it) {
+    state->set_side(square_l2_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W));
   };
-  p.propose = [&set, windows, H, W, draw](int e, int it, const float* best, float* cand) {
-    const int s = windows->s;
+  p.propose = [&set, state, H, W, draw](int e, int it, const float* best, float* cand) {
+    const int s = state->s;
     const float eps = set.eps[e];
     const float* x0 = set.x0.data() + static_cast<size_t>(e) * set.D;
     const uint32_t step = static_cast<uint32_t>(it);
     const int r1 = square_corner(draw(e, step, kRow1), H, s), c1 = square_corner(draw(e, step, kCol1), W, s);
     const int r2 = square_corner(draw(e, step, kRow2), H, s), c2 = square_corner(draw(e, step, kCol2), W, s);
     const double sign = draw(e, step, kSign) < 0.5f ? -1.0 : 1.0;
-    const std::vector<double>& pat = windows->pattern[draw(e, step, kTranspose) < 0.5f ? 0 : 1];
+    const std::vector<double>& pat = state->pattern[draw(e, step, kTranspose) < 0.5f ? 0 : 1];
     auto in1 = [&](int h, int w) { return h >= r1 && h < r1 + s && w >= c1 && w < c1 + s; };
     auto in2 = [&](int h, int w) { return h >= r2 && h < r2 + s && w >= c2 && w < c2 + s; };
 
-    std::vector<double> nu(static_cast<size_t>(H) * W);
+    std::vector<double>& nu = state->nu;  // every element is written below
     double all2 = 0, w1_2 = 0, union2 = 0;
     for (int h = 0; h < H; ++h)
       for (int w = 0; w < W; ++w) {
@@ -146,7 +156,7 @@ SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg,
     // The new window: the pattern plus the window's old content as a unit vector (1e-10 keeps an empty window's
     // quotient at zero), normalised and given all the norm W1 and W2 held plus the unused budget.
     const double w1_inv = 1.0 / (std::sqrt(w1_2) + 1e-10);
-    std::vector<double> fresh(static_cast<size_t>(s) * s);
+    std::vector<double>& fresh = state->fresh;
     double fresh2 = 0;
     for (int i = 0; i < s; ++i)
       for (int j = 0; j < s; ++j) {
