@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "optimize_math.h"
+#include "attack_points.h"
 #include "attacks.h"
 #include "cpu_backend.h"
-#include "dataset.h"
 #include "delegating_backend.h"
 #include "errors.h"
 #include "mnist.h"
@@ -24,7 +24,9 @@
 namespace nudge {
 namespace {
 
-const std::string kMnist = testing_support::mnist_dir();
+using testing_support::attack_set;
+using testing_support::first_test_points;
+using testing_support::Points;
 const std::string kModel = NUDGE_SOURCE_DIR "/data/models/mnist_cnn.safetensors";
 
 TEST(Apgd, CheckpointsFollowThePapersFormula) {
@@ -143,22 +145,6 @@ class CountingBackend : public testing_support::DelegatingBackend {
   long rows = 0;
 };
 
-struct Points {
-  std::vector<float> x;
-  std::vector<int32_t> y;
-};
-Points first_test_points(int n) {
-  const Dataset test = load_dataset(kMnist, "test");
-  Points p;
-  p.x.resize(static_cast<size_t>(n) * 784);
-  p.y.resize(n);
-  for (int i = 0; i < n; ++i) {
-    test.image_as_float(i, p.x.data() + static_cast<size_t>(i) * 784);
-    p.y[i] = test.labels[i];
-  }
-  return p;
-}
-
 RobustnessConfig small_config(std::vector<float> eps, std::vector<AttackId> attacks) {
   RobustnessConfig c;
   c.eps = std::move(eps);
@@ -178,13 +164,7 @@ TEST(Square, SpendsEveryQueryOnAnEntryItCannotBreak) {
   Points p = first_test_points(4);
   CountingBackend backend;
   backend.load_model(Model::load(kModel));
-  AttackSet set;
-  set.D = 784;
-  set.K = 10;
-  set.x0 = p.x;
-  set.label = p.y;
-  set.eps.assign(4, 1e-4f);  // far too small to flip the reference model
-  set.point = {0, 1, 2, 3};
+  const AttackSet set = attack_set(p, 4, 1e-4f);  // far too small to flip the reference model
   AttackRecord rec;
   rec.resize(4, 784);
   SquareConfig cfg;
@@ -225,13 +205,7 @@ TEST(Square, UsesThePapersScheduleUnlessAskedToRescale) {
   for (bool rescale : {false, true}) {
     ChangeWatchingBackend backend;
     backend.load_model(Model::load(kModel));
-    AttackSet set;
-    set.D = 784;
-    set.K = 10;
-    set.x0 = p.x;
-    set.label = p.y;
-    set.eps = {1e-4f};
-    set.point = {0};
+    const AttackSet set = attack_set(p, 1, 1e-4f);
     AttackRecord rec;
     rec.resize(1, 784);
     SquareConfig cfg;
@@ -364,13 +338,7 @@ TEST(Recheck, RefusesAPlantedBadExample) {
   Points p = first_test_points(1);
   auto backend = make_cpu_backend();
   backend->load_model(Model::load(kModel));
-  AttackSet set;
-  set.D = 784;
-  set.K = 10;
-  set.x0 = p.x;
-  set.label = p.y;
-  set.eps = {0.3f};
-  set.point = {0};
+  const AttackSet set = attack_set(p, 1, 0.3f);
   AttackRecord rec;
   rec.resize(1, 784);
   rec.broken[0] = 1;

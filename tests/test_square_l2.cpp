@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "attack_points.h"
 #include "attacks.h"
 #include "cpu_backend.h"
-#include "dataset.h"
 #include "delegating_backend.h"
 #include "mnist.h"
 #include "model.h"
@@ -21,7 +21,9 @@
 namespace nudge {
 namespace {
 
-const std::string kMnist = testing_support::mnist_dir();
+using testing_support::attack_set;
+using testing_support::first_test_points;
+using testing_support::Points;
 const std::string kModel = NUDGE_SOURCE_DIR "/data/models/mnist_cnn.safetensors";
 
 TEST(SquareL2, WindowSideIsOddAtLeastThreeAndFits) {
@@ -84,22 +86,6 @@ TEST(SquareL2, PatternHasUnitNormAndOppositeHalves) {
   }
 }
 
-struct Points {
-  std::vector<float> x;
-  std::vector<int32_t> y;
-};
-Points first_test_points(int n) {
-  const Dataset test = load_dataset(kMnist, "test");
-  Points p;
-  p.x.resize(static_cast<size_t>(n) * 784);
-  p.y.resize(n);
-  for (int i = 0; i < n; ++i) {
-    test.image_as_float(i, p.x.data() + static_cast<size_t>(i) * 784);
-    p.y[i] = test.labels[i];
-  }
-  return p;
-}
-
 // Checks every image the attack forwards against its entry's ball and the box, and counts them.
 class WatchingBackend : public testing_support::DelegatingBackend {
  public:
@@ -131,23 +117,11 @@ class WatchingBackend : public testing_support::DelegatingBackend {
   std::vector<float> x0_;
 };
 
-AttackSet l2_set(const Points& p, int n, float eps) {
-  AttackSet set;
-  set.D = 784;
-  set.K = 10;
-  set.norm = Norm::L2;
-  set.x0.assign(p.x.begin(), p.x.begin() + static_cast<size_t>(n) * 784);
-  set.label.assign(p.y.begin(), p.y.begin() + n);
-  set.eps.assign(n, eps);
-  for (int i = 0; i < n; ++i) set.point.push_back(static_cast<uint32_t>(i));
-  return set;
-}
-
 TEST(SquareL2, EveryCandidateStaysInTheBallAndTheBoxAndEveryQueryIsCounted) {
   REQUIRE_MNIST();
   const Points p = first_test_points(4);
   const float eps = 1e-3f;  // far too small to flip the reference model, so every query is spent
-  const AttackSet set = l2_set(p, 4, eps);
+  const AttackSet set = attack_set(p, 4, eps, Norm::L2);
   WatchingBackend backend(set.x0);
   backend.load_model(Model::load(kModel));
   AttackRecord rec;
@@ -169,7 +143,7 @@ TEST(SquareL2, BreaksThePlainModelWhereItsStartAloneDoesNot) {
   const int n = 16;
   const Points p = first_test_points(n);
   const float eps = 2.5f;
-  const AttackSet set = l2_set(p, n, eps);
+  const AttackSet set = attack_set(p, n, eps, Norm::L2);
   WatchingBackend backend(set.x0);
   backend.load_model(Model::load(kModel));
   std::vector<int> todo(n);
