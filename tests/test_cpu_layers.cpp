@@ -39,6 +39,15 @@ double rms(const std::vector<double>& v) {
 // The atol for an output: a fixed fraction of its typical size (and never zero, for all-zero outputs).
 double atol_for(const std::vector<double>& ref) { return kAtolPerRms * std::max(rms(ref), 1e-3); }
 
+// A layer's weight and bias gradients against the oracle's, and the guards after both buffers.
+void expect_param_grads(const ref::GuardedBuffer& dw, const ref::GuardedBuffer& db, const std::vector<double>& dw_ref,
+                        const std::vector<double>& db_ref, const std::string& what) {
+  ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), what + " dw");
+  ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), what + " db");
+  dw.expect_guard_intact(what + " dw");
+  db.expect_guard_intact(what + " db");
+}
+
 std::string shape_name(int N, Shape3 in) {
   return "N=" + std::to_string(N) + " in=" + std::to_string(in.c) + "x" + std::to_string(in.h) + "x" +
          std::to_string(in.w);
@@ -102,10 +111,7 @@ void check_conv(const WindowConvCase& c, uint32_t& seed) {
   cpu::conv2d_backward_filter(x.data(), dy.data(), c.N, c.in, c.K, c.win, dw.data(), db.data());
   std::vector<double> dw_ref, db_ref;
   ref::conv2d_backward_filter(xd, dyd, c.N, c.in, c.K, c.win, dw_ref, db_ref);
-  ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "conv2d_backward_filter dw " + name);
-  ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "conv2d_backward_filter db " + name);
-  dw.expect_guard_intact("conv2d_backward_filter dw " + name);
-  db.expect_guard_intact("conv2d_backward_filter db " + name);
+  expect_param_grads(dw, db, dw_ref, db_ref, "conv2d_backward_filter " + name);
 }
 
 TEST(CpuLayers, ConvMatchesReference) {
@@ -348,10 +354,7 @@ TEST(CpuLayers, DenseMatchesReference) {
     cpu::dense_backward_params(x.data(), dy.data(), c.N, c.in, c.out, dw.data(), db.data());
     std::vector<double> dw_ref, db_ref;
     ref::dense_backward_params(xd, dyd, c.N, c.in, c.out, dw_ref, db_ref);
-    ref::expect_close(dw.values(), dw_ref, kRtol, atol_for(dw_ref), "dense_backward_params dw " + name);
-    ref::expect_close(db.values(), db_ref, kRtol, atol_for(db_ref), "dense_backward_params db " + name);
-    dw.expect_guard_intact("dense_backward_params dw " + name);
-    db.expect_guard_intact("dense_backward_params db " + name);
+    expect_param_grads(dw, db, dw_ref, db_ref, "dense_backward_params " + name);
   }
 }
 
