@@ -385,7 +385,7 @@ TEST(Dropout, MaskIsTheKeyedDrawAndKeepsAtItsRate) {
 }
 
 // A row's mask depends on its key, not on which network (thread) ran it or what else shared its batch: the batch
-// whole and split in two, with the same keys, give the same bits (batch-invariant networks, so the GEMMs agree too).
+// whole and split in two, with the same keys, give the same bits (the layers keep every row's arithmetic its own, so the products agree too).
 TEST(Dropout, MasksDoNotDependOnHowTheBatchIsSplit) {
   const Architecture arch = Architecture::parse("1x6x6:conv2k3,relu,dropout0.4,flatten,dense8,relu,dropout0.5,dense3");
   const Model m = ref::random_model(arch, 20500);
@@ -393,7 +393,7 @@ TEST(Dropout, MasksDoNotDependOnHowTheBatchIsSplit) {
   const auto x = ref::random_uniform(static_cast<size_t>(N) * D, 0, 1, 20501);
   std::vector<uint32_t> keys(N);
   std::iota(keys.begin(), keys.end(), 0u);
-  CpuNetwork whole(arch, true), first(arch, true), second(arch, true);
+  CpuNetwork whole(arch), first(arch), second(arch);
   const TrainingPass all{3, 5, keys.data()}, head{3, 5, keys.data()}, tail{3, 5, keys.data() + 2};
   whole.forward(ref::param_ptrs(m), x.data(), N, &all);
   first.forward(ref::param_ptrs(m), x.data(), 2, &head);
@@ -401,7 +401,7 @@ TEST(Dropout, MasksDoNotDependOnHowTheBatchIsSplit) {
   EXPECT_EQ(0, std::memcmp(whole.logits(), first.logits(), 2 * K * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(whole.logits() + 2 * K, second.logits(), (N - 2) * K * sizeof(float)));
   // And training mode is not eval mode: some unit was dropped.
-  CpuNetwork eval(arch, true);
+  CpuNetwork eval(arch);
   eval.forward(ref::param_ptrs(m), x.data(), N);
   EXPECT_NE(0, std::memcmp(whole.logits(), eval.logits(), N * K * sizeof(float)));
 }

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -361,7 +362,7 @@ TEST(CpuLayers, DenseMatchesReference) {
 // ---- whole network --------------------------------------------------------------------------------------------
 
 // Logits of the float network against the double network, and each image of a batch against the same image run
-// alone (the batch must not leak between images).
+// alone: the same bits, logits and input gradient (column_gemm keeps every image's arithmetic its own).
 TEST(CpuNetworkForward, MatchesReferenceAndIsPerImage) {
   uint32_t seed = 6000;
   for (const char* text : {Architecture::reference_string(), "1x8x8:conv3k3,relu,pool2,flatten,dense5",
@@ -376,11 +377,18 @@ TEST(CpuNetworkForward, MatchesReferenceAndIsPerImage) {
     const std::vector<float> logits(net.logits(), net.logits() + N * K);
     const auto ref_logits = ref::network_forward(arch, ref::params_to_double(m), ref::to_double(x), N);
     ref::expect_close(logits, ref_logits, kRtol, atol_for(ref_logits), std::string("logits ") + text);
+    const auto dlogits = ref::random_uniform(static_cast<size_t>(N) * K, -1, 1, ++seed);
+    std::vector<float> dx(static_cast<size_t>(N) * D);
+    net.backward(ref::param_ptrs(m), dlogits.data(), N, nullptr, dx.data());
     for (int i = 0; i < N; ++i) {
       CpuNetwork alone(arch);
       alone.forward(ref::param_ptrs(m), x.data() + static_cast<size_t>(i) * D, 1);
-      ref::expect_close(alone.logits(), ref::to_double(logits.data() + i * K, K).data(), K, kRtol,
-                        atol_for(ref_logits), "image " + std::to_string(i) + " alone vs in the batch");
+      EXPECT_EQ(0, std::memcmp(alone.logits(), logits.data() + i * K, K * sizeof(float)))
+          << "image " << i << " alone vs in the batch: logits";
+      std::vector<float> dx1(D);
+      alone.backward(ref::param_ptrs(m), dlogits.data() + i * K, 1, nullptr, dx1.data());
+      EXPECT_EQ(0, std::memcmp(dx1.data(), dx.data() + static_cast<size_t>(i) * D, D * sizeof(float)))
+          << "image " << i << " alone vs in the batch: input gradient";
     }
   }
 }

@@ -57,7 +57,7 @@ std::vector<float> read_floats(const std::string& path) {
 }
 
 std::vector<float> cpu_logits(const Model& m, const std::vector<float>& x, int n) {
-  CpuNetwork net(m.arch, false);
+  CpuNetwork net(m.arch);
   std::vector<const float*> params;
   for (const Tensor& t : m.params) params.push_back(t.data.data());
   net.forward(params, x.data(), n);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "column_gemm.h"
 #include "cpu_network.h"
 #include "cpu_train_layers.h"
 #include "errors.h"
@@ -62,10 +63,13 @@ class CpuBackend : public Backend {
   CpuBackend() : threads_(std::max(1, omp_get_max_threads())) {
     // Our parallelism is over images; a BLAS that also spawns threads inside each small GEMM only oversubscribes.
     openblas_set_num_threads(1);
+    // Settles the instruction set (and refuses a bad NUDGE_CPU_ISA) here, not inside a parallel region.
+    cpu::best_cpu_isa();
   }
 
   std::string name() const override {
-    return "cpu (OpenBLAS, " + std::to_string(threads_) + " thread" + (threads_ == 1 ? "" : "s") + ")";
+    return std::string("cpu (") + cpu::cpu_isa_name(cpu::best_cpu_isa()) + " + OpenBLAS, " + std::to_string(threads_) +
+           " thread" + (threads_ == 1 ? "" : "s") + ")";
   }
   bool is_gpu() const override { return false; }
   int preferred_chunk() const override { return 8192; }
@@ -93,10 +97,10 @@ class CpuBackend : public Backend {
     folded_ = arch_.has_training_layers();
     refold();
     nets_.clear();
-    invariant_nets_.clear();
+    infer_nets_.clear();
     for (int t = 0; t < threads_; ++t) {
       nets_.push_back(std::make_unique<CpuNetwork>(arch_));
-      invariant_nets_.push_back(std::make_unique<CpuNetwork>(folded_ ? infer_arch_ : arch_, true));
+      infer_nets_.push_back(std::make_unique<CpuNetwork>(folded_ ? infer_arch_ : arch_));
     }
     thread_grads_.assign(threads_, std::vector<float>(total));
   }
@@ -130,7 +134,7 @@ class CpuBackend : public Backend {
 
   int input_size() const { return arch_.input.size(); }
   int classes() const { return arch_.num_classes(); }
-  CpuNetwork& invariant_net(int thread) { return *invariant_nets_[thread]; }
+  CpuNetwork& infer_net(int thread) { return *infer_nets_[thread]; }
   int threads() const { return threads_; }
 
   void predict(const float* x, int n, float* probs) override {
@@ -141,7 +145,7 @@ class CpuBackend : public Backend {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
     for (int b = 0; b < n; b += mb) errors.run([&] {
       const int m = std::min(mb, n - b);
-      CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
+      CpuNetwork& nw = *infer_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       for (int i = 0; i < m; ++i) softmax(nw.logits() + i * K, K, probs + static_cast<size_t>(b + i) * K);
     });
@@ -209,7 +213,7 @@ class CpuBackend : public Backend {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
     for (int b = 0; b < n; b += mb) errors.run([&] {
       const int m = std::min(mb, n - b);
-      CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
+      CpuNetwork& nw = *infer_nets_[omp_get_thread_num()];
       nw.forward(params, x + static_cast<size_t>(b) * D, m);
       std::vector<float> dlogits(grad ? static_cast<size_t>(m) * K : 0);
       for (int i = 0; i < m; ++i) {
@@ -233,7 +237,7 @@ class CpuBackend : public Backend {
     for (int b = 0; b < n; b += mb) {
       errors.run([&] {
         const int m = std::min(mb, n - b);
-        CpuNetwork& nw = *invariant_nets_[omp_get_thread_num()];
+        CpuNetwork& nw = *infer_nets_[omp_get_thread_num()];
         nw.forward(params, x + static_cast<size_t>(b) * D, m);
         std::vector<float> dlogits(static_cast<size_t>(m) * K, 0.0f);
         dlogits_of(b, m, nw.logits(), dlogits.data());
@@ -391,9 +395,10 @@ class CpuBackend : public Backend {
   Architecture infer_arch_;
   std::vector<float> infer_flat_;
   std::vector<size_t> infer_offsets_;
-  // Training groups images into large GEMMs (nets_); inference, input gradients and optimize give every image its
-  // own calls (invariant_nets_), so an image's result does not depend on chunking, early stop or batch size.
-  std::vector<std::unique_ptr<CpuNetwork>> nets_, invariant_nets_;
+  // Training runs the model as trained (nets_); inference, input gradients and optimize run the folded one
+  // (infer_nets_). Either way an image's result does not depend on chunking, early stop or batch size: the layers'
+  // products keep every image's arithmetic its own (host/cpu/column_gemm.h).
+  std::vector<std::unique_ptr<CpuNetwork>> nets_, infer_nets_;
   std::vector<std::vector<float>> thread_grads_;
 };
 
@@ -426,7 +431,7 @@ void CpuOptimizeChunk::evaluate_and_update(bool update) {
   ParallelErrors errors;
 #pragma omp parallel num_threads(backend_.threads())
   {
-    CpuNetwork& nw = backend_.invariant_net(omp_get_thread_num());
+    CpuNetwork& nw = backend_.infer_net(omp_get_thread_num());
     std::vector<float> xb, gb, dlogits, probs;
     errors.run([&] {
       xb.resize(static_cast<size_t>(kMicroBatch) * D_);

@@ -2,6 +2,9 @@
 // slice of the batch), which keeps every image's activations in that core's cache and needs no barrier per layer.
 #include "cpu_layers.h"
 
+#include "column_gemm.h"
+#include "cpu_isa.h"
+#include "layers_isa.h"
 #include "pool_math.h"
 
 #include <cblas.h>
@@ -67,6 +70,12 @@ void col2im_strided(const float* col, int ld, Shape3 in, Window win, float* dx) 
         }
     return;
   }
+#if NUDGE_X86_KERNELS
+  if (best_cpu_isa() == CpuIsa::Avx512) {
+    col2im_plain_avx512(col, ld, in.c, in.h, in.w, k, dx);
+    return;
+  }
+#endif
   for (int c = 0; c < in.c; ++c)
     for (int ki = 0; ki < k; ++ki)
       for (int kj = 0; kj < k; ++kj) {
@@ -85,7 +94,7 @@ float* col_buffer(size_t n) {
 }
 
 // Images are processed in groups so that each GEMM has at least ~256 columns: a 3x3 map (conv3 of the reference
-// model) alone would make 9-column GEMMs that run far below the BLAS kernel's speed.
+// model) alone would make 9-column GEMMs that run far below the kernel's speed.
 int group_size(int N, int P) { return std::max(1, std::min(N, (256 + P - 1) / P)); }
 
 thread_local std::vector<float> tl_grouped;
@@ -95,25 +104,66 @@ float* grouped_buffer(size_t n) {
   return tl_grouped.data();
 }
 
+thread_local std::vector<std::ptrdiff_t> tl_rows;
+
+// B's row offsets: rows `stride` floats apart.
+const std::ptrdiff_t* strided_rows(int R, std::ptrdiff_t stride) {
+  tl_rows.resize(R);
+  for (int r = 0; r < R; ++r) tl_rows[r] = r * stride;
+  return tl_rows.data();
+}
+
+// A valid stride-1 convolution computed straight from the image: B's row (c, ki, kj) is the input plane c shifted by
+// (ki, kj), read over whole input rows, so output column n = oh*W + ow for ow < Wo and the other W - Wo columns of
+// each row are computed and dropped. Worth it when rows are wide enough that few lanes are dropped.
+bool direct_conv(Shape3 in, Window win) { return win.plain() && win.out(in.w) >= 8; }
+
 }  // namespace
 
-void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y) {
-  const int k = win.k, P = win.out(in.h) * win.out(in.w), R = in.c * k * k;
+void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y,
+                    bool relu) {
+  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w), P = Ho * Wo, R = in.c * k * k;
+  ColumnGemm g;
+  g.M = K;
+  g.K = R;
+  g.a = w;
+  g.a_row = R;
+  g.a_col = 1;
+  g.row_bias = b;
+  g.relu = relu;
+  g.c_row = P;
+  if (direct_conv(in, win)) {
+    tl_rows.resize(R);
+    for (int c = 0; c < in.c; ++c)
+      for (int ki = 0; ki < k; ++ki)
+        for (int kj = 0; kj < k; ++kj) tl_rows[(c * k + ki) * k + kj] = (c * in.h + ki) * in.w + kj;
+    g.b_rows = tl_rows.data();
+    // The last output row ends at column (Ho-1)*W + Wo: every read stays inside the image.
+    g.N = (Ho - 1) * in.w + Wo;
+    g.seg_period = in.w;
+    g.seg_len = Wo;
+    g.seg_stride = Wo;
+    g.b = x;
+    g.c = y;
+    g.batch = N;
+    g.b_batch = in.size();
+    g.c_batch = static_cast<std::ptrdiff_t>(K) * P;
+    column_gemm(g);
+    return;
+  }
   const int G = group_size(N, P);
   float* col = col_buffer(static_cast<size_t>(R) * P * G);
-  float* out = grouped_buffer(static_cast<size_t>(K) * P * G);
+  g.b = col;
+  g.seg_period = g.seg_len = P;
+  g.seg_stride = static_cast<std::ptrdiff_t>(K) * P;
   for (int n0 = 0; n0 < N; n0 += G) {
-    const int g = std::min(G, N - n0), cols = g * P;
-    // col is [R, g*P]: image j's patches occupy columns j*P .. j*P+P-1.
-    for (int j = 0; j < g; ++j) im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, win, col + j * P, cols);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, cols, R, 1.0f, w, R, col, cols, 0.0f, out, cols);
-    for (int j = 0; j < g; ++j) {
-      float* yn = y + static_cast<size_t>(n0 + j) * K * P;
-      for (int o = 0; o < K; ++o) {
-        const float* src = out + static_cast<size_t>(o) * cols + j * P;
-        for (int p = 0; p < P; ++p) yn[o * P + p] = src[p] + b[o];
-      }
-    }
+    const int gn = std::min(G, N - n0), cols = gn * P;
+    // col is [R, gn*P]: image j's patches occupy columns j*P .. j*P+P-1, and its outputs go to image j's planes.
+    for (int j = 0; j < gn; ++j) im2col_strided(x + static_cast<size_t>(n0 + j) * in.size(), in, win, col + j * P, cols);
+    g.N = cols;
+    g.b_rows = strided_rows(R, cols);
+    g.c = y + static_cast<size_t>(n0) * K * P;
+    column_gemm(g);
   }
 }
 
@@ -121,17 +171,47 @@ void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int
   const int k = win.k, P = win.out(in.h) * win.out(in.w), R = in.c * k * k;
   const int G = group_size(N, P);
   float* col = col_buffer(static_cast<size_t>(R) * P * G);
-  float* dyg = grouped_buffer(static_cast<size_t>(K) * P * G);
+  // dcol [R, P] per image = w^T dy: A(r, o) = w[o*R + r], B's rows are dy's channel planes.
+  ColumnGemm g;
+  g.M = R;
+  g.K = K;
+  g.a = w;
+  g.a_row = 1;
+  g.a_col = R;
+  // Maps of 32 or more pixels are read where they lie, one image per item; smaller ones (conv3's 3x3) are first
+  // gathered into rows of several images, so that a vector is not mostly masked lanes. Either way every element is
+  // the same sum in the same order.
+  const bool in_place = P >= 32;
+  float* dyg = in_place ? nullptr : grouped_buffer(static_cast<size_t>(K) * P * G);
   for (int n0 = 0; n0 < N; n0 += G) {
-    const int g = std::min(G, N - n0), cols = g * P;
-    for (int j = 0; j < g; ++j)
-      for (int o = 0; o < K; ++o)
-        std::memcpy(dyg + static_cast<size_t>(o) * cols + j * P, dy + (static_cast<size_t>(n0 + j) * K + o) * P, sizeof(float) * P);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, cols, K, 1.0f, w, R, dyg, cols, 0.0f, col, cols);
-    for (int j = 0; j < g; ++j) {
+    const int gn = std::min(G, N - n0), cols = gn * P;
+    if (in_place) {
+      g.N = g.seg_period = g.seg_len = P;
+      g.b = dy + static_cast<size_t>(n0) * K * P;
+      g.b_rows = strided_rows(K, P);
+      g.c = col;
+      g.c_row = P;
+      g.batch = gn;
+      g.b_batch = static_cast<std::ptrdiff_t>(K) * P;
+      g.c_batch = static_cast<std::ptrdiff_t>(R) * P;
+    } else {
+      for (int j = 0; j < gn; ++j)
+        for (int o = 0; o < K; ++o)
+          std::memcpy(dyg + static_cast<size_t>(o) * cols + j * P, dy + (static_cast<size_t>(n0 + j) * K + o) * P, sizeof(float) * P);
+      g.N = g.seg_period = g.seg_len = cols;
+      g.b = dyg;
+      g.b_rows = strided_rows(K, cols);
+      g.c = col;
+      g.c_row = cols;
+    }
+    column_gemm(g);
+    for (int j = 0; j < gn; ++j) {
       float* dxn = dx + static_cast<size_t>(n0 + j) * in.size();
       std::fill(dxn, dxn + in.size(), 0.0f);
-      col2im_strided(col + j * P, cols, in, win, dxn);
+      if (in_place)
+        col2im_strided(col + static_cast<size_t>(j) * R * P, P, in, win, dxn);
+      else
+        col2im_strided(col + j * P, cols, in, win, dxn);
     }
   }
 }
@@ -175,23 +255,44 @@ void relu_backward(const float* y, const float* dy, size_t n, float* dx) {
 void maxpool_forward(const float* x, int N, Shape3 in, Window win, float* y, int32_t* argmax) {
   const int Ho = win.out(in.h), Wo = win.out(in.w);
   const bool disjoint2 = win.k == 2 && win.stride == 2 && win.pad == 0;
+#if NUDGE_X86_KERNELS
+  const bool vector2 = disjoint2 && best_cpu_isa() == CpuIsa::Avx512;
+#endif
   for (int nc = 0; nc < N * in.c; ++nc) {
     const float* xp = x + static_cast<size_t>(nc) * in.h * in.w;
     float* yp = y + static_cast<size_t>(nc) * Ho * Wo;
     int32_t* ap = argmax + static_cast<size_t>(nc) * Ho * Wo;
+#if NUDGE_X86_KERNELS
+    if (vector2) {
+      maxpool2_plane_avx512(xp, in.h, in.w, yp, ap);
+      continue;
+    }
+#endif
     if (disjoint2) {
       // The common window, unrolled; comparisons in row-major order keep "first maximum wins", as
-      // maxpool_window_argmax does.
-      for (int oh = 0; oh < Ho; ++oh)
+      // maxpool_window_argmax does. The running maximum stays in a register (reloading xp[best] after each select
+      // made a load-compare-select chain per window).
+      for (int oh = 0; oh < Ho; ++oh) {
+        const float* r0 = xp + 2 * oh * in.w;
+        const float* r1 = r0 + in.w;
         for (int ow = 0; ow < Wo; ++ow) {
-          const int i0 = 2 * oh * in.w + 2 * ow, i1 = i0 + 1, i2 = i0 + in.w, i3 = i2 + 1;
+          const int i0 = 2 * oh * in.w + 2 * ow;
+          float m = r0[2 * ow];
           int best = i0;
-          best = xp[i1] > xp[best] ? i1 : best;
-          best = xp[i2] > xp[best] ? i2 : best;
-          best = xp[i3] > xp[best] ? i3 : best;
-          yp[oh * Wo + ow] = xp[best];
+          const float v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
+          const bool g1 = v1 > m;
+          m = g1 ? v1 : m;
+          best = g1 ? i0 + 1 : best;
+          const bool g2 = v2 > m;
+          m = g2 ? v2 : m;
+          best = g2 ? i0 + in.w : best;
+          const bool g3 = v3 > m;
+          m = g3 ? v3 : m;
+          best = g3 ? i0 + in.w + 1 : best;
+          yp[oh * Wo + ow] = m;
           ap[oh * Wo + ow] = best;
         }
+      }
       continue;
     }
     for (int oh = 0; oh < Ho; ++oh)
@@ -200,6 +301,30 @@ void maxpool_forward(const float* x, int N, Shape3 in, Window win, float* y, int
         yp[oh * Wo + ow] = xp[best];
         ap[oh * Wo + ow] = best;
       }
+  }
+}
+
+void maxpool_relu_backward(const float* dy, const int32_t* argmax, const float* relu_out, int N, Shape3 in, Window win,
+                           float* dx) {
+  const int Ho = win.out(in.h), Wo = win.out(in.w);
+#if NUDGE_X86_KERNELS
+  if (win.k == 2 && win.stride == 2 && win.pad == 0 && best_cpu_isa() == CpuIsa::Avx512) {
+    for (int nc = 0; nc < N * in.c; ++nc) {
+      const size_t plane = static_cast<size_t>(nc) * in.h * in.w, outs = static_cast<size_t>(nc) * Ho * Wo;
+      maxpool2_relu_backward_plane_avx512(dy + outs, argmax + outs, relu_out + plane, in.h, in.w, dx + plane);
+    }
+    return;
+  }
+#endif
+  for (int nc = 0; nc < N * in.c; ++nc) {
+    const size_t plane = static_cast<size_t>(nc) * in.h * in.w;
+    float* dxp = dx + plane;
+    const float* yp = relu_out + plane;
+    const float* dyp = dy + static_cast<size_t>(nc) * Ho * Wo;
+    const int32_t* ap = argmax + static_cast<size_t>(nc) * Ho * Wo;
+    std::fill(dxp, dxp + in.h * in.w, 0.0f);
+    // 0 + dy, as the unfused pair computes it (so that -0 comes out +0 there too).
+    for (int o = 0; o < Ho * Wo; ++o) dxp[ap[o]] = yp[ap[o]] > 0 ? 0.0f + dyp[o] : 0.0f;
   }
 }
 
@@ -240,13 +365,47 @@ void avgpool_backward(const float* dy, int N, Shape3 in, Window win, float* dx) 
   }
 }
 
-void dense_forward(const float* x, int N, int in, const float* w, const float* b, int out, float* y) {
-  for (int n = 0; n < N; ++n) std::copy(b, b + out, y + static_cast<size_t>(n) * out);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 1.0f, y, out);
+thread_local std::vector<float> tl_wt;
+
+void dense_forward(const float* x, int N, int in, const float* w, const float* b, int out, float* y, bool relu) {
+  // y = x w^T + b with B = w^T [in, out] (one transpose per call, shared by the whole batch).
+  if (tl_wt.size() < static_cast<size_t>(in) * out) tl_wt.resize(static_cast<size_t>(in) * out);
+  // In 8 x 8 blocks, so that neither side is read or written one float per cache line.
+  constexpr int kBlock = 8;
+  for (int o0 = 0; o0 < out; o0 += kBlock)
+    for (int i0 = 0; i0 < in; i0 += kBlock)
+      for (int o = o0; o < std::min(out, o0 + kBlock); ++o)
+        for (int i = i0; i < std::min(in, i0 + kBlock); ++i)
+          tl_wt[static_cast<size_t>(i) * out + o] = w[static_cast<size_t>(o) * in + i];
+  ColumnGemm g;
+  g.M = N;
+  g.N = g.seg_period = g.seg_len = out;
+  g.K = in;
+  g.a = x;
+  g.a_row = in;
+  g.a_col = 1;
+  g.b = tl_wt.data();
+  g.b_rows = strided_rows(in, out);
+  g.c = y;
+  g.c_row = out;
+  g.col_bias = b;
+  g.relu = relu;
+  column_gemm(g);
 }
 
 void dense_backward_data(const float* dy, int N, int in, const float* w, int out, float* dx) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+  ColumnGemm g;
+  g.M = N;
+  g.N = g.seg_period = g.seg_len = in;
+  g.K = out;
+  g.a = dy;
+  g.a_row = out;
+  g.a_col = 1;
+  g.b = w;
+  g.b_rows = strided_rows(out, in);
+  g.c = dx;
+  g.c_row = in;
+  column_gemm(g);
 }
 
 void dense_backward_params(const float* x, const float* dy, int N, int in, int out, float* dw, float* db) {

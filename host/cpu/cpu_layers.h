@@ -1,5 +1,6 @@
 // CPU layer kernels, batch-first NCHW float32. These are the CPU backend's compute and the reference that the CUDA
-// kernels are checked against. Convolutions are im2col + OpenBLAS SGEMM; loops over the batch use OpenMP.
+// kernels are checked against. Convolutions and dense layers run on column_gemm (column_gemm.h), so every image's
+// outputs are the same bits whatever else shares the call; the filter gradients, sums over the batch, are OpenBLAS.
 // All outputs are overwritten (never accumulated into).
 #pragma once
 #include <cstdint>
@@ -10,8 +11,9 @@
 namespace nudge::cpu {
 
 // Convolution with `win` = (k, stride, pad): x [N,in], w [K,in.c,k,k], b [K], y [N,K,Ho,Wo] with
-// Ho = win.out(in.h), Wo = win.out(in.w); zeros in the padding.
-void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y);
+// Ho = win.out(in.h), Wo = win.out(in.w); zeros in the padding. relu: y = max(conv + b, 0) in the same pass.
+void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y,
+                    bool relu = false);
 // dx [N,in] from dy.
 void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, Window win, float* dx);
 // dw [K,in.c,k,k] and db [K], summed over the batch.
@@ -36,6 +38,10 @@ void relu_backward(const float* y, const float* dy, size_t n, float* dx);
 void maxpool_forward(const float* x, int N, Shape3 in, Window win, float* y, int32_t* argmax);
 // dx [N,in] overwritten: each input gets the sum of dy over the windows whose argmax it is.
 void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shape3 in, Window win, float* dx);
+// maxpool_backward then relu_backward, for a pool right after a ReLU (relu_out: the ReLU's output, the pool's input),
+// in one pass, with the same bits. Disjoint windows only (win.stride >= win.k).
+void maxpool_relu_backward(const float* dy, const int32_t* argmax, const float* relu_out, int N, Shape3 in, Window win,
+                           float* dx);
 // p x p windows, stride p: the reference architecture's pool.
 inline void maxpool_forward(const float* x, int N, Shape3 in, int p, float* y, int32_t* argmax) {
   maxpool_forward(x, N, in, Window{p, p, 0}, y, argmax);
@@ -48,8 +54,8 @@ inline void maxpool_backward(const float* dy, const int32_t* argmax, int N, Shap
 void avgpool_forward(const float* x, int N, Shape3 in, Window win, float* y);
 void avgpool_backward(const float* dy, int N, Shape3 in, Window win, float* dx);
 
-// y [N,out] = x [N,in] * w^T + b, w [out,in].
-void dense_forward(const float* x, int N, int in, const float* w, const float* b, int out, float* y);
+// y [N,out] = x [N,in] * w^T + b, w [out,in]; relu as for conv2d_forward.
+void dense_forward(const float* x, int N, int in, const float* w, const float* b, int out, float* y, bool relu = false);
 void dense_backward_data(const float* dy, int N, int in, const float* w, int out, float* dx);
 void dense_backward_params(const float* x, const float* dy, int N, int in, int out, float* dw, float* db);
 

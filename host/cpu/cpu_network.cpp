@@ -9,7 +9,7 @@
 
 namespace nudge {
 
-CpuNetwork::CpuNetwork(const Architecture& arch, bool batch_invariant) : arch_(arch), batch_invariant_(batch_invariant) {
+CpuNetwork::CpuNetwork(const Architecture& arch) : arch_(arch) {
   int p = 0, dropouts = 0;
   for (const LayerSpec& l : arch_.layers) {
     const int tensors = l.kind == LayerKind::Conv || l.kind == LayerKind::Dense ? 2 : l.kind == LayerKind::BatchNorm ? 4 : 0;
@@ -51,15 +51,6 @@ void CpuNetwork::reserve_buffers(int n) {
   capacity_ = n;
 }
 
-template <class F>
-void CpuNetwork::for_images(int n, size_t in_size, size_t out_size, F&& f) const {
-  if (!batch_invariant_) {
-    f(n, 0, 0);
-    return;
-  }
-  for (int i = 0; i < n; ++i) f(1, i * in_size, i * out_size);
-}
-
 const float* CpuNetwork::out(int layer) const {
   // Flatten changes no bytes in NCHW: its output is its input.
   while (layer >= 0 && arch_.layers[layer].kind == LayerKind::Flatten) --layer;
@@ -74,22 +65,22 @@ void CpuNetwork::forward(const std::vector<const float*>& params, const float* x
     const LayerSpec& l = arch_.layers[i];
     const float* in = out(static_cast<int>(i) - 1);
     float* y = act_[i].data();
+    // A ReLU after a convolution or dense layer is applied in that layer's pass, straight into the ReLU's buffer;
+    // the pre-activation buffer is then left unwritten (nothing reads it: ReLU's backward uses its output).
+    const bool relu_next = (l.kind == LayerKind::Conv || l.kind == LayerKind::Dense) && i + 1 < arch_.layers.size() &&
+                           arch_.layers[i + 1].kind == LayerKind::Relu;
     switch (l.kind) {
       case LayerKind::Conv:
-        for_images(n, l.in.size(), l.out.size(), [&](int m, size_t io, size_t oo) {
-          cpu::conv2d_forward(in + io, m, l.in, params[param_index_[i]], params[param_index_[i] + 1], l.out_channels,
-                              l.window(), y + oo);
-        });
+        cpu::conv2d_forward(in, n, l.in, params[param_index_[i]], params[param_index_[i] + 1], l.out_channels,
+                            l.window(), relu_next ? act_[i + 1].data() : y, relu_next);
         break;
       case LayerKind::Relu: cpu::relu_forward(in, static_cast<size_t>(n) * l.out.size(), y); break;
       case LayerKind::MaxPool: cpu::maxpool_forward(in, n, l.in, l.window(), y, argmax_[i].data()); break;
       case LayerKind::AvgPool: cpu::avgpool_forward(in, n, l.in, l.window(), y); break;
       case LayerKind::Flatten: break;
       case LayerKind::Dense:
-        for_images(n, l.in.size(), l.out.size(), [&](int m, size_t io, size_t oo) {
-          cpu::dense_forward(in + io, m, l.in.size(), params[param_index_[i]], params[param_index_[i] + 1],
-                             l.out_channels, y + oo);
-        });
+        cpu::dense_forward(in, n, l.in.size(), params[param_index_[i]], params[param_index_[i] + 1], l.out_channels,
+                           relu_next ? act_[i + 1].data() : y, relu_next);
         break;
       case LayerKind::BatchNorm: {
         const int q = param_index_[i], C = l.out.c, P = l.out.h * l.out.w;
@@ -117,6 +108,7 @@ void CpuNetwork::forward(const std::vector<const float*>& params, const float* x
         break;
       }
     }
+    if (relu_next) ++i;
   }
 }
 
@@ -130,21 +122,26 @@ void CpuNetwork::backward(const std::vector<const float*>& params, const float* 
     const float* in = out(i - 1);
     const bool need_dx = i > 0 || dx;
     float* d = i == 0 ? dx : bufs[which];
+    const bool relu_before = l.kind == LayerKind::MaxPool && i > 0 && arch_.layers[i - 1].kind == LayerKind::Relu &&
+                             l.window().stride >= l.window().k;
     switch (l.kind) {
       case LayerKind::Conv:
         if (param_grads)
           cpu::conv2d_backward_filter(in, dy, n, l.in, l.out_channels, l.window(), (*param_grads)[param_index_[i]],
                                       (*param_grads)[param_index_[i] + 1]);
-        if (need_dx)
-          for_images(n, l.out.size(), l.in.size(), [&](int m, size_t oo, size_t io) {
-            cpu::conv2d_backward_data(dy + oo, m, l.in, params[param_index_[i]], l.out_channels, l.window(), d + io);
-          });
+        if (need_dx) cpu::conv2d_backward_data(dy, n, l.in, params[param_index_[i]], l.out_channels, l.window(), d);
         break;
       case LayerKind::Relu:
         if (need_dx) cpu::relu_backward(act_[i].data(), dy, static_cast<size_t>(n) * l.out.size(), d);
         break;
       case LayerKind::MaxPool:
-        if (need_dx) cpu::maxpool_backward(dy, argmax_[i].data(), n, l.in, l.window(), d);
+        if (relu_before) {
+          // The ReLU's backward in the pool's pass, into the buffer the ReLU would have written.
+          d = i - 1 == 0 ? dx : d;
+          if (i - 1 > 0 || dx) cpu::maxpool_relu_backward(dy, argmax_[i].data(), act_[i - 1].data(), n, l.in, l.window(), d);
+        } else if (need_dx) {
+          cpu::maxpool_backward(dy, argmax_[i].data(), n, l.in, l.window(), d);
+        }
         break;
       case LayerKind::AvgPool:
         if (need_dx) cpu::avgpool_backward(dy, n, l.in, l.window(), d);
@@ -156,10 +153,7 @@ void CpuNetwork::backward(const std::vector<const float*>& params, const float* 
         if (param_grads)
           cpu::dense_backward_params(in, dy, n, l.in.size(), l.out_channels, (*param_grads)[param_index_[i]],
                                      (*param_grads)[param_index_[i] + 1]);
-        if (need_dx)
-          for_images(n, l.out.size(), l.in.size(), [&](int m, size_t oo, size_t io) {
-            cpu::dense_backward_data(dy + oo, m, l.in.size(), params[param_index_[i]], l.out_channels, d + io);
-          });
+        if (need_dx) cpu::dense_backward_data(dy, n, l.in.size(), params[param_index_[i]], l.out_channels, d);
         break;
       case LayerKind::BatchNorm: {
         const int q = param_index_[i], C = l.out.c, P = l.out.h * l.out.w;
@@ -183,7 +177,8 @@ void CpuNetwork::backward(const std::vector<const float*>& params, const float* 
           std::copy(dy, dy + static_cast<size_t>(n) * l.out.size(), d);
         break;
     }
-    if (!need_dx) break;
+    if (relu_before) --i;  // the ReLU is done
+    if (!need_dx || (relu_before && i == 0 && !dx)) break;
     dy = d;
     which ^= 1;
   }

@@ -21,10 +21,9 @@ struct TrainingPass {
 
 class CpuNetwork {
  public:
-  // batch_invariant: every image goes through its own BLAS calls, so its results are bit-identical whatever else
-  // shares its batch (chunking and early stop change batch composition; a GEMM's rounding may depend on its shape).
-  // Training leaves it off and groups images into larger, faster GEMMs.
-  explicit CpuNetwork(const Architecture& arch, bool batch_invariant = false);
+  // Every image's logits and input gradient are the same bits whatever else shares its batch (chunking and early
+  // stop change batch composition): the layers' products are column_gemm's (host/cpu/column_gemm.h).
+  explicit CpuNetwork(const Architecture& arch);
 
   // params: one pointer per Architecture::params() entry. Keeps the activations of the last forward (and its mode,
   // for backward).
@@ -44,13 +43,9 @@ class CpuNetwork {
  private:
   void reserve_buffers(int n);  // reserve() without the out-of-memory message
   const float* out(int layer) const;
-  // Calls f(count, in_offset, out_offset) once for the whole batch, or once per image when batch-invariant.
-  template <class F>
-  void for_images(int n, size_t in_size, size_t out_size, F&& f) const;
   void reserve(int n);
 
   Architecture arch_;
-  bool batch_invariant_;
   // layer -> index of its first tensor in params (weight, bias; bn: then running mean and var), -1 if none
   std::vector<int> param_index_;
   std::vector<int> dropout_ordinal_;  // layer -> its place among the dropout layers, -1 if not one

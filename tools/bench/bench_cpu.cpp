@@ -23,6 +23,7 @@
 
 #include "architecture.h"
 #include "backend.h"
+#include "column_gemm.h"
 #include "cpu_backend.h"
 #include "model.h"
 #include "optimize_types.h"
@@ -46,6 +47,69 @@ std::vector<float> uniform_pixels(size_t count, uint32_t seed) {
   std::vector<float> x(count);
   for (float& v : x) v = u(gen);
   return x;
+}
+
+// The column GEMM (host/cpu/column_gemm.h) on conv2 of the reference model computed directly from one image (36
+// output channels, 216-term sums, 141 columns of which 121 are kept), 64 images per call, on one thread, per
+// instruction set: items/s = images/s, and the GFLOP/s counter counts the kept multiply-adds (2 FLOP each).
+void BM_column_gemm_conv2(benchmark::State& state) {
+  const auto isa = static_cast<cpu::CpuIsa>(state.range(0));
+  if (!cpu::cpu_isa_supported(isa)) {
+    state.SkipWithError("this CPU lacks the instruction set");
+    return;
+  }
+  const Shape3 in{24, 13, 13};
+  const int K = 36, R = in.c * 9, images = 64, Wo = 11;
+  const std::vector<float> x = uniform_pixels(static_cast<size_t>(images) * in.size(), 11);
+  const std::vector<float> w = uniform_pixels(static_cast<size_t>(K) * R, 12), b = uniform_pixels(K, 13);
+  std::vector<float> y(static_cast<size_t>(images) * K * Wo * Wo);
+  std::vector<std::ptrdiff_t> rows(R);
+  for (int c = 0; c < in.c; ++c)
+    for (int ki = 0; ki < 3; ++ki)
+      for (int kj = 0; kj < 3; ++kj) rows[(c * 3 + ki) * 3 + kj] = (c * in.h + ki) * in.w + kj;
+  cpu::ColumnGemm g;
+  g.M = K;
+  g.N = (Wo - 1) * in.w + Wo;
+  g.K = R;
+  g.a = w.data();
+  g.a_row = R;
+  g.a_col = 1;
+  g.b = x.data();
+  g.b_rows = rows.data();
+  g.c = y.data();
+  g.c_row = Wo * Wo;
+  g.seg_period = in.w;
+  g.seg_len = Wo;
+  g.seg_stride = Wo;
+  g.batch = images;
+  g.b_batch = in.size();
+  g.c_batch = static_cast<std::ptrdiff_t>(K) * Wo * Wo;
+  g.row_bias = b.data();
+  g.relu = true;
+  for (auto _ : state) {
+    cpu::column_gemm(g, isa);
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * images);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * K * R * Wo * Wo * images * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+  state.SetLabel(cpu::cpu_isa_name(isa));
+}
+
+// Logits of a batch (the Square attack's whole cost is forward passes).
+void BM_forward(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  auto backend = make_loaded_backend();
+  const Architecture arch = Architecture::reference();
+  const std::vector<float> x = uniform_pixels(static_cast<size_t>(n) * arch.input.size(), 14);
+  std::vector<float> probs(static_cast<size_t>(n) * arch.num_classes());
+  for (auto _ : state) {
+    backend->predict(x.data(), n, probs.data());
+    benchmark::DoNotOptimize(probs.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  state.SetLabel(backend->name());
 }
 
 // One-hot targets i mod K, as the optimize job's target "all" lays them out (row r of a source -> class r).
@@ -131,6 +195,14 @@ void BM_optimize(benchmark::State& state) {
 
 // Min times are short so that the whole binary finishes well inside a minute on two cores; one optimize step at
 // N = 8192 already takes about a second there.
+BENCHMARK(BM_column_gemm_conv2)
+    ->Arg(static_cast<int>(cpu::CpuIsa::Scalar))
+    ->Arg(static_cast<int>(cpu::CpuIsa::Avx2))
+    ->Arg(static_cast<int>(cpu::CpuIsa::Avx512))
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5);
+BENCHMARK(BM_forward)->Arg(1024)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_train_step)->Arg(32)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_input_gradient)->Arg(1024)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_optimize)->Arg(1024)->Arg(8192)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
