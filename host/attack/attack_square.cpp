@@ -30,16 +30,6 @@ int square_side(double p, int H, int W) {
 
 namespace {
 
-// Margins of the entries' candidate images (forward only).
-void margins(Backend& backend, const AttackSet& set, const std::vector<int>& entries, const std::vector<float>& x,
-             std::vector<float>& out) {
-  out.resize(entries.size());
-  backend.logit_backprop(x.data(), static_cast<int>(entries.size()), [&](int first, int m, const float* z, float*) {
-    for (int i = 0; i < m; ++i)
-      out[first + i] = attack_margin(z + static_cast<size_t>(i) * set.K, set.K, set.label[entries[first + i]]);
-  }, nullptr);
-}
-
 SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int H, int W, uint64_t seed, int restart) {
   SquareProposal p;
   auto draw = [&set, seed, restart](int e, uint32_t step, uint32_t j) {
@@ -82,12 +72,16 @@ SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int 
 long square_search(Backend& backend, const AttackSet& set, const std::vector<int>& e, const SquareConfig& cfg,
                    int restart, AttackRecord& rec, const SquareProposal& proposal,
                    const std::function<void(double)>& tick) {
-  const int D = set.D, m = static_cast<int>(e.size());
-  std::vector<float> best(static_cast<size_t>(m) * D), cand, margin_best, margin_new;
+  const int D = set.D, K = set.K, m = static_cast<int>(e.size());
+  std::vector<float> best(static_cast<size_t>(m) * D), cand, margin_best(m), logits(static_cast<size_t>(m) * K);
   for (int l = 0; l < m; ++l) proposal.start(e[l], best.data() + static_cast<size_t>(l) * D);
-  margins(backend, set, e, best, margin_best);
+  // The session keeps each entry's best image as its base: a candidate changes one window of it, and the CPU
+  // backend recomputes only what that window reaches (the same logits as a full pass, bit for bit).
+  const std::unique_ptr<ForwardSession> session = backend.begin_forward_session(m, K);
+  session->set_bases(best.data(), logits.data());
+  for (int l = 0; l < m; ++l) margin_best[l] = attack_margin(logits.data() + static_cast<size_t>(l) * K, K, set.label[e[l]]);
   long spent = m;
-  std::vector<int> live;  // local indices still robust
+  std::vector<int> live;  // local indices still robust, which are also their session slots
   auto retire = [&](int l, int step) {
     rec.broken[e[l]] = 1;
     rec.attack[e[l]] = static_cast<int32_t>(AttackId::Square);
@@ -99,29 +93,30 @@ long square_search(Backend& backend, const AttackSet& set, const std::vector<int
     if (margin_best[l] < 0) retire(l, 0);
     else live.push_back(l);
   }
-  std::vector<int> live_entries;
+  std::vector<uint8_t> keep;
   for (int it = 1; it < cfg.queries && !live.empty(); ++it) {
     if (proposal.begin_iteration) proposal.begin_iteration(it);
     const int n = static_cast<int>(live.size());
     cand.resize(static_cast<size_t>(n) * D);
-    live_entries.resize(n);
-    for (int i = 0; i < n; ++i) {
-      live_entries[i] = e[live[i]];
-      proposal.propose(live_entries[i], it, best.data() + static_cast<size_t>(live[i]) * D,
+    for (int i = 0; i < n; ++i)
+      proposal.propose(e[live[i]], it, best.data() + static_cast<size_t>(live[i]) * D,
                        cand.data() + static_cast<size_t>(i) * D);
-    }
-    margins(backend, set, live_entries, cand, margin_new);
+    session->evaluate(live.data(), cand.data(), n, logits.data());
     spent += n;
+    keep.assign(n, 0);
     std::vector<int> still;
     for (int i = 0; i < n; ++i) {
       const int l = live[i];
-      if (margin_new[i] < margin_best[l]) {
-        margin_best[l] = margin_new[i];
+      const float margin = attack_margin(logits.data() + static_cast<size_t>(i) * K, K, set.label[e[l]]);
+      if (margin < margin_best[l]) {
+        margin_best[l] = margin;
+        keep[i] = 1;
         std::copy_n(cand.data() + static_cast<size_t>(i) * D, D, best.data() + static_cast<size_t>(l) * D);
       }
       if (margin_best[l] < 0) retire(l, it);
       else still.push_back(l);
     }
+    session->resolve(keep.data());
     live.swap(still);
     if (tick && it % 16 == 0) tick(static_cast<double>(it) / cfg.queries);
   }

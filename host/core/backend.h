@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "forward_session.h"
 #include "model.h"
 #include "optimize_types.h"
 
@@ -143,6 +144,12 @@ class Backend {
   virtual void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) = 0;
 
   virtual std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) = 0;
+
+  // A session of n bases whose candidates cost only what their change reaches (forward_session.h), for a model of
+  // `classes` outputs. The default runs whole forward passes; the CPU backend keeps each base's activations.
+  virtual std::unique_ptr<ForwardSession> begin_forward_session(int n, int classes) {
+    return make_plain_forward_session(*this, n, classes);
+  }
 
   // Why this backend cannot run optimize chunks on `path` for the loaded model ("" when it can): job validation
   // asks before any compute, and begin_optimize(in, cfg) may then assume cfg.path is runnable.

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "column_gemm.h"
+#include "cpu_forward_session.h"
 #include "cpu_network.h"
 #include "cpu_train_layers.h"
 #include "errors.h"
@@ -245,6 +246,11 @@ class CpuBackend : public Backend {
       });
     }
     errors.rethrow();
+  }
+
+  std::unique_ptr<ForwardSession> begin_forward_session(int n, int classes) override {
+    auto session = make_cpu_forward_session(folded_ ? infer_arch_ : arch_, inference_param_ptrs(), n, threads_);
+    return session ? std::move(session) : Backend::begin_forward_session(n, classes);
   }
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {

@@ -167,6 +167,34 @@ void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const floa
   }
 }
 
+void conv2d_forward_rect(const float* x, Shape3 in, const float* w, const float* b, int K, int k, float* y, int oh0,
+                         int oh1, int ow0, int ow1, bool relu) {
+  if (oh0 >= oh1 || ow0 >= ow1) return;
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1, R = in.c * k * k;
+  ColumnGemm g;
+  g.M = K;
+  g.K = R;
+  g.a = w;
+  g.a_row = R;
+  g.a_col = 1;
+  g.row_bias = b;
+  g.relu = relu;
+  tl_rows.resize(R);
+  for (int c = 0; c < in.c; ++c)
+    for (int ki = 0; ki < k; ++ki)
+      for (int kj = 0; kj < k; ++kj) tl_rows[(c * k + ki) * k + kj] = (c * in.h + ki) * in.w + kj;
+  g.b_rows = tl_rows.data();
+  // As conv2d_forward's direct path, over the rectangle's rows only: column n = (oh - oh0)*W + (ow - ow0).
+  g.b = x + oh0 * in.w + ow0;
+  g.N = (oh1 - oh0 - 1) * in.w + (ow1 - ow0);
+  g.seg_period = in.w;
+  g.seg_len = ow1 - ow0;
+  g.seg_stride = Wo;
+  g.c = y + oh0 * Wo + ow0;
+  g.c_row = Ho * Wo;
+  column_gemm(g);
+}
+
 void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, Window win, float* dx) {
   const int k = win.k, P = win.out(in.h) * win.out(in.w), R = in.c * k * k;
   const int G = group_size(N, P);
@@ -377,6 +405,10 @@ void dense_forward(const float* x, int N, int in, const float* w, const float* b
       for (int o = o0; o < std::min(out, o0 + kBlock); ++o)
         for (int i = i0; i < std::min(in, i0 + kBlock); ++i)
           tl_wt[static_cast<size_t>(i) * out + o] = w[static_cast<size_t>(o) * in + i];
+  dense_forward_wt(x, N, in, tl_wt.data(), b, out, y, relu);
+}
+
+void dense_forward_wt(const float* x, int N, int in, const float* wt, const float* b, int out, float* y, bool relu) {
   ColumnGemm g;
   g.M = N;
   g.N = g.seg_period = g.seg_len = out;
@@ -384,7 +416,7 @@ void dense_forward(const float* x, int N, int in, const float* w, const float* b
   g.a = x;
   g.a_row = in;
   g.a_col = 1;
-  g.b = tl_wt.data();
+  g.b = wt;
   g.b_rows = strided_rows(in, out);
   g.c = y;
   g.c_row = out;

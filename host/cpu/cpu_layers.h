@@ -14,6 +14,10 @@ namespace nudge::cpu {
 // Ho = win.out(in.h), Wo = win.out(in.w); zeros in the padding. relu: y = max(conv + b, 0) in the same pass.
 void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y,
                     bool relu = false);
+// One image's outputs (oh, ow) in [oh0, oh1) x [ow0, ow1) of a valid stride-1 convolution with k x k filters, the same
+// bits conv2d_forward gives them; y [K, Ho, Wo] is written only there.
+void conv2d_forward_rect(const float* x, Shape3 in, const float* w, const float* b, int K, int k, float* y, int oh0,
+                         int oh1, int ow0, int ow1, bool relu);
 // dx [N,in] from dy.
 void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, Window win, float* dx);
 // dw [K,in.c,k,k] and db [K], summed over the batch.
@@ -56,6 +60,8 @@ void avgpool_backward(const float* dy, int N, Shape3 in, Window win, float* dx);
 
 // y [N,out] = x [N,in] * w^T + b, w [out,in]; relu as for conv2d_forward.
 void dense_forward(const float* x, int N, int in, const float* w, const float* b, int out, float* y, bool relu = false);
+// The same with the weights already transposed, wt [in,out] (dense_forward transposes w on every call).
+void dense_forward_wt(const float* x, int N, int in, const float* wt, const float* b, int out, float* y, bool relu);
 void dense_backward_data(const float* dy, int N, int in, const float* w, int out, float* dx);
 void dense_backward_params(const float* x, const float* dy, int N, int in, int out, float* dw, float* db);
 
