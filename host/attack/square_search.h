@@ -19,6 +19,8 @@ struct SquareProposal {
   std::function<void(int e, int it, const float* best, float* cand)> propose;
   // Called once before the candidates of iteration it are drawn (e.g. to build the iteration's square pattern).
   std::function<void(int it)> begin_iteration;
+  // propose may run for several entries at once, on several threads (it keeps no state of its own between calls).
+  bool concurrent = false;
 };
 
 // Runs cfg.queries forward passes per entry (fewer for an entry that breaks) and records the broken ones in rec as
