@@ -113,16 +113,24 @@ const std::ptrdiff_t* strided_rows(int R, std::ptrdiff_t stride) {
   return tl_rows.data();
 }
 
-// A valid stride-1 convolution computed straight from the image: B's row (c, ki, kj) is the input plane c shifted by
-// (ki, kj), read over whole input rows, so output column n = oh*W + ow for ow < Wo and the other W - Wo columns of
-// each row are computed and dropped. Worth it when rows are wide enough that few lanes are dropped.
-bool direct_conv(Shape3 in, Window win) { return win.plain() && win.out(in.w) >= 8; }
+// C [M,N] = A [M,K] B [K,N], each row-major and dense.
+ColumnGemm row_major_product(int M, int N, int K, const float* a, const float* b, float* c) {
+  ColumnGemm g;
+  g.M = M;
+  g.N = g.seg_period = g.seg_len = N;
+  g.K = K;
+  g.a = a;
+  g.a_row = K;
+  g.a_col = 1;
+  g.b = b;
+  g.b_rows = strided_rows(K, N);
+  g.c = c;
+  g.c_row = N;
+  return g;
+}
 
-}  // namespace
-
-void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y,
-                    bool relu) {
-  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w), P = Ho * Wo, R = in.c * k * k;
+// The product's A side for a convolution: the filters [K, R] as rows, the bias per row, and the ReLU if it follows.
+ColumnGemm filters_times(const float* w, const float* b, int K, int R, bool relu) {
   ColumnGemm g;
   g.M = K;
   g.K = R;
@@ -131,26 +139,50 @@ void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const floa
   g.a_col = 1;
   g.row_bias = b;
   g.relu = relu;
-  g.c_row = P;
-  if (direct_conv(in, win)) {
-    tl_rows.resize(R);
-    for (int c = 0; c < in.c; ++c)
-      for (int ki = 0; ki < k; ++ki)
-        for (int kj = 0; kj < k; ++kj) tl_rows[(c * k + ki) * k + kj] = (c * in.h + ki) * in.w + kj;
-    g.b_rows = tl_rows.data();
-    // The last output row ends at column (Ho-1)*W + Wo: every read stays inside the image.
-    g.N = (Ho - 1) * in.w + Wo;
-    g.seg_period = in.w;
-    g.seg_len = Wo;
-    g.seg_stride = Wo;
-    g.b = x;
-    g.c = y;
-    g.batch = N;
-    g.b_batch = in.size();
-    g.c_batch = static_cast<std::ptrdiff_t>(K) * P;
-    column_gemm(g);
+  return g;
+}
+
+// A valid stride-1 convolution computed straight from the image, outputs (oh, ow) in [oh0, oh1) x [ow0, ow1) of N
+// images: B's row (c, ki, kj) is the input plane c shifted by (ki, kj), read over whole input rows, so column
+// n = (oh - oh0)*W + (ow - ow0) and the W - (ow1 - ow0) other columns of each row are computed and dropped. The last
+// row ends at column (oh1 - oh0 - 1)*W + (ow1 - ow0): every read stays inside the image.
+void direct_conv(const float* x, int N, Shape3 in, const float* w, const float* b, int K, int k, float* y, int oh0,
+                 int oh1, int ow0, int ow1, bool relu) {
+  if (oh0 >= oh1 || ow0 >= ow1) return;
+  const int Ho = in.h - k + 1, Wo = in.w - k + 1, R = in.c * k * k;
+  ColumnGemm g = filters_times(w, b, K, R, relu);
+  tl_rows.resize(R);
+  for (int c = 0; c < in.c; ++c)
+    for (int ki = 0; ki < k; ++ki)
+      for (int kj = 0; kj < k; ++kj) tl_rows[(c * k + ki) * k + kj] = (c * in.h + ki) * in.w + kj;
+  g.b_rows = tl_rows.data();
+  g.b = x + oh0 * in.w + ow0;
+  g.N = (oh1 - oh0 - 1) * in.w + (ow1 - ow0);
+  g.seg_period = in.w;
+  g.seg_len = ow1 - ow0;
+  g.seg_stride = Wo;
+  g.c = y + oh0 * Wo + ow0;
+  g.c_row = Ho * Wo;
+  g.batch = N;
+  g.b_batch = in.size();
+  g.c_batch = static_cast<std::ptrdiff_t>(K) * Ho * Wo;
+  column_gemm(g);
+}
+
+// The direct product is worth it when output rows are wide enough that few lanes are dropped.
+bool direct_pays(Shape3 in, Window win) { return win.plain() && win.out(in.w) >= 8; }
+
+}  // namespace
+
+void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const float* b, int K, Window win, float* y,
+                    bool relu) {
+  const int k = win.k, Ho = win.out(in.h), Wo = win.out(in.w), P = Ho * Wo, R = in.c * k * k;
+  if (direct_pays(in, win)) {
+    direct_conv(x, N, in, w, b, K, k, y, 0, Ho, 0, Wo, relu);
     return;
   }
+  ColumnGemm g = filters_times(w, b, K, R, relu);
+  g.c_row = P;
   const int G = group_size(N, P);
   float* col = col_buffer(static_cast<size_t>(R) * P * G);
   g.b = col;
@@ -169,30 +201,7 @@ void conv2d_forward(const float* x, int N, Shape3 in, const float* w, const floa
 
 void conv2d_forward_rect(const float* x, Shape3 in, const float* w, const float* b, int K, int k, float* y, int oh0,
                          int oh1, int ow0, int ow1, bool relu) {
-  if (oh0 >= oh1 || ow0 >= ow1) return;
-  const int Ho = in.h - k + 1, Wo = in.w - k + 1, R = in.c * k * k;
-  ColumnGemm g;
-  g.M = K;
-  g.K = R;
-  g.a = w;
-  g.a_row = R;
-  g.a_col = 1;
-  g.row_bias = b;
-  g.relu = relu;
-  tl_rows.resize(R);
-  for (int c = 0; c < in.c; ++c)
-    for (int ki = 0; ki < k; ++ki)
-      for (int kj = 0; kj < k; ++kj) tl_rows[(c * k + ki) * k + kj] = (c * in.h + ki) * in.w + kj;
-  g.b_rows = tl_rows.data();
-  // As conv2d_forward's direct path, over the rectangle's rows only: column n = (oh - oh0)*W + (ow - ow0).
-  g.b = x + oh0 * in.w + ow0;
-  g.N = (oh1 - oh0 - 1) * in.w + (ow1 - ow0);
-  g.seg_period = in.w;
-  g.seg_len = ow1 - ow0;
-  g.seg_stride = Wo;
-  g.c = y + oh0 * Wo + ow0;
-  g.c_row = Ho * Wo;
-  column_gemm(g);
+  direct_conv(x, 1, in, w, b, K, k, y, oh0, oh1, ow0, ow1, relu);
 }
 
 void conv2d_backward_data(const float* dy, int N, Shape3 in, const float* w, int K, Window win, float* dx) {
@@ -409,35 +418,14 @@ void dense_forward(const float* x, int N, int in, const float* w, const float* b
 }
 
 void dense_forward_wt(const float* x, int N, int in, const float* wt, const float* b, int out, float* y, bool relu) {
-  ColumnGemm g;
-  g.M = N;
-  g.N = g.seg_period = g.seg_len = out;
-  g.K = in;
-  g.a = x;
-  g.a_row = in;
-  g.a_col = 1;
-  g.b = wt;
-  g.b_rows = strided_rows(in, out);
-  g.c = y;
-  g.c_row = out;
+  ColumnGemm g = row_major_product(N, out, in, x, wt, y);
   g.col_bias = b;
   g.relu = relu;
   column_gemm(g);
 }
 
 void dense_backward_data(const float* dy, int N, int in, const float* w, int out, float* dx) {
-  ColumnGemm g;
-  g.M = N;
-  g.N = g.seg_period = g.seg_len = in;
-  g.K = out;
-  g.a = dy;
-  g.a_row = out;
-  g.a_col = 1;
-  g.b = w;
-  g.b_rows = strided_rows(out, in);
-  g.c = dx;
-  g.c_row = in;
-  column_gemm(g);
+  column_gemm(row_major_product(N, in, out, dy, w, dx));
 }
 
 void dense_backward_params(const float* x, const float* dy, int N, int in, int out, float* dw, float* db) {
