@@ -150,6 +150,9 @@ class Backend {
   virtual std::unique_ptr<ForwardSession> begin_forward_session(int n, int classes) {
     return make_plain_forward_session(*this, n, classes);
   }
+  // Whether several of this backend's forward sessions may run at once, each on the thread that calls it (an OpenMP
+  // region nested in the caller's runs on one thread). The default sessions call into the backend itself, so not.
+  virtual bool concurrent_forward_sessions() const { return false; }
 
   // Why this backend cannot run optimize chunks on `path` for the loaded model ("" when it can): job validation
   // asks before any compute, and begin_optimize(in, cfg) may then assume cfg.path is runnable.

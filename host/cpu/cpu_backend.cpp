@@ -252,6 +252,10 @@ class CpuBackend : public Backend {
     auto session = make_cpu_forward_session(folded_ ? infer_arch_ : arch_, inference_param_ptrs(), n, threads_);
     return session ? std::move(session) : Backend::begin_forward_session(n, classes);
   }
+  // A CPU session owns its activations, and its kernels keep their scratch per thread.
+  bool concurrent_forward_sessions() const override {
+    return make_cpu_forward_session(folded_ ? infer_arch_ : arch_, inference_param_ptrs(), 0, 1) != nullptr;
+  }
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
     // x0, x, Adam's m and v and the best images: five floats per pixel and entry.

@@ -95,7 +95,7 @@ class CpuForwardSession : public ForwardSession {
 
   void set_bases(const float* x, float* logits) override {
     ParallelErrors errors;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(threads_)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads_) if (!omp_in_parallel())
     for (int s = 0; s < n_; ++s) errors.run([&] {
       float* slot = slot_ptr(s);
       std::copy_n(x + static_cast<size_t>(s) * input_.size(), input_.size(), slot);
@@ -110,7 +110,7 @@ class CpuForwardSession : public ForwardSession {
     if (m > n_) throw InternalError("forward session: more candidates than bases");
     pending_.assign(slots, slots + m);
     ParallelErrors errors;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(threads_)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads_) if (!omp_in_parallel())
     for (int i = 0; i < m; ++i) errors.run([&] {
       float* slot = slot_ptr(slots[i]);
       Undo& undo = undo_[i];
@@ -127,7 +127,7 @@ class CpuForwardSession : public ForwardSession {
 
   void resolve(const uint8_t* keep) override {
     const int m = static_cast<int>(pending_.size());
-#pragma omp parallel for schedule(dynamic, 16) num_threads(threads_)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads_) if (!omp_in_parallel())
     for (int i = 0; i < m; ++i)
       if (!keep[i]) undo_[i].restore(slot_ptr(pending_[i]));
     pending_.clear();
