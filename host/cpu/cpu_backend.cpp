@@ -254,7 +254,7 @@ class CpuBackend : public Backend {
   }
   // A CPU session owns its activations, and its kernels keep their scratch per thread.
   bool concurrent_forward_sessions() const override {
-    return make_cpu_forward_session(folded_ ? infer_arch_ : arch_, inference_param_ptrs(), 0, 1) != nullptr;
+    return cpu_forward_session_follows(folded_ ? infer_arch_ : arch_);
   }
 
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {

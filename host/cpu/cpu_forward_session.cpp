@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "cpu_layers.h"
 #include "errors.h"
@@ -32,7 +33,7 @@ struct Stage {
   bool relu = false;
   const float* w = nullptr;
   const float* b = nullptr;
-  std::shared_ptr<std::vector<float>> wt;  // Dense: w transposed, [in, out], made once for the session
+  std::vector<float> wt;  // Dense: w transposed, [in, out], made once for the session
   Shape3 in, out;
   size_t in_off = 0, out_off = 0;
 };
@@ -193,7 +194,7 @@ class CpuForwardSession : public ForwardSession {
           cpu::conv2d_forward_rect(in, st.in, st.w, st.b, st.out.c, st.win.k, out, r.h0, r.h1, r.w0, r.w1, st.relu);
         break;
       case StageKind::Dense:
-        cpu::dense_forward_wt(in, 1, st.in.size(), st.wt->data(), st.b, st.out.c, out, st.relu);
+        cpu::dense_forward_wt(in, 1, st.in.size(), st.wt.data(), st.b, st.out.c, out, st.relu);
         break;
       case StageKind::Relu:
         for (int c = 0; c < st.out.c; ++c)
@@ -249,8 +250,23 @@ class CpuForwardSession : public ForwardSession {
 
 }  // namespace
 
+bool cpu_forward_session_follows(const Architecture& arch) {
+  for (const LayerSpec& l : arch.layers)
+    switch (l.kind) {
+      case LayerKind::Conv:
+      case LayerKind::Dense:
+      case LayerKind::Relu:
+      case LayerKind::MaxPool:
+      case LayerKind::AvgPool:
+      case LayerKind::Flatten: break;
+      default: return false;  // bn and dropout: folded away for inference, so not expected here
+    }
+  return true;
+}
+
 std::unique_ptr<ForwardSession> make_cpu_forward_session(const Architecture& arch, const std::vector<const float*>& params,
                                                          int n, int threads) {
+  if (!cpu_forward_session_follows(arch)) return nullptr;
   std::vector<Stage> stages;
   size_t offset = arch.input.size();
   size_t prev_out = 0;  // where the current map lies in a slot (the input image at 0)
@@ -273,9 +289,9 @@ std::unique_ptr<ForwardSession> make_cpu_forward_session(const Architecture& arc
         if (l.kind == LayerKind::Dense) {
           const int in = static_cast<int>(l.in.size()), units = l.out_channels;
           st.in = Shape3{in, 1, 1};
-          st.wt = std::make_shared<std::vector<float>>(static_cast<size_t>(in) * units);
+          st.wt.resize(static_cast<size_t>(in) * units);
           for (int o = 0; o < units; ++o)
-            for (int j = 0; j < in; ++j) (*st.wt)[static_cast<size_t>(j) * units + o] = st.w[static_cast<size_t>(o) * in + j];
+            for (int j = 0; j < in; ++j) st.wt[static_cast<size_t>(j) * units + o] = st.w[static_cast<size_t>(o) * in + j];
         }
         st.out = l.kind == LayerKind::Dense ? Shape3{l.out_channels, 1, 1} : l.out;
         break;
@@ -283,14 +299,15 @@ std::unique_ptr<ForwardSession> make_cpu_forward_session(const Architecture& arc
       case LayerKind::MaxPool: st.kind = StageKind::MaxPool; st.out = l.out; break;
       case LayerKind::AvgPool: st.kind = StageKind::AvgPool; st.out = l.out; break;
       case LayerKind::Flatten: continue;  // the same floats, read as a vector by the dense layer after it
-      default: return nullptr;            // bn and dropout: folded away for inference, so never seen here
+      default: throw InternalError("forward session: a layer cpu_forward_session_follows refuses");
     }
     st.out_off = offset;
     offset += st.out.size();
     prev_out = st.out_off;
     prev_shape = st.out;
-    stages.push_back(st);
-    if (st.relu) ++i;
+    const bool relu_done = st.relu;
+    stages.push_back(std::move(st));
+    if (relu_done) ++i;
   }
   if (stages.empty()) return nullptr;
   return std::make_unique<CpuForwardSession>(std::move(stages), arch.input, arch.num_classes(), n, threads);

@@ -12,8 +12,11 @@
 
 namespace nudge {
 
+// Whether the session follows every layer of `arch` (all but bn and dropout, which inference folds away).
+bool cpu_forward_session_follows(const Architecture& arch);
+
 // For the inference architecture `arch` and its parameters (one pointer per Architecture::params() entry, which
-// must outlive the session); nullptr when arch has a layer the session does not follow (bn, dropout).
+// must outlive the session); nullptr when cpu_forward_session_follows(arch) is false.
 std::unique_ptr<ForwardSession> make_cpu_forward_session(const Architecture& arch, const std::vector<const float*>& params,
                                                          int n, int threads);
 
