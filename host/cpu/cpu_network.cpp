@@ -17,6 +17,13 @@ CpuNetwork::CpuNetwork(const Architecture& arch) : arch_(arch) {
     p += tensors;
     dropout_ordinal_.push_back(l.kind == LayerKind::Dropout ? dropouts++ : -1);
   }
+  // A ReLU after a convolution or dense layer is applied in that layer's pass, straight into the ReLU's buffer; the
+  // pre-activation buffer is then neither kept nor written (nothing reads it: ReLU's backward uses its output).
+  for (size_t i = 0; i < arch_.layers.size(); ++i) {
+    const LayerKind k = arch_.layers[i].kind;
+    relu_fused_.push_back((k == LayerKind::Conv || k == LayerKind::Dense) && i + 1 < arch_.layers.size() &&
+                          arch_.layers[i + 1].kind == LayerKind::Relu);
+  }
   const size_t L = arch_.layers.size();
   act_.resize(L);
   argmax_.resize(L);
@@ -38,7 +45,7 @@ void CpuNetwork::reserve_buffers(int n) {
   for (size_t i = 0; i < arch_.layers.size(); ++i) {
     const LayerSpec& l = arch_.layers[i];
     widest = std::max<size_t>(widest, l.out.size());
-    if (l.kind != LayerKind::Flatten) act_[i].resize(static_cast<size_t>(n) * l.out.size());
+    if (l.kind != LayerKind::Flatten && !relu_fused_[i]) act_[i].resize(static_cast<size_t>(n) * l.out.size());
     if (l.kind == LayerKind::MaxPool) argmax_[i].resize(static_cast<size_t>(n) * l.out.size());
     if (l.kind == LayerKind::Dropout) keep_[i].resize(static_cast<size_t>(n) * l.out.size());
     if (l.kind == LayerKind::BatchNorm) {
@@ -65,10 +72,7 @@ void CpuNetwork::forward(const std::vector<const float*>& params, const float* x
     const LayerSpec& l = arch_.layers[i];
     const float* in = out(static_cast<int>(i) - 1);
     float* y = act_[i].data();
-    // A ReLU after a convolution or dense layer is applied in that layer's pass, straight into the ReLU's buffer;
-    // the pre-activation buffer is then left unwritten (nothing reads it: ReLU's backward uses its output).
-    const bool relu_next = (l.kind == LayerKind::Conv || l.kind == LayerKind::Dense) && i + 1 < arch_.layers.size() &&
-                           arch_.layers[i + 1].kind == LayerKind::Relu;
+    const bool relu_next = relu_fused_[i];
     switch (l.kind) {
       case LayerKind::Conv:
         cpu::conv2d_forward(in, n, l.in, params[param_index_[i]], params[param_index_[i] + 1], l.out_channels,

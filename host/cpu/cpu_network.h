@@ -49,6 +49,7 @@ class CpuNetwork {
   // layer -> index of its first tensor in params (weight, bias; bn: then running mean and var), -1 if none
   std::vector<int> param_index_;
   std::vector<int> dropout_ordinal_;  // layer -> its place among the dropout layers, -1 if not one
+  std::vector<bool> relu_fused_;      // layer -> a conv or dense layer whose pass also applies the ReLU after it
   int capacity_ = 0;
   const float* x_ = nullptr;
   std::vector<std::vector<float>> act_;
