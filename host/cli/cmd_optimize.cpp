@@ -22,20 +22,11 @@ struct OptimizeFlags {
 // Whether the user gave the flag: only then is its value checked (the defaults mean "not set").
 bool given(const CLI::App& cmd, const char* flag) { return cmd.count(flag) > 0; }
 
-InitKind parse_init(const std::string& s, std::string* dir) {
-  if (s == "noise") return InitKind::Noise;
-  if (s == "gauss") return InitKind::Gauss;
-  if (s == "gray") return InitKind::Gray;
-  if (s == "test") return InitKind::Test;
-  if (s == "train") return InitKind::Train;
-  *dir = s;
-  return InitKind::Images;
-}
-
 nlohmann::json job_to_json(const OptimizeFlags& f, const OptimizeJob& j, const std::string& model) {
   nlohmann::json s;
   s["model"] = model;
   s["init"] = f.init;
+  if (j.init == InitKind::Pca) s["start_components"] = j.pca_start_components;
   s["count"] = j.count;
   if (!f.indices.empty()) s["indices"] = f.indices;
   if (!f.range.empty()) s["range"] = f.range;
@@ -71,7 +62,9 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
       ->default_str(o->model);
   cmd->add_option("--judge", *judge, "an independent model that scores the results afterwards (never optimized against)");
   add_regularizer_flags(*cmd, f->job.reg);
-  cmd->add_option("--init", f->init, "start images: noise | gauss | gray | test | train | a folder of PNG/PGM files")->capture_default_str();
+  cmd->add_option("--init", f->init, "start images: noise | gauss | gray | pca (draws from --pca's Gaussian) | test | train | a folder of PNG/PGM files")->capture_default_str();
+  cmd->add_option("--start-components", f->job.pca_start_components,
+                  "--init pca: how many leading components the start images draw")->capture_default_str();
   cmd->add_option("--count", f->job.count, "number of generated start images, or the first N dataset images")->capture_default_str();
   cmd->add_option("--indices", f->indices, "dataset start images, e.g. 61,307");
   cmd->add_option("--range", f->range, "dataset start images START:END, e.g. 0:1000");
@@ -104,6 +97,7 @@ Runner add_optimize_command(CLI::App& app, std::function<void(const JobRun&)> ex
       throw InputError("--chunk " + std::to_string(job.chunk) + ": must be at least 1 (leave it out for the backend's choice)");
     job.seed = o->seed;
     job.init = parse_init(f->init, &job.image_dir);
+    load_pca_prior(job);
     job.target = f->target;
     if (!f->target_dist.empty()) job.target_dist = parse_float_list(f->target_dist, "--target-dist");
     job.step.loss = parse_loss(f->loss);

@@ -33,5 +33,6 @@ Runner add_visualize_command(CLI::App& app);
 Runner add_robustness_command(CLI::App& app);
 Runner add_merge_command(CLI::App& app);
 Runner add_export_command(CLI::App& app);
+Runner add_pca_command(CLI::App& app);
 
 }  // namespace nudge::cli

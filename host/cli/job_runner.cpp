@@ -39,13 +39,72 @@ void add_regularizer_flags(CLI::App& cmd, RegularizerConfig& reg) {
   cmd.add_option("--jitter", reg.jitter, "shift the image by up to this many pixels each step")->capture_default_str();
   cmd.add_flag("--sigmoid", reg.sigmoid, "optimize w with pixels = sigmoid(w) instead of clamping");
   cmd.add_option("--settle", reg.settle_steps, "no iterate before this many updates counts as meeting the goal")->capture_default_str();
+  cmd.add_option("--pca", reg.pca_path,
+                 "optimize the coefficients of this principal-component basis (nudge pca) instead of the pixels");
+  cmd.add_option("--pca-prior", reg.pca_prior, "weight of the basis' Gaussian log-density on the coefficients")
+      ->capture_default_str();
+  cmd.add_option("--pca-anchor", reg.pca_anchor,
+                 "weight of a pull toward each image's own start coefficients")
+      ->capture_default_str();
 }
 
-nlohmann::json regularizers_to_json(const RegularizerConfig& r) {
+RegularizerConfig given_regularizers(const CLI::App& cmd, const RegularizerConfig& parsed, RegularizerConfig base) {
+  auto take = [&](const char* flag, auto member) {
+    if (cmd.count(flag) > 0) base.*member = parsed.*member;
+  };
+  take("--tv", &RegularizerConfig::tv);
+  take("--tv-isotropic", &RegularizerConfig::tv_isotropic);
+  take("--l2", &RegularizerConfig::l2);
+  take("--l1", &RegularizerConfig::l1);
+  take("--prior-decay", &RegularizerConfig::prior_decay);
+  take("--l2-center", &RegularizerConfig::l2_center);
+  take("--blur-every", &RegularizerConfig::blur_every);
+  take("--blur-sigma", &RegularizerConfig::blur_sigma);
+  take("--blur-decay", &RegularizerConfig::blur_decay);
+  take("--jitter", &RegularizerConfig::jitter);
+  take("--sigmoid", &RegularizerConfig::sigmoid);
+  take("--settle", &RegularizerConfig::settle_steps);
+  take("--pca", &RegularizerConfig::pca_path);
+  take("--pca-prior", &RegularizerConfig::pca_prior);
+  take("--pca-anchor", &RegularizerConfig::pca_anchor);
+  return base;
+}
+
+void load_pca_prior(OptimizeJob& job) {
+  job.reg.pca.reset();
+  if (!job.reg.pca_path.empty()) job.reg.pca = std::make_shared<PcaBasis>(read_pca_basis(job.reg.pca_path));
+}
+
+InitKind parse_init(const std::string& s, std::string* dir) {
+  if (s == "noise") return InitKind::Noise;
+  if (s == "gauss") return InitKind::Gauss;
+  if (s == "gray") return InitKind::Gray;
+  if (s == "pca") return InitKind::Pca;
+  if (s == "test") return InitKind::Test;
+  if (s == "train") return InitKind::Train;
+  *dir = s;
+  return InitKind::Images;
+}
+
+namespace {
+nlohmann::json pixel_priors_to_json(const RegularizerConfig& r) {
   return {{"tv", r.tv},           {"tv_isotropic", r.tv_isotropic}, {"l2", r.l2},
           {"l2_center", r.l2_center}, {"blur_every", r.blur_every}, {"blur_sigma", r.blur_sigma},
           {"blur_decay", r.blur_decay}, {"jitter", r.jitter},       {"sigmoid", r.sigmoid},
           {"settle_steps", r.settle_steps}, {"l1", r.l1}, {"prior_decay", r.prior_decay}};
+}
+}  // namespace
+
+nlohmann::json regularizers_to_json(const RegularizerConfig& r) {
+  nlohmann::json j = pixel_priors_to_json(r);
+  if (!r.pca_path.empty()) {
+    j["pca"] = r.pca_path;
+    j["pca_digest"] = file_digest(r.pca_path);
+    j["pca_components"] = r.pca ? r.pca->components : 0;
+    j["pca_prior"] = r.pca_prior;
+    j["pca_anchor"] = r.pca_anchor;
+  }
+  return j;
 }
 
 void parse_shard(const std::string& text, int* shard, int* shards) {

@@ -51,6 +51,13 @@ void parse_shard(const std::string& text, int* shard, int* shards);
 
 // The regulariser flags, shared by optimize and visualize.
 void add_regularizer_flags(CLI::App& cmd, RegularizerConfig& reg);
+// `base` (a preset) with every regularizer flag the user gave on cmd taken from `parsed`, the values
+// add_regularizer_flags wrote: for a command whose preset another flag picks.
+RegularizerConfig given_regularizers(const CLI::App& cmd, const RegularizerConfig& parsed, RegularizerConfig base);
+// Reads the basis --pca names into job.reg.pca (InputError naming the file when it is not a valid basis).
+void load_pca_prior(OptimizeJob& job);
+// --init's text: noise | gauss | gray | pca | test | train, or else a folder of images (its name into *dir).
+InitKind parse_init(const std::string& text, std::string* dir);
 nlohmann::json regularizers_to_json(const RegularizerConfig& reg);
 
 }  // namespace nudge::cli

@@ -55,6 +55,9 @@ void load_job_inputs(const JobRun& run, LoadedJob& j) {
     }
   }
   validate_job(job, j.K);
+  if (job.reg.pca && job.reg.pca->pixels != primary.arch.input.size())
+    throw InputError("--pca " + job.reg.pca_path + " describes images of " + std::to_string(job.reg.pca->pixels) +
+                     " pixels; " + run.models[0] + " takes " + std::to_string(primary.arch.input.size()));
   if (job.init == InitKind::Test || job.init == InitKind::Train) {
     j.data = std::make_unique<Dataset>(load_dataset(run.data, job.init == InitKind::Test ? "test" : "train"));
     check_model_fits(primary, run.models[0], j.data->rows, j.data->cols, 10);

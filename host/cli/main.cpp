@@ -29,6 +29,7 @@ int run_command(int argc, char** argv) {
   runners["robustness"] = add_robustness_command(app);
   runners["merge"] = add_merge_command(app);
   runners["export"] = add_export_command(app);
+  runners["pca"] = add_pca_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

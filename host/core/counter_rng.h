@@ -12,7 +12,7 @@ namespace nudge {
 // Streams keep the generator's uses apart.
 enum RngStream : uint32_t { kStreamNoise = 1, kStreamGauss = 2, kStreamRandomStart = 3, kStreamJitter = 4,
                             kStreamInit = 5, kStreamShuffle = 6, kStreamAdvTrain = 7, kStreamNonDigit = 8,
-                            kStreamAugment = 9, kStreamDropout = 10 };
+                            kStreamAugment = 9, kStreamDropout = 10, kStreamPcaStart = 11 };
 
 struct Philox4 {
   uint32_t v[4];

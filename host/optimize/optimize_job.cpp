@@ -140,6 +140,13 @@ void validate_job(const OptimizeJob& job, int classes) {
   if (r.blur_every > 0 && !(r.blur_sigma > 0 && r.blur_sigma <= 5)) throw InputError("--blur-sigma must be in (0, 5]");
   if (!(r.blur_decay > 0 && r.blur_decay <= 1)) throw InputError("--blur-decay must be in (0, 1]");
   if (r.sigmoid && !job.eps.empty()) throw InputError("--sigmoid cannot be combined with an --eps ball");
+  if (!std::isfinite(r.pca_prior) || !std::isfinite(r.pca_anchor) || r.pca_prior < 0 || r.pca_anchor < 0)
+    throw InputError("--pca-prior and --pca-anchor must be finite numbers >= 0");
+  if (!r.pca && (r.pca_prior > 0 || r.pca_anchor > 0)) throw InputError("--pca-prior and --pca-anchor need --pca FILE");
+  if (r.pca && !job.eps.empty()) throw InputError("--pca cannot be combined with an --eps ball");
+  if (r.pca && r.sigmoid) throw InputError("--pca and --sigmoid are two parametrisations; give one");
+  if (job.pca_start_components < 0)
+    throw InputError("--start-components must be >= 0 (got " + std::to_string(job.pca_start_components) + ")");
   if (job.init != InitKind::Images && job.indices.empty() && job.range.empty() && job.count < 1)
     throw InputError("--count must be >= 1 (got " + std::to_string(job.count) + ")");
 }

@@ -11,7 +11,8 @@
 
 namespace nudge {
 
-enum class InitKind { Noise, Gauss, Gray, Test, Train, Images };
+// Pca: a random image of the Gaussian of reg.pca (pca_sample_image) in its first pca_start_components components.
+enum class InitKind { Noise, Gauss, Gray, Test, Train, Images, Pca };
 
 // Dataset images begin..end-1; empty when end <= begin.
 struct IndexRange {
@@ -48,6 +49,7 @@ struct OptimizeJob {
   IndexRange range;              // Test/Train: --range START:END, expanded only once the split's size is known
   float gauss_sigma = 0.15f;     // Gauss: N(0.5, sigma^2), clamped to [0,1]
   float gray_value = 0.5f;       // Gray
+  int pca_start_components = 16; // Pca: the leading components the start draws (at most the basis'; the rest start at 0)
   TargetSpec target;             // "3" | "all" | "other" | "next" | "untargeted"; none when target_dist is used
   std::vector<float> target_dist;
   StepConfig step;

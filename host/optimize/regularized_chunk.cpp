@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "errors.h"
 #include "optimize_math.h"
 #include "parallel_errors.h"
 
@@ -27,11 +28,25 @@ class RegularizedChunk : public OptimizeChunk {
     const size_t nd = static_cast<size_t>(n_) * D_;
     x0_.assign(in.start, in.start + nd);
     const float* first = in.init ? in.init : in.start;
-    var_.assign(first, first + nd);
-    if (reg_.sigmoid)
-      for (float& v : var_) v = logit(v);
-    m_.assign(nd, 0.0f);
-    v_.assign(nd, 0.0f);
+    if (reg_.pca) {
+      // The optimized variables are the basis' coefficients; the anchor is the start image's own.
+      const PcaBasis& b = *reg_.pca;
+      if (b.pixels != D_) throw InternalError("regularized chunk: a basis of " + std::to_string(b.pixels) + " pixels");
+      P_ = b.components;
+      var_.resize(static_cast<size_t>(n_) * P_);
+      anchor_.resize(var_.size());
+      for (int e = 0; e < n_; ++e) {
+        b.coefficients_of(first + static_cast<size_t>(e) * D_, var_.data() + static_cast<size_t>(e) * P_);
+        b.coefficients_of(in.start + static_cast<size_t>(e) * D_, anchor_.data() + static_cast<size_t>(e) * P_);
+      }
+    } else {
+      P_ = D_;
+      var_.assign(first, first + nd);
+      if (reg_.sigmoid)
+        for (float& v : var_) v = logit(v);
+    }
+    m_.assign(var_.size(), 0.0f);
+    v_.assign(var_.size(), 0.0f);
     target_.assign(in.target_dist, in.target_dist + static_cast<size_t>(n_) * K_);
     kind_.assign(in.target_kind, in.target_kind + n_);
     cls_.assign(in.target_class, in.target_class + n_);
@@ -56,8 +71,10 @@ class RegularizedChunk : public OptimizeChunk {
 
  private:
   void image_of(int e, float* out) const {
-    const float* v = var_.data() + static_cast<size_t>(e) * D_;
-    if (reg_.sigmoid) {
+    const float* v = var_.data() + static_cast<size_t>(e) * P_;
+    if (reg_.pca) {
+      reg_.pca->image_of(v, out);
+    } else if (reg_.sigmoid) {
       for (int p = 0; p < D_; ++p) out[p] = sigmoid(v[p]);
     } else {
       std::copy(v, v + D_, out);
@@ -132,7 +149,7 @@ class RegularizedChunk : public OptimizeChunk {
       for (int a = 0; a < A; ++a) errors.run([&] {
         if (!keep[a]) return;
         const int e = active_[a];
-        const size_t o = static_cast<size_t>(e) * D_;
+        const size_t o = static_cast<size_t>(e) * D_, vo = static_cast<size_t>(e) * P_;
         float* x = img.data() + static_cast<size_t>(a) * D_;
         float* g = total_grad.data() + static_cast<size_t>(a) * D_;
         // The penalties' weights: constant until settle_steps, then decaying by prior_decay per update.
@@ -141,8 +158,16 @@ class RegularizedChunk : public OptimizeChunk {
         if (reg_.l2 > 0) l2_decay(x, D_, reg_.l2_center, reg_.l2 * scale, g);
         if (reg_.l1 > 0) l1_decay(x, D_, reg_.l2_center, reg_.l1 * scale, g);
         const int t = ++updates_[e];
-        float* var = var_.data() + o;
-        if (reg_.sigmoid) {
+        float* var = var_.data() + vo;
+        if (reg_.pca) {
+          const PcaBasis& b = *reg_.pca;
+          std::vector<float> gc(P_);
+          b.backward(var, g, gc.data());
+          if (reg_.pca_prior > 0) scaled_l2_decay(var, nullptr, b.variances.data(), P_, reg_.pca_prior * scale, gc.data());
+          if (reg_.pca_anchor > 0)
+            scaled_l2_decay(var, anchor_.data() + vo, b.variances.data(), P_, reg_.pca_anchor * scale, gc.data());
+          optimizer_update_one(var, gc.data(), m_.data() + vo, v_.data() + vo, t, P_, cfg_);
+        } else if (reg_.sigmoid) {
           for (int p = 0; p < D_; ++p) g[p] *= x[p] * (1.0f - x[p]);  // d sigmoid(w) / dw
           optimizer_update_one(var, g, m_.data() + o, v_.data() + o, t, D_, cfg_);
         } else {
@@ -153,7 +178,9 @@ class RegularizedChunk : public OptimizeChunk {
           std::vector<float> cur(D_), blurred(D_);
           image_of(e, cur.data());
           gaussian_blur(cur.data(), H_, W_, sigma, blurred.data());
-          if (reg_.sigmoid) {
+          if (reg_.pca) {
+            reg_.pca->coefficients_of(blurred.data(), var);
+          } else if (reg_.sigmoid) {
             for (int p = 0; p < D_; ++p) var[p] = logit(blurred[p]);
           } else {
             std::copy(blurred.begin(), blurred.end(), var);
@@ -171,10 +198,11 @@ class RegularizedChunk : public OptimizeChunk {
 
   std::vector<Backend*> models_;
   int H_, W_, D_, K_, n_;
+  int P_ = 0;  // optimized variables per entry: D_ pixels (or their sigmoid preimages), or the basis' coefficients
   StepConfig cfg_;
   RegularizerConfig reg_;
   uint64_t seed_, first_entry_;
-  std::vector<float> x0_, var_, m_, v_, target_, eps_;
+  std::vector<float> x0_, var_, anchor_, m_, v_, target_, eps_;
   std::vector<int32_t> kind_, cls_, updates_;
   std::vector<uint8_t> reached_;
   std::vector<int> active_;

@@ -81,6 +81,16 @@ float l1_decay(const float* x, int D, float center, float weight, float* grad) {
   return static_cast<float>(weight * total);
 }
 
+float scaled_l2_decay(const float* c, const float* center, const float* variance, int k, float weight, float* grad) {
+  double total = 0;
+  for (int j = 0; j < k; ++j) {
+    const float d = c[j] - (center ? center[j] : 0.0f);
+    total += 0.5 * d * d / variance[j];
+    if (grad) grad[j] += weight * d / variance[j];
+  }
+  return static_cast<float>(weight * total);
+}
+
 void gaussian_blur(const float* in, int H, int W, float sigma, float* out) {
   const int r = std::max(1, static_cast<int>(std::ceil(3 * sigma)));
   std::vector<float> k(2 * r + 1), tmp(static_cast<size_t>(H) * W);

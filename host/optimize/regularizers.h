@@ -2,6 +2,10 @@
 // whose gradients are added to the model's, and transformations applied between steps. One H x W image per call.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <string>
+
+#include "pca_basis.h"
 
 namespace nudge {
 
@@ -24,8 +28,20 @@ struct RegularizerConfig {
   // update (weight at update t = weight * prior_decay^max(0, t - settle_steps)), so that the model's gradient, which
   // shrinks as its confidence nears 1, is no longer held back by priors that already shaped the image. 1: constant.
   float prior_decay = 1.0f;
+  // The data-manifold parametrisation (pca_basis.h): with a basis, each image is mean + V^T c clamped to [0,1] and its
+  // coefficients c are what the optimizer moves. Both penalties below are measured in the basis' own units (divided
+  // by each component's variance) and fade with prior_decay like the TV, L2 and L1 weights.
+  std::string pca_path;                 // --pca FILE, as given (the job spec names it and its digest)
+  std::shared_ptr<const PcaBasis> pca;  // read from pca_path before the job runs (load_pca_prior)
+  float pca_prior = 0;                  // weight of 0.5 sum_j c_j^2 / var_j: the Gaussian's negative log-density
+  // Weight of 0.5 sum_j (c_j - s_j)^2 / var_j, s = the start image's coefficients. Random starts differ, so this
+  // keeps the prototypes of one class as far apart as their starts instead of letting all of them fall into the
+  // class's one easiest mode.
+  float pca_anchor = 0;
 
-  bool any() const { return tv > 0 || l2 > 0 || l1 > 0 || blur_every > 0 || jitter > 0 || sigmoid || settle_steps > 0; }
+  bool any() const {
+    return tv > 0 || l2 > 0 || l1 > 0 || blur_every > 0 || jitter > 0 || sigmoid || settle_steps > 0 || pca;
+  }
 };
 
 // The factor on the TV, L2 and L1 weights for the update that follows `updates` earlier ones.
@@ -39,6 +55,8 @@ float tv_isotropic(const float* x, int H, int W, float weight, float* grad);
 float l2_decay(const float* x, int D, float center, float weight, float* grad);
 // sum |x - center|, with sign(0) = 0.
 float l1_decay(const float* x, int D, float center, float weight, float* grad);
+// 0.5 * sum_j (c_j - center_j)^2 / variance_j over k coefficients (center null: 0), its gradient added as the others.
+float scaled_l2_decay(const float* c, const float* center, const float* variance, int k, float weight, float* grad);
 
 // Separable Gaussian blur (radius ceil(3 sigma), edge pixels repeated); in and out must differ.
 void gaussian_blur(const float* in, int H, int W, float sigma, float* out);

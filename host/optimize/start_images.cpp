@@ -6,7 +6,7 @@
 #include <cctype>
 #include <cmath>
 
-#include "counter_rng.h"
+#include "counter_normal.h"
 #include "errors.h"
 #include "image_io.h"
 
@@ -28,11 +28,8 @@ void noise_image(uint64_t seed, long index, int D, float* out) {
 
 void gauss_image(uint64_t seed, long index, int D, float sigma, float* out) {
   for (int p = 0; p < D; p += 2) {
-    const Philox4 r = counter_random(seed, kStreamGauss, static_cast<uint64_t>(index), static_cast<uint32_t>(p >> 1));
-    // 1 - u keeps the logarithm's argument in (0,1].
-    const double u1 = 1.0 - uniform_from_bits(r.v[0]), u2 = uniform_from_bits(r.v[1]);
-    const double rad = std::sqrt(-2.0 * std::log(u1));
-    const double z[2] = {rad * std::cos(2 * M_PI * u2), rad * std::sin(2 * M_PI * u2)};
+    double z[2];
+    counter_normal_pair(seed, kStreamGauss, static_cast<uint64_t>(index), static_cast<uint32_t>(p >> 1), z);
     for (int j = 0; j < 2 && p + j < D; ++j)
       out[p + j] = static_cast<float>(std::min(1.0, std::max(0.0, 0.5 + sigma * z[j])));
   }
@@ -44,6 +41,13 @@ StartImages::StartImages(const OptimizeJob& job, const Dataset* data, int width,
     case InitKind::Noise:
     case InitKind::Gauss:
     case InitKind::Gray: count_ = job.count; break;
+    case InitKind::Pca:
+      if (!job.reg.pca) throw InputError("--init pca needs a basis: give --pca FILE (made by nudge pca)");
+      if (job.reg.pca->pixels != width * height)
+        throw InputError("--pca " + job.reg.pca_path + " has images of " + std::to_string(job.reg.pca->pixels) +
+                         " pixels; the model takes " + std::to_string(width * height));
+      count_ = job.count;
+      break;
     case InitKind::Test:
     case InitKind::Train: {
       if (!data) throw InternalError("dataset start images without a dataset");
@@ -101,6 +105,7 @@ std::string StartImages::name(long i) const {
     case InitKind::Noise: return "noise:" + std::to_string(i);
     case InitKind::Gauss: return "gauss:" + std::to_string(i);
     case InitKind::Gray: return "gray:" + std::to_string(i);
+    case InitKind::Pca: return "pca:" + std::to_string(i);
     case InitKind::Test: return "test:" + std::to_string(job_.indices[i]);
     case InitKind::Train: return "train:" + std::to_string(job_.indices[i]);
     case InitKind::Images: return files_[i];
@@ -114,6 +119,7 @@ void StartImages::fill(long i, float* out) const {
     case InitKind::Noise: noise_image(job_.seed, i, D, out); break;
     case InitKind::Gauss: gauss_image(job_.seed, i, D, job_.gauss_sigma, out); break;
     case InitKind::Gray: std::fill(out, out + D, job_.gray_value); break;
+    case InitKind::Pca: pca_sample_image(*job_.reg.pca, job_.seed, i, job_.pca_start_components, out); break;
     case InitKind::Test:
     case InitKind::Train: data_->image_as_float(job_.indices[i], out); break;
     case InitKind::Images: std::copy(file_pixels_[i].begin(), file_pixels_[i].end(), out); break;

@@ -1,5 +1,6 @@
 // Where an optimize job's start images come from: generated noise (a pure function of seed and image index, so
-// image i is the same whatever the chunking, threads, device or shard), gray, dataset images or image files.
+// image i is the same whatever the chunking, threads, device or shard), gray, dataset images, image files or draws
+// from a PCA basis' Gaussian.
 #pragma once
 #include <string>
 #include <vector>

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "attacks.h"
-#include "counter_rng.h"
+#include "counter_normal.h"
 #include "engine_chunk.h"
 #include "errors.h"
 #include "optimize_math.h"
@@ -89,11 +89,10 @@ void trades_attack(Backend& backend, const AdversarialConfig& cfg, float eps, co
     const float* x0 = x + static_cast<size_t>(i) * D;
     // 0.001 N(0,1) by Box-Muller on two counter uniforms per pair of pixels.
     for (int p = 0; p < D; p += 2) {
-      const Philox4 r = counter_random(seed, kStreamAdvTrain, static_cast<uint64_t>(i), static_cast<uint32_t>(p >> 1));
-      const double u1 = 1.0 - uniform_from_bits(r.v[0]), u2 = uniform_from_bits(r.v[1]);
-      const double rad = std::sqrt(-2.0 * std::log(u1));
-      xi[p] = x0[p] + static_cast<float>(0.001 * rad * std::cos(2 * M_PI * u2));
-      if (p + 1 < D) xi[p + 1] = x0[p + 1] + static_cast<float>(0.001 * rad * std::sin(2 * M_PI * u2));
+      double z[2];
+      counter_normal_pair(seed, kStreamAdvTrain, static_cast<uint64_t>(i), static_cast<uint32_t>(p >> 1), z);
+      xi[p] = x0[p] + static_cast<float>(0.001 * z[0]);
+      if (p + 1 < D) xi[p + 1] = x0[p + 1] + static_cast<float>(0.001 * z[1]);
     }
     project_one(xi, x0, D, eps, Norm::Linf);
   }
