@@ -84,6 +84,9 @@ TEST(PcaBasis, FitRecoversAKnownMeanCovarianceAndSignRule) {
   const PcaBasis b = fit_pca(ks.images.data(), 2 * ks.k, ks.D, 3);
   ASSERT_EQ(b.components, 3);
   ASSERT_EQ(b.pixels, 24);
+  // All of the set's variance lies along the four q_j: the total is their sum.
+  EXPECT_NEAR(b.total_variance, ks.variances[0] + ks.variances[1] + ks.variances[2] + ks.variances[3],
+              1e-5 * ks.variances[0]);
   // The images are floats: each carries a relative rounding of 2^-24 ~ 6e-8 per pixel, which perturbs the mean and
   // the covariance by about that much relative to the pixel scale (0.5) against variances >= 0.0057: 1e-5 leaves room.
   for (int p = 0; p < ks.D; ++p) EXPECT_NEAR(b.mean[p], ks.mean[p], 1e-6) << "pixel " << p;
@@ -215,19 +218,6 @@ class TempFile {
   std::string path_;
 };
 
-SafetensorsFile as_file(const PcaBasis& b) {
-  SafetensorsFile f;
-  auto add = [&](const char* name, std::vector<int64_t> shape, const std::vector<float>& data) {
-    Tensor t(std::move(shape));
-    t.data = data;
-    f.tensors.emplace_back(name, std::move(t));
-  };
-  add("mean", {b.pixels}, b.mean);
-  add("vectors", {b.components, b.pixels}, b.vectors);
-  add("variances", {b.components}, b.variances);
-  return f;
-}
-
 TEST(PcaBasis, FileRoundTripsAndHostileFilesAreRefused) {
   PcaBasis b = small_basis();
   b.source = "constructed";
@@ -259,7 +249,7 @@ TEST(PcaBasis, FileRoundTripsAndHostileFilesAreRefused) {
        }},
   };
   for (const Bad& c : cases) {
-    SafetensorsFile f = as_file(b);
+    SafetensorsFile f = pca_basis_file(b);
     c.spoil(f);
     EXPECT_THROW(parse_pca_basis(serialize_safetensors(f), c.what), InputError) << c.what;
   }

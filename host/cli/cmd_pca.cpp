@@ -8,7 +8,6 @@
 
 #include "commands.h"
 #include "dataset.h"
-#include "errors.h"
 #include "pca_basis.h"
 
 namespace nudge::cli {
@@ -20,33 +19,21 @@ Runner add_pca_command(CLI::App& app) {
   auto components = std::make_shared<int>(64);
   auto out = std::make_shared<std::string>("data/models/mnist_pca64.safetensors");
   cmd->add_option("--data", *data, "dataset folder (IDX files)")->capture_default_str();
-  cmd->add_option("--split", *split, "train | test")->capture_default_str();
+  cmd->add_option("--split", *split, "train | test")->capture_default_str()->check(CLI::IsMember({"train", "test"}));
   cmd->add_option("--components", *components, "how many leading components to keep")->capture_default_str();
   cmd->add_option("--out", *out, "basis file to write (safetensors; written atomically)")->capture_default_str();
   return [=]() {
-    if (*split != "train" && *split != "test") throw InputError("--split must be train or test (got '" + *split + "')");
     const Dataset d = load_dataset(*data, *split);
     const int D = d.rows * d.cols;
-    if (*components < 1 || *components > D)
-      throw InputError("--components " + std::to_string(*components) + ": must be 1 to " + std::to_string(D));
     std::vector<float> images(static_cast<size_t>(d.count) * D);
     for (int i = 0; i < d.count; ++i) d.image_as_float(i, images.data() + static_cast<size_t>(i) * D);
+    // fit_pca refuses a --components outside [1, D] by name.
     PcaBasis basis = fit_pca(images.data(), d.count, D, *components);
     basis.source = *data + " " + *split + " split, " + std::to_string(d.count) + " images";
-    double total = 0;  // the variance of all pixels, to state what share the kept components explain
-    for (int p = 0; p < D; ++p) {
-      double s = 0, s2 = 0;
-      for (int i = 0; i < d.count; ++i) {
-        const double v = images[static_cast<size_t>(i) * D + p];
-        s += v;
-        s2 += v * v;
-      }
-      total += (s2 - s * s / d.count) / (d.count - 1);
-    }
     write_pca_basis(*out, basis);
     const double kept = std::accumulate(basis.variances.begin(), basis.variances.end(), 0.0);
     std::printf("%s: %d components of %d pixels from %s; they explain %.1f%% of the variance (largest %.3g, smallest %.3g)\n",
-                out->c_str(), basis.components, D, basis.source.c_str(), 100.0 * kept / total,
+                out->c_str(), basis.components, D, basis.source.c_str(), 100.0 * kept / basis.total_variance,
                 static_cast<double>(basis.variances.front()), static_cast<double>(basis.variances.back()));
     return 0;
   };

@@ -8,7 +8,6 @@
 #include "atomic_file.h"
 #include "counter_normal.h"
 #include "errors.h"
-#include "safetensors.h"
 
 // LAPACK (OpenBLAS ships it): the eigenvalues il..iu (ascending order) of a symmetric matrix and their vectors.
 extern "C" void dsyevr_(const char* jobz, const char* range, const char* uplo, const int* n, double* a, const int* lda,
@@ -73,6 +72,8 @@ PcaBasis fit_pca(const float* images, long n, int D, int k) {
                 cov.data(), D);
   }
   for (double& v : cov) v /= static_cast<double>(n - 1);
+  double trace = 0;  // dsyevr overwrites the matrix: the total variance is read first
+  for (int p = 0; p < D; ++p) trace += cov[static_cast<size_t>(p) * D + p];
   // The k largest eigenvalues are numbers D - k + 1 .. D in ascending order.
   const char jobz = 'V', range = 'I', uplo = 'U';
   const int il = D - k + 1, iu = D;
@@ -96,6 +97,7 @@ PcaBasis fit_pca(const float* images, long n, int D, int k) {
   PcaBasis b;
   b.pixels = D;
   b.components = k;
+  b.total_variance = trace;
   b.mean.assign(mean.begin(), mean.end());
   b.vectors.resize(static_cast<size_t>(k) * D);
   b.variances.resize(k);
@@ -116,7 +118,7 @@ PcaBasis fit_pca(const float* images, long n, int D, int k) {
   return b;
 }
 
-void write_pca_basis(const std::string& path, const PcaBasis& b) {
+SafetensorsFile pca_basis_file(const PcaBasis& b) {
   SafetensorsFile f;
   f.metadata["nudge.pca.source"] = b.source;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, const std::vector<float>& data) {
@@ -127,8 +129,10 @@ void write_pca_basis(const std::string& path, const PcaBasis& b) {
   add("mean", {b.pixels}, b.mean);
   add("vectors", {b.components, b.pixels}, b.vectors);
   add("variances", {b.components}, b.variances);
-  write_safetensors(path, f);
+  return f;
 }
+
+void write_pca_basis(const std::string& path, const PcaBasis& b) { write_safetensors(path, pca_basis_file(b)); }
 
 PcaBasis parse_pca_basis(const std::string& bytes, const std::string& what) {
   const SafetensorsFile f = parse_safetensors(bytes, what);

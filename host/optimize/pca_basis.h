@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "safetensors.h"
+
 namespace nudge {
 
 struct PcaBasis {
@@ -17,6 +19,7 @@ struct PcaBasis {
   std::vector<float> vectors;     // [k, D], orthonormal rows, by decreasing variance
   std::vector<float> variances;   // [k], > 0, non-increasing
   std::string source;             // what it was fitted on, for summaries
+  double total_variance = 0;      // fit_pca only: the summed variance of all D pixels (not in the file)
 
   // x = clamp(mean + sum_j c[j] * vectors[j], 0, 1).
   void image_of(const float* c, float* x) const;
@@ -36,6 +39,7 @@ PcaBasis fit_pca(const float* images, long n, int D, int k);
 // The file form: safetensors with tensors "mean" [D], "vectors" [k, D], "variances" [k] and metadata
 // "nudge.pca.source". Reading treats the file as hostile: shapes must agree, every value must be finite, the
 // variances positive and non-increasing and the vectors of unit length (within 1e-3).
+SafetensorsFile pca_basis_file(const PcaBasis& basis);
 void write_pca_basis(const std::string& path, const PcaBasis& basis);
 PcaBasis read_pca_basis(const std::string& path);
 PcaBasis parse_pca_basis(const std::string& bytes, const std::string& what);
