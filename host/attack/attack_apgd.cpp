@@ -2,14 +2,15 @@
 // parameter-free attacks"), from the paper: a step size that starts at 2 eps per entry and halves at checkpoints
 // when progress stalls, momentum 0.75 after the first step, a restart from the best iterate on halving, and a
 // random start on the eps-sphere. Untargeted with the CE or DLR loss; targeted (APGD-T) with the targeted DLR loss
-// toward the clean point's 2nd, 3rd, ... most likely classes in turn.
+// toward the clean point's 2nd, 3rd, ... most likely classes in turn. The maths is apgd_math.h and apgd_rows.h, the
+// loop apgd_run.h; this file splits the entries into runs and records what they break.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
-#include "optimize_math.h"
+#include "apgd_host_device.h"
+#include "apgd_run.h"
 #include "attacks.h"
-#include "counter_rng.h"
 #include "errors.h"
 
 namespace nudge {
@@ -37,12 +38,7 @@ float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point
   if (step >= kMaxAttackSteps || j >= kMaxAttackDraws)
     throw InternalError("attack_uniform: step " + std::to_string(step) + ", draw " + std::to_string(j) +
                         " beyond the counter's 16 + 18 bits");
-  uint32_t eps_bits;
-  std::memcpy(&eps_bits, &eps, sizeof eps_bits);
-  // Streams 256 and up are the attacks' (counter_rng.h's named streams are all below 256).
-  const uint32_t stream = 256u | static_cast<uint32_t>(attack) << 8 | static_cast<uint32_t>(restart) << 16;
-  const uint64_t index = static_cast<uint64_t>(point) << 32 | eps_bits;
-  return uniform_from_bits(counter_random(seed, stream, index, step << 16 | (j >> 2)).v[j & 3]);
+  return attack_draw(seed, static_cast<uint32_t>(attack), restart, point, eps, step, j);
 }
 
 int ranked_target(const AttackSet& set, int e, int t) {
@@ -55,193 +51,53 @@ int ranked_target(const AttackSet& set, int e, int t) {
   throw InternalError("target rank " + std::to_string(t) + " beyond the model's classes");
 }
 
-std::vector<int> apgd_checkpoints(int N) {
-  std::vector<int> at;
-  // The real-valued recurrence, then w_j = ceil(p_j N); the 1e-9 keeps 0.41 * 100 = 41.000000000000007 at 41.
-  double prev = 0, p = 0.22;
-  while (p <= 1.0) {
-    const int w = std::max(1, static_cast<int>(std::ceil(p * N - 1e-9)));
-    if (w > N) break;
-    if (at.empty() || w > at.back()) at.push_back(w);
-    const double next = p + std::max(p - prev - 0.03, 0.06);
-    prev = p;
-    p = next;
-  }
-  return at;
-}
-
-bool apgd_halve_step(int increases, int steps, double rho, bool halved_last, float best_loss_last, float best_loss) {
-  const bool oscillating = increases < rho * steps;
-  const bool stalled = !halved_last && !(best_loss > best_loss_last);
-  return oscillating || stalled;
-}
-
 namespace {
 
-// One chunk of entries through the whole APGD run (one restart, one target).
-class ApgdChunk {
- public:
-  ApgdChunk(Backend& backend, const AttackSet& set, const std::vector<int>& entries, const ApgdConfig& cfg, AttackId id,
-            int key_restart, int record_restart, const std::vector<int32_t>& target, uint64_t seed, AttackRecord& rec)
-      : backend_(backend), set_(set), e_(entries), cfg_(cfg), id_(id), record_restart_(record_restart), target_(target),
-        rec_(rec), m_(static_cast<int>(entries.size())), D_(set.D), K_(set.K) {
-    const size_t md = static_cast<size_t>(m_) * D_;
-    x_.resize(md);
-    x_old_.resize(md);
-    x_best_.resize(md);
-    grad_.resize(md);
-    grad_best_.resize(md);
-    loss_.assign(m_, 0.0f);
-    pred_.assign(m_, 0);
-    // Random start on the eps-sphere: t uniform in [-1,1]^D scaled to norm eps, then clamped to [0,1].
-    for (int l = 0; l < m_; ++l) {
-      const int e = e_[l];
-      float* x = row(x_, l);
-      const float* x0 = set.x0.data() + static_cast<size_t>(e) * D_;
-      double scale = 0;
-      for (int p = 0; p < D_; ++p) {
-        x[p] = 2.0f * attack_uniform(seed, id, key_restart, set.point[e], set.eps[e], 0, static_cast<uint32_t>(p)) - 1.0f;
-        scale = set.norm == Norm::L2 ? scale + static_cast<double>(x[p]) * x[p] : std::max(scale, std::fabs(static_cast<double>(x[p])));
-      }
-      if (set.norm == Norm::L2) scale = std::sqrt(scale);
-      const float f = static_cast<float>(set.eps[e] / std::max(scale, 1e-12));
-      for (int p = 0; p < D_; ++p) x[p] = std::min(std::max(x0[p] + f * x[p], 0.0f), 1.0f);
-    }
+// One run (restart r of target rank t) of the entries `part`, on the backend's device when it has one.
+long run_apgd_part(Backend& backend, const AttackSet& set, const std::vector<int>& part, const ApgdConfig& cfg,
+                   AttackId id, int t, int r, uint64_t seed, AttackRecord& rec, const std::function<void(int)>& on_iteration) {
+  const int m = static_cast<int>(part.size()), D = set.D;
+  const bool targeted = cfg.loss == ApgdLoss::DlrTargeted;
+  std::vector<float> x0(static_cast<size_t>(m) * D), eps(m);
+  std::vector<int32_t> label(m), target(targeted ? m : 0);
+  std::vector<uint32_t> point(m);
+  for (int l = 0; l < m; ++l) {
+    const int e = part[l];
+    std::copy_n(set.x0.data() + static_cast<size_t>(e) * D, D, x0.data() + static_cast<size_t>(l) * D);
+    label[l] = set.label[e];
+    eps[l] = set.eps[e];
+    point[l] = set.point[e];
+    if (targeted) target[l] = ranked_target(set, e, t);
   }
-
-  // on_iteration(i) is told after each of the run's iterations.
-  template <class OnIteration>
-  long run(OnIteration&& on_iteration) {
-    std::vector<int> live(m_);
-    for (int l = 0; l < m_; ++l) live[l] = l;
-    long spent = 0;
-    evaluate(live);
-    spent += static_cast<long>(live.size());
-    retire_broken(live, 0);
-    x_best_ = x_;
-    grad_best_ = grad_;
-    std::vector<float> loss_best = loss_, prev = loss_, best_last = loss_, eta(m_);
-    std::vector<int> increases(m_, 0);
-    std::vector<uint8_t> halved_last(m_, 0);
-    for (int l = 0; l < m_; ++l) eta[l] = 2.0f * set_.eps[e_[l]];
-    const std::vector<int> checkpoints = apgd_checkpoints(cfg_.iterations);
-    size_t next_check = 0;
-    int since_check = 0;
-    std::vector<float> z(D_);
-    for (int i = 0; i < cfg_.iterations && !live.empty(); ++i) {
-      const float a = i == 0 ? 1.0f : static_cast<float>(cfg_.momentum);
-      for (int l : live) {
-        const int e = e_[l];
-        float *x = row(x_, l), *xo = row(x_old_, l);
-        const float* g = row(grad_, l);
-        const float* x0 = set_.x0.data() + static_cast<size_t>(e) * D_;
-        double gn = 0;
-        if (set_.norm == Norm::L2) {
-          for (int p = 0; p < D_; ++p) gn += static_cast<double>(g[p]) * g[p];
-          gn = std::sqrt(gn) + 1e-12;
-        }
-        for (int p = 0; p < D_; ++p)
-          z[p] = x[p] + eta[l] * (set_.norm == Norm::L2 ? static_cast<float>(g[p] / gn)
-                                                         : static_cast<float>((g[p] > 0) - (g[p] < 0)));
-        project_one(z.data(), x0, D_, set_.eps[e], set_.norm);
-        for (int p = 0; p < D_; ++p) {
-          const float next = x[p] + a * (z[p] - x[p]) + (1.0f - a) * (x[p] - xo[p]);
-          xo[p] = x[p];
-          x[p] = next;
-        }
-        project_one(x, x0, D_, set_.eps[e], set_.norm);
-      }
-      evaluate(live);
-      spent += static_cast<long>(live.size());
-      for (int l : live) {
-        if (loss_[l] > loss_best[l]) {
-          loss_best[l] = loss_[l];
-          std::copy_n(row(x_, l), D_, row(x_best_, l));
-          std::copy_n(row(grad_, l), D_, row(grad_best_, l));
-        }
-        increases[l] += loss_[l] > prev[l];
-        prev[l] = loss_[l];
-      }
-      retire_broken(live, i + 1);
-      on_iteration(i + 1);
-      ++since_check;
-      if (next_check < checkpoints.size() && i + 1 == checkpoints[next_check]) {
-        for (int l : live) {
-          const bool halve = apgd_halve_step(increases[l], since_check, cfg_.rho, halved_last[l], best_last[l], loss_best[l]);
-          halved_last[l] = halve;
-          best_last[l] = loss_best[l];
-          increases[l] = 0;
-          if (!halve) continue;
-          eta[l] *= 0.5f;
-          std::copy_n(row(x_best_, l), D_, row(x_, l));
-          std::copy_n(row(grad_best_, l), D_, row(grad_, l));
-          prev[l] = loss_best[l];
-        }
-        ++next_check;
-        since_check = 0;
-      }
-    }
-    return spent;
+  ApgdRunInput in;
+  in.m = m;
+  in.D = D;
+  in.K = set.K;
+  in.norm = set.norm;
+  in.loss = cfg.loss;
+  in.x0 = x0.data();
+  in.label = label.data();
+  in.target = targeted ? target.data() : nullptr;
+  in.eps = eps.data();
+  in.point = point.data();
+  in.seed = seed;
+  in.attack = static_cast<uint32_t>(id);
+  in.key_restart = t * cfg.restarts + r;
+  std::unique_ptr<ApgdDevice> dev = backend.begin_apgd(in);
+  if (!dev) dev = make_host_apgd_device(backend, in);
+  drive_apgd(*dev, m, cfg.iterations, cfg.momentum, cfg.rho, on_iteration);
+  const ApgdRunResult res = dev->finish();
+  for (int l = 0; l < m; ++l) {
+    if (!res.broken[l]) continue;
+    const int e = part[l];
+    rec.broken[e] = 1;
+    rec.attack[e] = static_cast<int32_t>(id);
+    rec.restart[e] = targeted ? t + 1 : r;
+    rec.step[e] = res.step[l];
+    std::copy_n(res.adv.data() + static_cast<size_t>(l) * D, D, rec.adv.data() + static_cast<size_t>(e) * D);
   }
-
- private:
-  float* row(std::vector<float>& v, int l) { return v.data() + static_cast<size_t>(l) * D_; }
-
-  // Loss, gradient and prediction at x for the local entries `live`.
-  void evaluate(const std::vector<int>& live) {
-    const int n = static_cast<int>(live.size());
-    xb_.resize(static_cast<size_t>(n) * D_);
-    gb_.resize(xb_.size());
-    for (int i = 0; i < n; ++i) std::copy_n(row(x_, live[i]), D_, xb_.data() + static_cast<size_t>(i) * D_);
-    backend_.logit_backprop(xb_.data(), n, [&](int first, int m, const float* logits, float* dz) {
-      for (int i = 0; i < m; ++i) {
-        const int l = live[first + i], e = e_[l], y = set_.label[e];
-        const float* zi = logits + static_cast<size_t>(i) * K_;
-        float* di = dz + static_cast<size_t>(i) * K_;
-        switch (cfg_.loss) {
-          case ApgdLoss::Ce: loss_[l] = attack_ce(zi, K_, y, di); break;
-          case ApgdLoss::Dlr: loss_[l] = attack_dlr(zi, K_, y, di); break;
-          case ApgdLoss::DlrTargeted: loss_[l] = attack_dlr_targeted(zi, K_, y, target_[l], di); break;
-        }
-        int top = 0;
-        for (int j = 1; j < K_; ++j)
-          if (zi[j] > zi[top]) top = j;
-        pred_[l] = top;
-      }
-    }, gb_.data());
-    for (int i = 0; i < n; ++i) std::copy_n(gb_.data() + static_cast<size_t>(i) * D_, D_, row(grad_, live[i]));
-  }
-
-  // Entries misclassified at their current iterate are broken: recorded, and dropped from `live`.
-  void retire_broken(std::vector<int>& live, int step) {
-    std::vector<int> still;
-    for (int l : live) {
-      const int e = e_[l];
-      if (pred_[l] == set_.label[e]) {
-        still.push_back(l);
-        continue;
-      }
-      rec_.broken[e] = 1;
-      rec_.attack[e] = static_cast<int32_t>(id_);
-      rec_.restart[e] = record_restart_;
-      rec_.step[e] = step;
-      std::copy_n(row(x_, l), D_, rec_.adv.data() + static_cast<size_t>(e) * D_);
-    }
-    live.swap(still);
-  }
-
-  Backend& backend_;
-  const AttackSet& set_;
-  const std::vector<int>& e_;
-  const ApgdConfig& cfg_;
-  AttackId id_;
-  int record_restart_;
-  const std::vector<int32_t>& target_;
-  AttackRecord& rec_;
-  int m_, D_, K_;
-  std::vector<float> x_, x_old_, x_best_, grad_, grad_best_, loss_, xb_, gb_;
-  std::vector<int> pred_;
-};
+  return res.cost(cfg.iterations + 1L);
+}
 
 }  // namespace
 
@@ -264,13 +120,8 @@ long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& to
       const double pass = static_cast<double>(t * cfg.restarts + r), passes = static_cast<double>(targets * cfg.restarts);
       for (size_t b = 0; b < live.size(); b += static_cast<size_t>(cfg.chunk)) {
         const std::vector<int> part(live.begin() + b, live.begin() + std::min(live.size(), b + cfg.chunk));
-        std::vector<int32_t> target(part.size(), -1);
-        for (size_t l = 0; l < part.size(); ++l)
-          if (targeted) target[l] = ranked_target(set, part[l], t);
-        ApgdChunk chunk(backend, set, part, cfg, id, t * cfg.restarts + r, targeted ? t + 1 : r, target, seed, rec);
-        const double c = static_cast<double>(b / cfg.chunk);
-        spent += chunk.run([&](int i) {
-          if (progress) progress((pass + (c + static_cast<double>(i) / cfg.iterations) / chunks) / passes);
+        spent += run_apgd_part(backend, set, part, cfg, id, t, r, seed, rec, [&](int i) {
+          if (progress) progress((pass + (static_cast<double>(b / cfg.chunk) + static_cast<double>(i) / cfg.iterations) / chunks) / passes);
         });
       }
     }

@@ -11,6 +11,7 @@
 #include "attacks.h"
 #include "errors.h"
 #include "parallel_errors.h"
+#include "square_run.h"
 #include "square_search.h"
 
 namespace nudge {
@@ -33,42 +34,84 @@ namespace {
 
 constexpr int kSquareGroupShared = 64, kSquareGroupAlone = 8;
 
+// The rows of host/core/square_rows.h, which the CUDA kernels run too, on the host's lanes.
 SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int H, int W, uint64_t seed, int restart) {
   SquareProposal p;
-  auto draw = [&set, seed, restart](int e, uint32_t step, uint32_t j) {
-    return attack_uniform(seed, AttackId::Square, restart, set.point[e], set.eps[e], step, j);
+  auto key = [&set, seed, restart](int e) {
+    return ApgdKey{seed, static_cast<uint32_t>(AttackId::Square), restart, set.point[e]};
   };
-  p.start = [&set, H, W, draw](int e, float* b) {
-    const float* x0 = set.x0.data() + static_cast<size_t>(e) * set.D;
-    const float eps = set.eps[e];
-    for (int w = 0; w < W; ++w) {
-      const float s = draw(e, 0, static_cast<uint32_t>(w)) < 0.5f ? -eps : eps;
-      for (int h = 0; h < H; ++h) b[h * W + w] = std::min(std::max(x0[h * W + w] + s, 0.0f), 1.0f);
-    }
+  p.start = [&set, H, W, key](int e, float* b) {
+    ApgdHostLanes lanes;
+    square_linf_start_row(lanes, key(e), set.eps[e], set.x0.data() + static_cast<size_t>(e) * set.D, b, H, W);
   };
   p.concurrent = true;  // every call is a function of its arguments alone
-  p.propose = [&set, &cfg, H, W, draw](int e, int it, const float* b, float* c) {
-    const float eps = set.eps[e];
-    const float* x0 = set.x0.data() + static_cast<size_t>(e) * set.D;
+  p.propose = [&set, &cfg, H, W, key](int e, int it, const float* b, float* c) {
     const int s = square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W);
-    std::copy_n(b, set.D, c);
-    const uint32_t step = static_cast<uint32_t>(it);
-    const int vh = square_corner(draw(e, step, 0), H, s), vw = square_corner(draw(e, step, 1), W, s);
-    float sign = draw(e, step, 2) < 0.5f ? -1.0f : 1.0f;
-    // A square that changes nothing wastes a query: with one channel the only other choice is the other sign.
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      bool changed = false;
-      for (int h = vh; h < vh + s; ++h)
-        for (int w = vw; w < vw + s; ++w) {
-          const int q = h * W + w;
-          c[q] = std::min(std::max(x0[q] + sign * eps, 0.0f), 1.0f);
-          changed |= c[q] != b[q];
-        }
-      if (changed) break;
-      sign = -sign;
-    }
+    int flags[kApgdLanes + 1];
+    ApgdHostLanes lanes;
+    square_linf_propose_row(lanes, flags, key(e), set.eps[e], it, s, set.x0.data() + static_cast<size_t>(e) * set.D, b,
+                            c, H, W);
   };
   return p;
+}
+
+// Square on the backend's device, chunk by chunk, for the entries `live`; false, with nothing run, when the backend
+// has no device run.
+bool square_on_device(Backend& backend, const AttackSet& set, const std::vector<int>& live, const SquareConfig& cfg,
+                      int H, int W, uint64_t seed, int restart, AttackRecord& rec, long& spent,
+                      const AttackProgress& progress) {
+  const int D = set.D;
+  const size_t chunks = std::max<size_t>(1, (live.size() + cfg.chunk - 1) / cfg.chunk);
+  for (size_t b = 0; b < live.size(); b += static_cast<size_t>(cfg.chunk)) {
+    const std::vector<int> part(live.begin() + b, live.begin() + std::min(live.size(), b + cfg.chunk));
+    const int m = static_cast<int>(part.size());
+    std::vector<float> x0(static_cast<size_t>(m) * D), eps(m);
+    std::vector<int32_t> label(m);
+    std::vector<uint32_t> point(m);
+    for (int l = 0; l < m; ++l) {
+      std::copy_n(set.x0.data() + static_cast<size_t>(part[l]) * D, D, x0.data() + static_cast<size_t>(l) * D);
+      eps[l] = set.eps[part[l]];
+      label[l] = set.label[part[l]];
+      point[l] = set.point[part[l]];
+    }
+    SquareRunInput in;
+    in.m = m;
+    in.H = H;
+    in.W = W;
+    in.K = set.K;
+    in.x0 = x0.data();
+    in.label = label.data();
+    in.eps = eps.data();
+    in.point = point.data();
+    in.seed = seed;
+    in.attack = static_cast<uint32_t>(AttackId::Square);
+    in.restart = restart;
+    std::unique_ptr<SquareDevice> dev = backend.begin_square_linf(in);
+    if (!dev) {
+      if (b == 0) return false;
+      throw InternalError("square: the backend's device run went away between chunks");
+    }
+    const double c = static_cast<double>(b / cfg.chunk);
+    drive_square(*dev, m, cfg.queries, [&](int it) {
+      return square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W);
+    }, [&](int it) {
+      if (progress && it % 16 == 0)
+        progress((restart + (c + static_cast<double>(it) / cfg.queries) / chunks) / cfg.restarts);
+    });
+    const SquareRunResult res = dev->finish();
+    spent += res.cost(cfg.queries);
+    if (progress) progress((restart + (c + 1) / chunks) / cfg.restarts);
+    for (int l = 0; l < m; ++l) {
+      if (!res.broken[l]) continue;
+      const int e = part[l];
+      rec.broken[e] = 1;
+      rec.attack[e] = static_cast<int32_t>(AttackId::Square);
+      rec.restart[e] = restart;
+      rec.step[e] = res.step[l];
+      std::copy_n(res.adv.data() + static_cast<size_t>(l) * D, D, rec.adv.data() + static_cast<size_t>(e) * D);
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -143,6 +186,7 @@ long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& 
     std::vector<int> live;
     for (int e : todo)
       if (!rec.broken[e]) live.push_back(e);
+    if (set.norm == Norm::Linf && square_on_device(backend, set, live, cfg, H, W, seed, r, rec, spent, progress)) continue;
     // Where the backend's sessions may run side by side and the proposal keeps no per-iteration state (L-inf on the
     // CPU), each thread searches its own groups of kSquareGroupAlone entries through all the queries: no barrier
     // per iteration, and a group's kept activations (~108 KB an entry for the reference model) stay in its core's

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "apgd_math.h"
+#include "apgd_run.h"
 #include "backend.h"
 #include "optimize_types.h"
 
@@ -47,15 +49,14 @@ using AttackProgress = std::function<void(double)>;
 // share the generator's 32-bit block counter, 16 bits each after four draws per block, so step < kMaxAttackSteps and
 // j < kMaxAttackDraws (InternalError beyond: two draws would collide); evaluate_robustness refuses configurations that
 // would need more.
-constexpr uint32_t kMaxAttackSteps = 1u << 16;
-constexpr uint32_t kMaxAttackDraws = 1u << 18;
+constexpr uint32_t kMaxAttackSteps = 1u << kAttackDrawStepBits;
+constexpr uint32_t kMaxAttackDraws = 1u << kAttackDrawIndexBits;
 float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point, float eps, uint32_t step, uint32_t j);
 
 // The target of rank t (0-based) for entry e: the (t+2)-th most likely clean class, skipping the label.
 int ranked_target(const AttackSet& set, int e, int t);
 
-// ---- APGD ----------------------------------------------------------------------------------------------------------
-enum class ApgdLoss { Ce, Dlr, DlrTargeted };
+// ---- APGD (its maths: apgd_math.h, apgd_rows.h; its loop: apgd_run.h) --------------------------------------------
 
 struct ApgdConfig {
   int iterations = 100;
@@ -67,16 +68,9 @@ struct ApgdConfig {
   int chunk = 2048;          // entries attacked at once (bounds memory: ~6 images of state each)
 };
 
-// The iterations after which APGD checks its step size: w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22 and
-// p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), for p_j <= 1: 22, 41, 57, 70, 80, 87, 93, 99 for N = 100.
-std::vector<int> apgd_checkpoints(int iterations);
-
-// The step-size rule at a checkpoint: halve when the loss rose in fewer than rho of the `steps` steps since the last
-// checkpoint, or when the step was not halved at the last checkpoint and the best loss has not improved since.
-bool apgd_halve_step(int increases, int steps, double rho, bool halved_last, float best_loss_last, float best_loss);
-
 // Attacks entries `todo` of `set` (those still robust) and records what breaks. Returns image-steps (forward and
-// backward passes) spent. An entry stops the moment it is misclassified.
+// backward passes) spent. An entry stops the moment it is misclassified. Runs on the backend's device when it has
+// an APGD run (Backend::begin_apgd), else on the host.
 long run_apgd(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const ApgdConfig& cfg,
               AttackId id, uint64_t seed, AttackRecord& rec, const AttackProgress& progress = {});
 

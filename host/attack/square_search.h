@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attacks.h"
+#include "square_rows.h"  // square_corner
 
 namespace nudge {
 
@@ -28,14 +29,6 @@ struct SquareProposal {
 long square_search(Backend& backend, const AttackSet& set, const std::vector<int>& entries, const SquareConfig& cfg,
                    int restart, AttackRecord& rec, const SquareProposal& proposal,
                    const std::function<void(double)>& tick);
-
-// A window corner from a uniform u in [0,1): one of 0 .. extent - s - 1, as AutoAttack draws it (the Square paper
-// writes 0 .. extent - s). Never touching the last row or column is measured stronger on MNIST, whose border is
-// black in every digit: a window there spends its change on pixels the box clips (docs/robustness.md).
-inline int square_corner(float u, int extent, int s) {
-  const int positions = extent - s;
-  return std::min(positions - 1, static_cast<int>(u * static_cast<float>(positions)));
-}
 
 // L2 (attack_square_l2.cpp): the proposal of the paper's Algorithm 3 for H x W single-channel images.
 SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg, int H, int W, uint64_t seed,

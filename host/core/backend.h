@@ -8,10 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "apgd_run.h"
 #include "errors.h"
 #include "forward_session.h"
 #include "model.h"
 #include "optimize_types.h"
+#include "square_run.h"
 
 namespace nudge {
 
@@ -144,6 +146,21 @@ class Backend {
   virtual void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) = 0;
 
   virtual std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) = 0;
+
+  // An APGD run whose state stays on this backend's device, iterations queued without a host round trip
+  // (apgd_run.h), or null when the backend has none: the attack then runs its rows on the host and the network
+  // through logit_backprop (host/attack/apgd_host_device.h). The CUDA backend has one.
+  virtual std::unique_ptr<ApgdDevice> begin_apgd(const ApgdRunInput& in) {
+    (void)in;
+    return nullptr;
+  }
+
+  // An L-inf Square run whose state stays on this backend's device (square_run.h), or null: Square then runs on the
+  // host through begin_forward_session. The CUDA backend has one.
+  virtual std::unique_ptr<SquareDevice> begin_square_linf(const SquareRunInput& in) {
+    (void)in;
+    return nullptr;
+  }
 
   // A session of n bases whose candidates cost only what their change reaches (forward_session.h), for a model of
   // `classes` outputs. The default runs whole forward passes; the CPU backend keeps each base's activations.

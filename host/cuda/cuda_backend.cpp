@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "adam.cuh"
+#include "cuda_apgd.h"
+#include "cuda_square.h"
 #include "cuda_check.h"
 #include "cuda_context.h"
 #include "cuda_network.h"
@@ -21,6 +23,7 @@
 #include "nvtx.h"
 #include "errors.h"
 #include "softmax_loss.cuh"
+#include "stream_copy.h"
 #include "trades_loss.cuh"
 
 namespace nudge {
@@ -49,16 +52,6 @@ std::shared_ptr<CudaContext> shared_context(int device) {
 constexpr int kSliceImages = 4096;
 // Chunk sizes preferred_chunk() chooses between.
 constexpr int kMinChunk = 256, kMaxChunk = 131072;
-
-template <class T>
-void upload(T* dst, const T* src, size_t count, cudaStream_t s) {
-  CUDA_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyHostToDevice, s));
-}
-
-template <class T>
-void download(T* dst, const T* src, size_t count, cudaStream_t s) {
-  CUDA_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, s));
-}
 
 // Target classes index the logits on the device, so a bad one would read out of bounds there. The dataset reader and
 // validate_job refuse bad labels and targets; this asserts that precondition on the host.
@@ -278,7 +271,8 @@ class CudaBackend : public Backend {
   }
 
   // The logits go to the host for the caller's loss and the logit gradients come back: two transfers and a
-  // synchronisation per slice of kSliceImages. Attacks that run here (nudge robustness) pay that per iteration.
+  // synchronisation per slice of kSliceImages. FAB-T pays that per iteration (APGD has begin_apgd, L-inf Square
+  // begin_square_linf).
   // The callback runs with nothing queued on the stream (the logits' download has been waited for), so an
   // exception from it leaves as it came and the backend stays usable; later slices are not computed.
   void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
@@ -357,6 +351,20 @@ class CudaBackend : public Backend {
     }
     if (cfg.path == OptimizePath::Fused) throw InternalError("begin_optimize: --path fused was not refused before");
     return std::make_unique<CudaOptimizeChunk>(*ctx_, arch_, param_ptrs(), in, cfg);
+  }
+
+  // APGD's iterations stay on the card: no logit or gradient crosses PCIe, and the host never waits per iteration
+  // (cuda_apgd.h).
+  std::unique_ptr<ApgdDevice> begin_apgd(const ApgdRunInput& in) override {
+    require_model("begin_apgd");
+    return make_cuda_apgd_device(*ctx_, arch_, param_ptrs(), in);
+  }
+
+  // L-inf Square's queries stay on the card too: candidates are made there and only a list length comes back,
+  // iterations later (cuda_square.h).
+  std::unique_ptr<SquareDevice> begin_square_linf(const SquareRunInput& in) override {
+    require_model("begin_square_linf");
+    return make_cuda_square_device(*ctx_, arch_, param_ptrs(), in);
   }
 
   std::string path_refusal(OptimizePath path) const override {

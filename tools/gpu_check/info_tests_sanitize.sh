@@ -191,5 +191,9 @@ stage_sanitize() {
   # tiles of 8 with a partial last tile), and the smem kernels of the layer path on their test shapes.
   sanitize_one racecheck 28 'FusedKernel.WritesEveryResultNothingPastTheEndAndLeavesStoppedEntriesAlone' '--racecheck-report analysis' "$fused" || ok=1
   sanitize_one racecheck 14 'CudaKernels.BiasGrad:CudaKernels.CompactActive:CudaKernels.InputStep:CudaLossKernels.*' '--racecheck-report analysis' "${kernels[@]}" || ok=1
+  # APGD's row phases share their partial sums through shared memory, one barrier apart.
+  sanitize_one racecheck 8 'CudaApgdKernels.*' '--racecheck-report analysis' "$t/test_cuda_kernels_apgd" || ok=1
+  # Square's proposal ORs its lanes' "changed a pixel" flags in shared memory.
+  sanitize_one racecheck 8 'CudaSquareKernels.*' '--racecheck-report analysis' "$t/test_cuda_kernels_square" || ok=1
   return $ok
 }

@@ -1,0 +1,158 @@
+// The device-resident attack runs on the GPU against the CPU backend's, on the robust model's first 200 test points,
+// every adversarial example of the GPU re-checked by a fresh forward pass (in the ball, in [0, 1], misclassified):
+// - APGD-CE (host/cuda/cuda_apgd.cpp through Backend::begin_apgd), L-inf at 0.3 and L2 at 2.0, against the CPU's
+//   host device (host/attack/apgd_host_device.cpp);
+// - L-inf Square (host/cuda/cuda_square.cpp through Backend::begin_square_linf) at 0.3 with 1,000 queries, against
+//   the CPU's forward sessions (host/attack/attack_square.cpp).
+// Both sides run the same row code; the networks differ by FP32 reordering, so a point near the boundary can fall
+// either way (an APGD pixel an ulp apart, a Square acceptance whose margins tie within an ulp): the broken counts
+// must agree within 2 of 200 (1%) and the broken sets differ in at most 4 points. Those bounds are a judgement until
+// a card has run this; the observed counts are printed for docs/gpu-runs.md.
+// - The CUDA Square device against its host emulation (tests/support/square_host_device.cpp) on the same card, at
+//   the same lag: the same list lengths, so the same batch sizes through the same network code, and rows that do no
+//   arithmetic beyond the logits: the outcome must be the same bits. This is what checks the loop, the lagged list
+//   and the kernels together where the CPU comparison's tolerance would hide a few wrong entries.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attack_points.h"
+#include "attack_records.h"
+#include "attacks.h"
+#include "cpu_backend.h"
+#include "cuda_test_util.h"
+#include "mnist.h"
+#include "model.h"
+
+#if NUDGE_HAVE_CUDA
+#include "cuda_backend.h"
+#include "cuda_square.h"
+#include "square_host_device.h"
+#endif
+
+namespace nudge {
+namespace {
+
+#if NUDGE_HAVE_CUDA
+
+using testing_support::all_entries;
+using testing_support::count_broken;
+
+constexpr int kPoints = 200, kD = 784;
+const std::string kRobust = NUDGE_SOURCE_DIR "/data/models/mnist_cnn_robust.safetensors";
+
+class CudaAttackRun : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    NUDGE_REQUIRE_CUDA_DEVICE();
+    REQUIRE_MNIST();
+    const Model model = Model::load(kRobust);
+    cpu = make_cpu_backend();
+    gpu = make_cuda_backend(0);
+    cpu->load_model(model);
+    gpu->load_model(model);
+    points = testing_support::first_test_points(kPoints);
+  }
+
+  // The agreement of the two records and the re-check of the GPU's; `what` names the run in the printed counts.
+  void compare(const std::string& what, const AttackSet& set, const AttackRecord& a, const AttackRecord& b,
+               long cpu_cost, long gpu_cost, double slack) {
+    int differ = 0, both = 0, same_step = 0;
+    for (int e = 0; e < kPoints; ++e) {
+      differ += a.broken[e] != b.broken[e];
+      if (a.broken[e] && b.broken[e]) {
+        ++both;
+        same_step += a.step[e] == b.step[e];
+      }
+    }
+    std::printf("[   INFO   ] %s: broken cpu %d, gpu %d, %d differ, %d of %d at the same step; cost cpu %ld, gpu %ld\n",
+                what.c_str(), count_broken(a), count_broken(b), differ, same_step, both, cpu_cost, gpu_cost);
+    EXPECT_LE(std::abs(count_broken(a) - count_broken(b)), 2);
+    EXPECT_LE(differ, 4);
+    EXPECT_GT(count_broken(b), 0);
+    EXPECT_TRUE(testing_support::examples_recheck(*gpu, set, b, slack));
+  }
+
+  // APGD-CE over every point at eps in `norm`; `slack` covers the rounding of the projection onto the ball.
+  void apgd_agrees(Norm norm, float eps, double slack) {
+    const AttackSet set = testing_support::attack_set(points, kPoints, eps, norm);
+    ApgdConfig cfg;
+    AttackRecord a, b;
+    a.resize(kPoints, kD);
+    b.resize(kPoints, kD);
+    const long ca = run_apgd(*cpu, set, all_entries(kPoints), cfg, AttackId::ApgdCe, 1, a);
+    const long cb = run_apgd(*gpu, set, all_entries(kPoints), cfg, AttackId::ApgdCe, 1, b);
+    compare(std::string("apgd-ce ") + (norm == Norm::L2 ? "l2 " : "linf ") + std::to_string(eps), set, a, b, ca, cb,
+            slack);
+  }
+
+  std::unique_ptr<Backend> cpu, gpu;
+  testing_support::Points points;
+};
+
+TEST_F(CudaAttackRun, ApgdLinfAgreesWithTheCpuRun) { apgd_agrees(Norm::Linf, 0.3f, 1e-6); }
+TEST_F(CudaAttackRun, ApgdL2AgreesWithTheCpuRun) { apgd_agrees(Norm::L2, 2.0f, 1e-5); }
+
+TEST_F(CudaAttackRun, SquareLinfAgreesWithTheCpuRun) {
+  const AttackSet set = testing_support::attack_set(points, kPoints, 0.3f, Norm::Linf);
+  SquareConfig cfg;
+  cfg.queries = 1000;
+  AttackRecord a, b;
+  a.resize(kPoints, kD);
+  b.resize(kPoints, kD);
+  const long ca = run_square(*cpu, set, all_entries(kPoints), cfg, 28, 28, 1, a);
+  const long cb = run_square(*gpu, set, all_entries(kPoints), cfg, 28, 28, 1, b);
+  for (int e = 0; e < kPoints; ++e)
+    if (b.broken[e]) EXPECT_EQ(b.attack[e], static_cast<int32_t>(AttackId::Square)) << "point " << e;
+  compare("square linf 0.3", set, a, b, ca, cb, 1e-6);
+}
+
+TEST_F(CudaAttackRun, SquareDeviceIsItsHostEmulationOnTheSameCard) {
+  const AttackSet set = testing_support::attack_set(points, kPoints, 0.3f, Norm::Linf);
+  SquareRunInput in;
+  in.m = kPoints;
+  in.H = 28;
+  in.W = 28;
+  in.K = set.K;
+  in.x0 = set.x0.data();
+  in.label = set.label.data();
+  in.eps = set.eps.data();
+  in.point = set.point.data();
+  in.seed = 1;
+  in.attack = static_cast<uint32_t>(AttackId::Square);
+  SquareConfig cfg;
+  cfg.queries = 600;
+  auto side = [&](int it) { return square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), 28, 28); };
+  std::unique_ptr<SquareDevice> device = gpu->begin_square_linf(in);
+  ASSERT_NE(device, nullptr);
+  const long rows_device = drive_square(*device, in.m, cfg.queries, side);
+  const SquareRunResult a = device->finish();
+  device.reset();
+  auto host = test::make_host_square_device(*gpu, in, cuda::kSquareCompactionLag, false);
+  const long rows_host = drive_square(*host, in.m, cfg.queries, side);
+  const SquareRunResult b = host->finish();
+  int broken = 0;
+  for (int e = 0; e < kPoints; ++e) {
+    broken += a.broken[e];
+    ASSERT_EQ(a.broken[e], b.broken[e]) << "entry " << e;
+    if (!a.broken[e]) continue;
+    EXPECT_EQ(a.step[e], b.step[e]) << "entry " << e;
+    ASSERT_EQ(std::memcmp(a.adv.data() + e * kD, b.adv.data() + e * kD, kD * sizeof(float)), 0) << "entry " << e;
+  }
+  EXPECT_EQ(rows_device, rows_host);
+  EXPECT_GT(broken, 0);
+}
+
+#else  // !NUDGE_HAVE_CUDA
+
+TEST(CudaAttackRun, Skipped) { NUDGE_GPU_SKIP("built without CUDA"); }
+
+#endif
+
+}  // namespace
+}  // namespace nudge
