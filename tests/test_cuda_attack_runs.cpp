@@ -2,8 +2,8 @@
 // every adversarial example of the GPU re-checked by a fresh forward pass (in the ball, in [0, 1], misclassified):
 // - APGD-CE (host/cuda/cuda_apgd.cpp through Backend::begin_apgd), L-inf at 0.3 and L2 at 2.0, against the CPU's
 //   host device (host/attack/apgd_host_device.cpp);
-// - L-inf Square (host/cuda/cuda_square.cpp through Backend::begin_square_linf) at 0.3 with 1,000 queries, against
-//   the CPU's forward sessions (host/attack/attack_square.cpp).
+// - Square (host/cuda/cuda_square.cpp through Backend::begin_square), L-inf at 0.3 and L2 at 3.0 with 1,000
+//   queries, against the CPU's forward sessions (host/attack/attack_square.cpp).
 // Both sides run the same row code; the networks differ by FP32 reordering, so a point near the boundary can fall
 // either way (an APGD pixel an ulp apart, a Square acceptance whose margins tie within an ulp): the broken counts
 // must agree within 2 of 200 (1%) and the broken sets differ in at most 4 points. Those bounds are a judgement until
@@ -91,6 +91,24 @@ class CudaAttackRun : public ::testing::Test {
             slack);
   }
 
+  // Square with 1,000 queries over every point at eps in `norm`.
+  void square_agrees(Norm norm, float eps, double slack) {
+    const AttackSet set = testing_support::attack_set(points, kPoints, eps, norm);
+    SquareConfig cfg;
+    cfg.queries = 1000;
+    AttackRecord a, b;
+    a.resize(kPoints, kD);
+    b.resize(kPoints, kD);
+    const long ca = run_square(*cpu, set, all_entries(kPoints), cfg, 28, 28, 1, a);
+    const long cb = run_square(*gpu, set, all_entries(kPoints), cfg, 28, 28, 1, b);
+    for (int e = 0; e < kPoints; ++e)
+      if (b.broken[e]) {
+        EXPECT_EQ(b.attack[e], static_cast<int32_t>(AttackId::Square)) << "point " << e;
+      }
+    compare(std::string("square ") + (norm == Norm::L2 ? "l2 " : "linf ") + std::to_string(eps), set, a, b, ca, cb,
+            slack);
+  }
+
   std::unique_ptr<Backend> cpu, gpu;
   testing_support::Points points;
 };
@@ -98,54 +116,53 @@ class CudaAttackRun : public ::testing::Test {
 TEST_F(CudaAttackRun, ApgdLinfAgreesWithTheCpuRun) { apgd_agrees(Norm::Linf, 0.3f, 1e-6); }
 TEST_F(CudaAttackRun, ApgdL2AgreesWithTheCpuRun) { apgd_agrees(Norm::L2, 2.0f, 1e-5); }
 
-TEST_F(CudaAttackRun, SquareLinfAgreesWithTheCpuRun) {
-  const AttackSet set = testing_support::attack_set(points, kPoints, 0.3f, Norm::Linf);
-  SquareConfig cfg;
-  cfg.queries = 1000;
-  AttackRecord a, b;
-  a.resize(kPoints, kD);
-  b.resize(kPoints, kD);
-  const long ca = run_square(*cpu, set, all_entries(kPoints), cfg, 28, 28, 1, a);
-  const long cb = run_square(*gpu, set, all_entries(kPoints), cfg, 28, 28, 1, b);
-  for (int e = 0; e < kPoints; ++e)
-    if (b.broken[e]) EXPECT_EQ(b.attack[e], static_cast<int32_t>(AttackId::Square)) << "point " << e;
-  compare("square linf 0.3", set, a, b, ca, cb, 1e-6);
-}
+TEST_F(CudaAttackRun, SquareLinfAgreesWithTheCpuRun) { square_agrees(Norm::Linf, 0.3f, 1e-6); }
+TEST_F(CudaAttackRun, SquareL2AgreesWithTheCpuRun) { square_agrees(Norm::L2, 3.0f, 1e-5); }
 
 TEST_F(CudaAttackRun, SquareDeviceIsItsHostEmulationOnTheSameCard) {
-  const AttackSet set = testing_support::attack_set(points, kPoints, 0.3f, Norm::Linf);
-  SquareRunInput in;
-  in.m = kPoints;
-  in.H = 28;
-  in.W = 28;
-  in.K = set.K;
-  in.x0 = set.x0.data();
-  in.label = set.label.data();
-  in.eps = set.eps.data();
-  in.point = set.point.data();
-  in.seed = 1;
-  in.attack = static_cast<uint32_t>(AttackId::Square);
-  SquareConfig cfg;
-  cfg.queries = 600;
-  auto side = [&](int it) { return square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), 28, 28); };
-  std::unique_ptr<SquareDevice> device = gpu->begin_square_linf(in);
-  ASSERT_NE(device, nullptr);
-  const long rows_device = drive_square(*device, in.m, cfg.queries, side);
-  const SquareRunResult a = device->finish();
-  device.reset();
-  auto host = test::make_host_square_device(*gpu, in, cuda::kSquareCompactionLag, false);
-  const long rows_host = drive_square(*host, in.m, cfg.queries, side);
-  const SquareRunResult b = host->finish();
-  int broken = 0;
-  for (int e = 0; e < kPoints; ++e) {
-    broken += a.broken[e];
-    ASSERT_EQ(a.broken[e], b.broken[e]) << "entry " << e;
-    if (!a.broken[e]) continue;
-    EXPECT_EQ(a.step[e], b.step[e]) << "entry " << e;
-    ASSERT_EQ(std::memcmp(a.adv.data() + e * kD, b.adv.data() + e * kD, kD * sizeof(float)), 0) << "entry " << e;
+  const std::vector<double> patterns = square_l2_pattern_table(27);
+  for (Norm norm : {Norm::Linf, Norm::L2}) {
+    SCOPED_TRACE(norm == Norm::L2 ? "L2" : "Linf");
+    const AttackSet set = testing_support::attack_set(points, kPoints, norm == Norm::L2 ? 3.0f : 0.3f, norm);
+    SquareRunInput in;
+    in.m = kPoints;
+    in.H = 28;
+    in.W = 28;
+    in.K = set.K;
+    in.norm = norm;
+    in.patterns = patterns.data();
+    in.pattern_count = patterns.size();
+    in.x0 = set.x0.data();
+    in.label = set.label.data();
+    in.eps = set.eps.data();
+    in.point = set.point.data();
+    in.seed = 1;
+    in.attack = static_cast<uint32_t>(AttackId::Square);
+    SquareConfig cfg;
+    cfg.queries = 600;
+    auto side = [&](int it) {
+      const double p = square_p(cfg.p_init, it - 1, cfg.schedule_iterations());
+      return norm == Norm::L2 ? square_l2_side(p, 28, 28) : square_side(p, 28, 28);
+    };
+    std::unique_ptr<SquareDevice> device = gpu->begin_square(in);
+    ASSERT_NE(device, nullptr);
+    const long rows_device = drive_square(*device, in.m, cfg.queries, side);
+    const SquareRunResult a = device->finish();
+    device.reset();
+    auto host = test::make_host_square_device(*gpu, in, cuda::kSquareCompactionLag, false);
+    const long rows_host = drive_square(*host, in.m, cfg.queries, side);
+    const SquareRunResult b = host->finish();
+    int broken = 0;
+    for (int e = 0; e < kPoints; ++e) {
+      broken += a.broken[e];
+      ASSERT_EQ(a.broken[e], b.broken[e]) << "entry " << e;
+      if (!a.broken[e]) continue;
+      EXPECT_EQ(a.step[e], b.step[e]) << "entry " << e;
+      ASSERT_EQ(std::memcmp(a.adv.data() + e * kD, b.adv.data() + e * kD, kD * sizeof(float)), 0) << "entry " << e;
+    }
+    EXPECT_EQ(rows_device, rows_host);
+    EXPECT_GT(broken, 0);
   }
-  EXPECT_EQ(rows_device, rows_host);
-  EXPECT_GT(broken, 0);
 }
 
 #else  // !NUDGE_HAVE_CUDA

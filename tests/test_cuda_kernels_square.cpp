@@ -1,7 +1,8 @@
-// L-inf Square's kernels (kernels/square.cu) against the host lanes running the same row code
-// (host/core/square_rows.h): each kernel on fresh random rows of a shuffled partial list, with outputs poisoned and
-// guarded. The rows do no arithmetic beyond clamp01(x0 +- eps) and a logit difference, so every output must match
-// bit for bit. (Whole runs: tests/test_cuda_attack_runs.cpp.)
+// Square's kernels (kernels/square.cu, square_l2.cu) against the host lanes running the same row code
+// (host/core/square_rows.h, square_l2_rows.h): each kernel on fresh random rows of a shuffled partial list, with
+// outputs poisoned and guarded. Every output must match bit for bit: the L-inf rows do no arithmetic beyond
+// clamp01(x0 +- eps) and a logit difference, and the L2 rows add their lane partials in lane order on both and keep
+// nvcc from contracting products into FMAs (nudge_dmul, nudge_dadd). (Whole runs: tests/test_cuda_attack_runs.cpp.)
 #include <gtest/gtest.h>
 
 #include <string>
@@ -11,7 +12,9 @@
 #include "cuda_kernel_fixtures.h"
 #include "cuda_test_util.h"
 #include "optimize_math.h"
+#include "square_l2_rows.h"
 #include "square_rows.h"
+#include "attacks.h"
 
 #if NUDGE_HAVE_CUDA
 #include "square.cuh"
@@ -138,16 +141,14 @@ TEST_F(CudaSquareKernels, ProposeAndAcceptAreTheHostRows) {
     r.cand = cand_d.get();
     r.keep = keep_d.get();
 
+    // Done entries' rows are skipped: they must keep the poison, which is what the buffer holds before the launch.
+    std::vector<float> cand = cand_d.download();
     cuda::square_propose_cuda(d.s, r, it, side, 0);
-    std::vector<float> cand(static_cast<size_t>(count) * kD);
     std::vector<int> flags(kApgdLanes + 1);
     const std::vector<float> got_cand = cand_d.download();
     for (int i = 0; i < count; ++i) {
       const int e = list[i];
-      if (c.entry[e].done) {  // skipped: the poison stays, and the acceptance reads the device's rows as they are
-        std::copy_n(got_cand.data() + static_cast<size_t>(i) * kD, kD, cand.data() + static_cast<size_t>(i) * kD);
-        continue;
-      }
+      if (c.entry[e].done) continue;
       // Would the drawn sign change nothing (the flip's branch)? Side 1 on black and white pixels makes it common.
       const ApgdKey k{31, 4, 2, c.point[e]};
       const int vh = square_corner(attack_draw(31, 4, 2, c.point[e], c.eps[e], it, 0), kH, side);
@@ -229,6 +230,66 @@ TEST_F(CudaSquareKernels, AcceptAtTheStartTakesEveryEntrysMargin) {
   EXPECT_TRUE(all_equal("keep", keep_d.download(), keep));
   EXPECT_TRUE(all_equal("best (unchanged)", d.best.download(), c.best));
   EXPECT_TRUE(d.guards());
+}
+
+TEST_F(CudaSquareKernels, L2StartAndProposeAreTheHostRows) {
+  const std::vector<double> table = square_l2_pattern_table(kH - 1);
+  GuardedBuffer<double> table_d(table);
+  std::vector<double> nu(kD), partial(kApgdPartials);
+  for (int side : {3, 7, 13, 27}) {
+    SCOPED_TRACE("side " + std::to_string(side));
+    const int entries = 61, count = 45, it = 3 + side;
+    SquareCase c = make_case(entries);
+    for (float& e : c.eps) e *= 10;  // L2 radii, 1 and 3
+    DeviceSquare d(c);
+    d.s.patterns = table_d.get();
+    // The start, every entry.
+    // The start on buffers of its own, so that the propose below still sees the case's entry states.
+    GuardedBuffer<float> start_d(c.best);
+    GuardedBuffer<SquareEntry> start_entry_d(c.entry);
+    cuda::SquareState st = d.s;
+    st.best = start_d.get();
+    st.entry = start_entry_d.get();
+    start_d.poison();
+    cuda::square_l2_start_cuda(st, 0);
+    EXPECT_TRUE(all_equal("start entries", entry_floats(start_entry_d.download()),
+                          entry_floats(std::vector<SquareEntry>(c.entries))));
+    std::vector<float> start(c.best.size());
+    for (int e = 0; e < entries; ++e) {
+      ApgdHostLanes b;
+      square_l2_start_row(b, partial.data(), nu.data(), ApgdKey{31, 4, 2, c.point[e]}, c.eps[e],
+                          c.x0.data() + e * kD, start.data() + e * kD, kH, kW, table.data());
+    }
+    EXPECT_TRUE(all_equal("start", start_d.download(), start));
+    // The candidates of a partial list, from the case's best images.
+    const std::vector<int32_t> list = sample(count, entries);
+    GuardedBuffer<int32_t> list_d(list);
+    GuardedBuffer<float> cand_d(static_cast<size_t>(count) * kD);
+    GuardedBuffer<uint8_t> keep_d(count);
+    cand_d.poison();
+    cuda::SquareRows r;
+    r.count = count;
+    r.list = list_d.get();
+    r.cand = cand_d.get();
+    r.keep = keep_d.get();
+    std::vector<float> want = cand_d.download();  // done entries' rows are skipped and keep the poison
+    cuda::square_l2_propose_cuda(d.s, r, it, side, 0);
+    const std::vector<float> got = cand_d.download();
+    for (int i = 0; i < count; ++i) {
+      const int e = list[i];
+      if (c.entry[e].done) continue;
+      ApgdHostLanes b;
+      square_l2_propose_row(b, partial.data(), nu.data(), ApgdKey{31, 4, 2, c.point[e]}, c.eps[e], it, side,
+                            c.x0.data() + e * kD, c.best.data() + e * kD, want.data() + static_cast<size_t>(i) * kD,
+                            kH, kW, table.data());
+    }
+    EXPECT_TRUE(all_equal("candidates", got, want));
+    EXPECT_TRUE(d.guards());
+    EXPECT_TRUE(start_d.guard_intact());
+    EXPECT_TRUE(start_entry_d.guard_intact());
+    EXPECT_TRUE(cand_d.guard_intact());
+    EXPECT_TRUE(table_d.guard_intact());
+  }
 }
 
 #else  // !NUDGE_HAVE_CUDA

@@ -6,6 +6,8 @@
 // batch). The L2 version's proposal is in attack_square_l2.cpp.
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <string>
 
 #include "optimize_math.h"
 #include "attacks.h"
@@ -58,8 +60,8 @@ SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int 
 // Square on the backend's device, chunk by chunk, for the entries `live`; false, with nothing run, when the backend
 // has no device run.
 bool square_on_device(Backend& backend, const AttackSet& set, const std::vector<int>& live, const SquareConfig& cfg,
-                      int H, int W, uint64_t seed, int restart, AttackRecord& rec, long& spent,
-                      const AttackProgress& progress) {
+                      int H, int W, uint64_t seed, int restart, const std::vector<double>& patterns,
+                      AttackRecord& rec, long& spent, const AttackProgress& progress) {
   const int D = set.D;
   const size_t chunks = std::max<size_t>(1, (live.size() + cfg.chunk - 1) / cfg.chunk);
   for (size_t b = 0; b < live.size(); b += static_cast<size_t>(cfg.chunk)) {
@@ -79,6 +81,9 @@ bool square_on_device(Backend& backend, const AttackSet& set, const std::vector<
     in.H = H;
     in.W = W;
     in.K = set.K;
+    in.norm = set.norm;
+    in.patterns = patterns.empty() ? nullptr : patterns.data();
+    in.pattern_count = patterns.size();
     in.x0 = x0.data();
     in.label = label.data();
     in.eps = eps.data();
@@ -86,14 +91,15 @@ bool square_on_device(Backend& backend, const AttackSet& set, const std::vector<
     in.seed = seed;
     in.attack = static_cast<uint32_t>(AttackId::Square);
     in.restart = restart;
-    std::unique_ptr<SquareDevice> dev = backend.begin_square_linf(in);
+    std::unique_ptr<SquareDevice> dev = backend.begin_square(in);
     if (!dev) {
       if (b == 0) return false;
       throw InternalError("square: the backend's device run went away between chunks");
     }
     const double c = static_cast<double>(b / cfg.chunk);
     drive_square(*dev, m, cfg.queries, [&](int it) {
-      return square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W);
+      const double pit = square_p(cfg.p_init, it - 1, cfg.schedule_iterations());
+      return set.norm == Norm::L2 ? square_l2_side(pit, H, W) : square_side(pit, H, W);
     }, [&](int it) {
       if (progress && it % 16 == 0)
         progress((restart + (c + static_cast<double>(it) / cfg.queries) / chunks) / cfg.restarts);
@@ -175,20 +181,35 @@ long square_search(Backend& backend, const AttackSet& set, const std::vector<int
 long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const SquareConfig& cfg, int H,
                 int W, uint64_t seed, AttackRecord& rec, const AttackProgress& progress) {
   if (cfg.queries < 1) throw InputError("square needs at least one query");
+  // The rows draw without attack_uniform's range check (they run on the card too): the budget and the starts' draws
+  // must fit the counter's step and draw fields here.
+  if (cfg.queries > static_cast<int>(kMaxAttackSteps))
+    throw InputError("square: at most " + std::to_string(kMaxAttackSteps) + " queries");
   if (H < 2 || W < 2 || H * W != set.D) throw InputError("square needs single-channel images of at least 2x2 pixels");
   if (set.norm == Norm::L2 && std::min(H, W) < kSquareL2MinSide)
     throw InputError("square in L2 needs images of at least " + std::to_string(kSquareL2MinSide) + "x" +
                      std::to_string(kSquareL2MinSide) + " pixels (its start is a grid of 5 x 5 bumps)");
+  if (set.norm == Norm::L2) {
+    const int bump = std::min(H, W) / 5;
+    if (2L * (H / bump) * (W / bump) > static_cast<long>(kMaxAttackDraws))
+      throw InputError("square in L2: the start's grid of bumps needs more draws than the counter holds");
+  } else if (W > static_cast<int>(kMaxAttackDraws)) {
+    throw InputError("square: images wider than " + std::to_string(kMaxAttackDraws) + " pixels");
+  }
+  // L2's window patterns, every side, built once for the host proposal and the device runs of every restart.
+  const auto patterns = std::make_shared<const std::vector<double>>(
+      set.norm == Norm::L2 ? square_l2_pattern_table(std::min(H, W) - 1) : std::vector<double>());
   long spent = 0;
   for (int r = 0; r < cfg.restarts; ++r) {
     const SquareProposal proposal =
-        set.norm == Norm::L2 ? square_l2_proposal(set, cfg, H, W, seed, r) : linf_proposal(set, cfg, H, W, seed, r);
+        set.norm == Norm::L2 ? square_l2_proposal(set, cfg, H, W, seed, r, patterns)
+                             : linf_proposal(set, cfg, H, W, seed, r);
     std::vector<int> live;
     for (int e : todo)
       if (!rec.broken[e]) live.push_back(e);
-    if (set.norm == Norm::Linf && square_on_device(backend, set, live, cfg, H, W, seed, r, rec, spent, progress)) continue;
-    // Where the backend's sessions may run side by side and the proposal keeps no per-iteration state (L-inf on the
-    // CPU), each thread searches its own groups of kSquareGroupAlone entries through all the queries: no barrier
+    if (square_on_device(backend, set, live, cfg, H, W, seed, r, *patterns, rec, spent, progress)) continue;
+    // Where the backend's sessions may run side by side and the proposal keeps no per-iteration state (both norms on
+    // the CPU), each thread searches its own groups of kSquareGroupAlone entries through all the queries: no barrier
     // per iteration, and a group's kept activations (~108 KB an entry for the reference model) stay in its core's
     // L2. Otherwise the groups take turns, kSquareGroupShared entries at a time, each iteration spread over the
     // threads. Draws are the entries' own, so no grouping changes a result. Measured on the 2-core VM, 2026-12-04,

@@ -125,6 +125,9 @@ std::vector<double> square_bump(int rows, int cols);
 // each half scaled to unit L2 norm and then the whole (so each half holds norm 1/sqrt(2)); transposed (halves left
 // and right) when `transpose`. Row-major.
 std::vector<double> square_l2_pattern(int s, bool transpose);
+// Every side's pattern 1 .. max_side in both orientations, laid out as square_pattern_offset (square_l2_rows.h)
+// says: the table the L2 rows read, on the host and, uploaded, on the card.
+std::vector<double> square_l2_pattern_table(int max_side);
 
 // Returns queries (forward passes) spent. H x W single-channel images.
 long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& todo, const SquareConfig& cfg,

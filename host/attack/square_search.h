@@ -6,6 +6,7 @@
 #pragma once
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "attacks.h"
@@ -31,7 +32,8 @@ long square_search(Backend& backend, const AttackSet& set, const std::vector<int
                    const std::function<void(double)>& tick);
 
 // L2 (attack_square_l2.cpp): the proposal of the paper's Algorithm 3 for H x W single-channel images.
+// patterns: square_l2_pattern_table(min(H, W) - 1), shared with the proposal's calls.
 SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg, int H, int W, uint64_t seed,
-                                  int restart);
+                                  int restart, std::shared_ptr<const std::vector<double>> patterns);
 
 }  // namespace nudge

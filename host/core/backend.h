@@ -155,9 +155,9 @@ class Backend {
     return nullptr;
   }
 
-  // An L-inf Square run whose state stays on this backend's device (square_run.h), or null: Square then runs on the
-  // host through begin_forward_session. The CUDA backend has one.
-  virtual std::unique_ptr<SquareDevice> begin_square_linf(const SquareRunInput& in) {
+  // A Square run (L-inf or L2) whose state stays on this backend's device (square_run.h), or null: Square then runs
+  // on the host through begin_forward_session. The CUDA backend has one.
+  virtual std::unique_ptr<SquareDevice> begin_square(const SquareRunInput& in) {
     (void)in;
     return nullptr;
   }

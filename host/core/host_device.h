@@ -17,3 +17,15 @@ NUDGE_HD float nudge_fmaxf(float a, float b) { return fmaxf(a, b); }
 NUDGE_HD float nudge_fminf(float a, float b) { return b < a ? b : a; }
 NUDGE_HD float nudge_fmaxf(float a, float b) { return a < b ? b : a; }
 #endif
+
+// A double product and sum that nvcc never contracts into an FMA (the intrinsics round each operation), so that row
+// code which must give the host's bits on the card (square_l2_rows.h) rounds where the host does. On the host, the
+// code that runs the rows is built with -ffp-contract=off (host/attack/CMakeLists.txt, which the tests inherit), so
+// that a * b + c is two roundings as written even on targets with FMA.
+#if defined(__CUDA_ARCH__)
+NUDGE_HD double nudge_dmul(double a, double b) { return __dmul_rn(a, b); }
+NUDGE_HD double nudge_dadd(double a, double b) { return __dadd_rn(a, b); }
+#else
+NUDGE_HD double nudge_dmul(double a, double b) { return a * b; }
+NUDGE_HD double nudge_dadd(double a, double b) { return a + b; }
+#endif

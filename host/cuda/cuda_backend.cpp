@@ -271,8 +271,8 @@ class CudaBackend : public Backend {
   }
 
   // The logits go to the host for the caller's loss and the logit gradients come back: two transfers and a
-  // synchronisation per slice of kSliceImages. FAB-T pays that per iteration (APGD has begin_apgd, L-inf Square
-  // begin_square_linf).
+  // synchronisation per slice of kSliceImages. FAB-T pays that per iteration (APGD has begin_apgd, Square
+  // begin_square).
   // The callback runs with nothing queued on the stream (the logits' download has been waited for), so an
   // exception from it leaves as it came and the backend stays usable; later slices are not computed.
   void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
@@ -360,10 +360,10 @@ class CudaBackend : public Backend {
     return make_cuda_apgd_device(*ctx_, arch_, param_ptrs(), in);
   }
 
-  // L-inf Square's queries stay on the card too: candidates are made there and only a list length comes back,
+  // Square's queries (both norms) stay on the card too: candidates are made there and only a list length comes back,
   // iterations later (cuda_square.h).
-  std::unique_ptr<SquareDevice> begin_square_linf(const SquareRunInput& in) override {
-    require_model("begin_square_linf");
+  std::unique_ptr<SquareDevice> begin_square(const SquareRunInput& in) override {
+    require_model("begin_square");
     return make_cuda_square_device(*ctx_, arch_, param_ptrs(), in);
   }
 

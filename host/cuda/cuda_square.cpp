@@ -2,6 +2,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+
 #include <string>
 #include <utility>
 
@@ -13,6 +15,7 @@
 #include "lagged_live_list.h"
 #include "nvtx.h"
 #include "square.cuh"
+#include "square_l2_rows.h"
 #include "stream_copy.h"
 
 namespace nudge::cuda {
@@ -27,6 +30,7 @@ class CudaSquareDevice : public SquareDevice {
         params_(std::move(params)),
         m_(in.m),
         D_(in.H * in.W),
+        l2_(in.norm == Norm::L2),
         net_(ctx, arch, &ctx.chunk_pool()),
         live_(in.m, "square", ctx.chunk_pool()) {
     const size_t m = in.m, md = m * D_;
@@ -38,6 +42,8 @@ class CudaSquareDevice : public SquareDevice {
     label_ = DeviceBuffer<int32_t>(m, "square: labels", pool);
     point_ = DeviceBuffer<uint32_t>(m, "square: points", pool);
     entry_ = DeviceBuffer<SquareEntry>(m, "square: entry states", pool);
+    const size_t table = in.norm == Norm::L2 ? static_cast<size_t>(square_pattern_offset(std::min(in.H, in.W))) : 0;
+    if (table) patterns_ = DeviceBuffer<double>(table, "square: L2 patterns", pool);
     net_.reserve(in.m);
     const cudaStream_t s = ctx_.stream();
     // From pageable memory these copies have left the host arrays when they return; `in`'s pointers are not kept.
@@ -45,6 +51,7 @@ class CudaSquareDevice : public SquareDevice {
     upload(eps_.get(), in.eps, m, s);
     upload(label_.get(), in.label, m, s);
     upload(point_.get(), in.point, m, s);
+    if (table) upload(patterns_.get(), in.patterns, table, s);
     state_.entries = in.m;
     state_.H = in.H;
     state_.W = in.W;
@@ -55,6 +62,7 @@ class CudaSquareDevice : public SquareDevice {
     state_.point = point_.get();
     state_.best = best_.get();
     state_.entry = entry_.get();
+    state_.patterns = table ? patterns_.get() : nullptr;
     state_.seed = in.seed;
     state_.attack = in.attack;
     state_.restart = in.restart;
@@ -68,7 +76,8 @@ class CudaSquareDevice : public SquareDevice {
   void start() override {
     NvtxRange range("square start");
     const cudaStream_t s = ctx_.stream();
-    square_start_cuda(state_, s);
+    if (l2_) square_l2_start_cuda(state_, s);
+    else square_start_cuda(state_, s);
     // Rows of done entries are never proposed but still go through the forward pass until the list drops them:
     // zeros, not a pool block's old contents (which could hold NaNs, and which initcheck would flag).
     CUDA_CHECK(cudaMemsetAsync(cand_.get(), 0, cand_.size() * sizeof(float), s));
@@ -76,7 +85,8 @@ class CudaSquareDevice : public SquareDevice {
   }
 
   void propose(int count, int it, int side) override {
-    square_propose_cuda(state_, rows(count), it, side, ctx_.stream());
+    if (l2_) square_l2_propose_cuda(state_, rows(count), it, side, ctx_.stream());
+    else square_propose_cuda(state_, rows(count), it, side, ctx_.stream());
   }
 
   void evaluate(int count, int it) override {
@@ -125,6 +135,7 @@ class CudaSquareDevice : public SquareDevice {
   CudaContext& ctx_;
   std::vector<const float*> params_;
   int m_, D_;
+  bool l2_;
   CudaNetwork net_;
   LaggedLiveList live_;
   SquareState state_;
@@ -132,6 +143,7 @@ class CudaSquareDevice : public SquareDevice {
   DeviceBuffer<int32_t> label_;
   DeviceBuffer<uint32_t> point_;
   DeviceBuffer<SquareEntry> entry_;
+  DeviceBuffer<double> patterns_;
 };
 
 }  // namespace
@@ -142,6 +154,11 @@ std::unique_ptr<SquareDevice> make_cuda_square_device(CudaContext& ctx, const Ar
   if (in.m < 1 || in.H < 2 || in.W < 2 || in.H * in.W != static_cast<int>(arch.input.size()) || in.K != K ||
       !in.x0 || !in.label || !in.eps || !in.point)
     throw InternalError("make_cuda_square_device: a run that does not fit the loaded model");
+  if (in.norm == Norm::L2 && (!in.patterns || static_cast<long>(in.pattern_count) !=
+                                                  square_pattern_offset(std::min(in.H, in.W))))
+    throw InternalError("make_cuda_square_device: L2 without its pattern table");
+  // An image whose L2 scratch does not fit a block's shared memory runs on the host (square_l2.cu).
+  if (in.norm == Norm::L2 && !square_l2_fits(in.H, in.W)) return nullptr;
   for (int e = 0; e < in.m; ++e)
     if (in.label[e] < 0 || in.label[e] >= K)
       throw InternalError("square: entry " + std::to_string(e) + " has label " + std::to_string(in.label[e]) +

@@ -1,4 +1,4 @@
-// The CUDA backend's SquareDevice (host/core/square_run.h): an L-inf Square run whose entries' state, candidates and
+// The CUDA backend's SquareDevice (host/core/square_run.h): a Square run, L-inf or L2, whose entries' state, candidates and
 // forward passes stay on the GPU. Per iteration, on the context's stream and with no host wait:
 //   square_propose (into a batch by row of the list) -> forward -> square_accept -> compaction of the list
 //   (kernels/compact_active) with its length copied to pinned memory behind an event.
@@ -8,7 +8,7 @@
 // computes them until the compacted list is adopted.
 //
 // Memory: allocated in the constructor from the context's chunk pool: two [m, D] state arrays (clean and best
-// images), the [m, D] candidate batch and the network's activations for m images.
+// images), the [m, D] candidate batch, the network's activations for m images and, for L2, the pattern table.
 #pragma once
 #include <memory>
 #include <vector>
@@ -25,7 +25,8 @@ class CudaContext;
 constexpr int kSquareCompactionLag = 2;
 
 // params: the backend's device parameter pointers, unchanged while the run lives. Labels must be valid classes
-// (InternalError otherwise: they index logits on the device).
+// (InternalError otherwise: they index logits on the device). Null (the attack then runs on the host) for L2 images
+// too large for the kernels' shared scratch.
 std::unique_ptr<SquareDevice> make_cuda_square_device(CudaContext& ctx, const Architecture& arch,
                                                       std::vector<const float*> params, const SquareRunInput& in);
 

@@ -36,8 +36,8 @@ class DelegatingBackend : public Backend {
   std::unique_ptr<OptimizeChunk> begin_optimize(const ChunkInput& in, const StepConfig& cfg) override {
     return inner_->begin_optimize(in, cfg);
   }
-  std::unique_ptr<SquareDevice> begin_square_linf(const SquareRunInput& in) override {
-    return inner_->begin_square_linf(in);
+  std::unique_ptr<SquareDevice> begin_square(const SquareRunInput& in) override {
+    return inner_->begin_square(in);
   }
   std::unique_ptr<ApgdDevice> begin_apgd(const ApgdRunInput& in) override { return inner_->begin_apgd(in); }
   // Large, so that the engine's chunks are what a test's job.chunk says.

@@ -7,6 +7,7 @@
 #include "apgd_rows.h"
 #include "host_live_list.h"
 #include "optimize_math.h"
+#include "square_l2_rows.h"
 #include "square_rows.h"
 
 namespace nudge::test {
@@ -22,6 +23,9 @@ class HostSquareDevice : public SquareDevice {
     label_.assign(in.label, in.label + m_);
     eps_.assign(in.eps, in.eps + m_);
     point_.assign(in.point, in.point + m_);
+    if (in.norm == Norm::L2)
+      patterns_.assign(in.patterns, in.patterns + square_pattern_offset(std::min(in.H, in.W)));
+    in_.patterns = nullptr;
     in_.x0 = nullptr;
     in_.label = nullptr;
     in_.eps = nullptr;
@@ -31,13 +35,19 @@ class HostSquareDevice : public SquareDevice {
     entry_.assign(m_, SquareEntry{});
     keep_.assign(m_, 0);
     logits_.resize(static_cast<size_t>(m_) * in.K);
+    nu_.resize(D_);
+    partial_.resize(kApgdPartials);
   }
 
   void start() override {
     live_.reset(m_);
     for (int e = 0; e < m_; ++e) {
       ApgdHostLanes b = lanes_;
-      square_linf_start_row(b, key(e), eps_[e], row(x0_, e), row(best_, e), in_.H, in_.W);
+      if (in_.norm == Norm::L2)
+        square_l2_start_row(b, partial_.data(), nu_.data(), key(e), eps_[e], row(x0_, e), row(best_, e), in_.H,
+                            in_.W, patterns_.data());
+      else
+        square_linf_start_row(b, key(e), eps_[e], row(x0_, e), row(best_, e), in_.H, in_.W);
     }
   }
 
@@ -47,8 +57,12 @@ class HostSquareDevice : public SquareDevice {
       const int e = live_.list[r];
       if (entry_[e].done) continue;
       ApgdHostLanes b = lanes_;
-      square_linf_propose_row(b, flags, key(e), eps_[e], it, side, row(x0_, e), row(best_, e), row(cand_, r), in_.H,
-                              in_.W);
+      if (in_.norm == Norm::L2)
+        square_l2_propose_row(b, partial_.data(), nu_.data(), key(e), eps_[e], it, side, row(x0_, e), row(best_, e),
+                              row(cand_, r), in_.H, in_.W, patterns_.data());
+      else
+        square_linf_propose_row(b, flags, key(e), eps_[e], it, side, row(x0_, e), row(best_, e), row(cand_, r),
+                                in_.H, in_.W);
     }
   }
 
@@ -85,6 +99,7 @@ class HostSquareDevice : public SquareDevice {
   ApgdHostLanes lanes_;
   int m_, D_;
   std::vector<float> x0_, eps_, best_, cand_, logits_;
+  std::vector<double> patterns_, nu_, partial_;  // L2: the pattern table and one row's scratch
   std::vector<int32_t> label_;
   std::vector<uint32_t> point_;
   std::vector<SquareEntry> entry_;
@@ -96,7 +111,9 @@ class HostSquareDevice : public SquareDevice {
 
 std::unique_ptr<SquareDevice> make_host_square_device(Backend& backend, const SquareRunInput& in, int lag,
                                                       bool reverse_lanes) {
-  if (in.m < 1 || in.H < 2 || in.W < 2 || in.K < 2 || !in.x0 || !in.label || !in.eps || !in.point)
+  if (in.m < 1 || in.H < 2 || in.W < 2 || in.K < 2 || !in.x0 || !in.label || !in.eps || !in.point ||
+      (in.norm == Norm::L2 && (!in.patterns || static_cast<long>(in.pattern_count) !=
+                                                   square_pattern_offset(std::min(in.H, in.W)))))
     throw std::invalid_argument("make_host_square_device: an empty or incomplete run");
   return std::make_unique<HostSquareDevice>(backend, in, lag, reverse_lanes);
 }
