@@ -31,15 +31,11 @@ namespace nudge::cuda {
 
 namespace {
 
-__device__ ApgdKey key_of(const SquareState& s, int e) {
-  return ApgdKey{s.seed, s.attack, s.restart, s.point[e]};
-}
-
 __global__ void __launch_bounds__(kApgdLanes) square_start_kernel(SquareState s) {
   const int e = blockIdx.x, D = s.H * s.W;
   const size_t row = static_cast<size_t>(e) * D;
   BlockLanes b;
-  square_linf_start_row(b, key_of(s, e), s.eps[e], s.x0 + row, s.best + row, s.H, s.W);
+  square_linf_start_row(b, square_key(s, e), s.eps[e], s.x0 + row, s.best + row, s.H, s.W);
   if (threadIdx.x == 0) s.entry[e] = SquareEntry{};
 }
 
@@ -49,7 +45,7 @@ __global__ void __launch_bounds__(kApgdLanes) square_propose_kernel(SquareState 
   if (s.entry[e].done) return;  // uniform for the block; its candidate would be ignored by the acceptance
   const size_t row = static_cast<size_t>(e) * D;
   BlockLanes b;
-  square_linf_propose_row(b, flags, key_of(s, e), s.eps[e], it, side, s.x0 + row, s.best + row,
+  square_linf_propose_row(b, flags, square_key(s, e), s.eps[e], it, side, s.x0 + row, s.best + row,
                           r.cand + static_cast<size_t>(i) * D, s.H, s.W);
 }
 

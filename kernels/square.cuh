@@ -26,6 +26,11 @@ struct SquareState {
   int restart = 0;
 };
 
+// Entry e's key of the draws.
+NUDGE_HD ApgdKey square_key(const SquareState& s, int e) {
+  return ApgdKey{s.seed, s.attack, s.restart, s.point[e]};
+}
+
 // One iteration's rows: row i is entry list[i].
 struct SquareRows {
   int count = 0;

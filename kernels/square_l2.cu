@@ -35,14 +35,12 @@ constexpr size_t kMaxSharedBytes = 48 * 1024;
 
 size_t shared_bytes(int D) { return (static_cast<size_t>(D) + kApgdPartials) * sizeof(double); }
 
-__device__ ApgdKey key_of(const SquareState& s, int e) { return ApgdKey{s.seed, s.attack, s.restart, s.point[e]}; }
-
 __global__ void __launch_bounds__(kApgdLanes) square_l2_start_kernel(SquareState s) {
   extern __shared__ double scratch[];
   const int e = blockIdx.x, D = s.H * s.W;
   const size_t row = static_cast<size_t>(e) * D;
   BlockLanes b;
-  square_l2_start_row(b, scratch + D, scratch, key_of(s, e), s.eps[e], s.x0 + row, s.best + row, s.H, s.W,
+  square_l2_start_row(b, scratch + D, scratch, square_key(s, e), s.eps[e], s.x0 + row, s.best + row, s.H, s.W,
                       s.patterns);
   if (threadIdx.x == 0) s.entry[e] = SquareEntry{};
 }
@@ -54,7 +52,7 @@ __global__ void __launch_bounds__(kApgdLanes) square_l2_propose_kernel(SquareSta
   if (s.entry[e].done) return;  // uniform for the block; its candidate would be ignored by the acceptance
   const size_t row = static_cast<size_t>(e) * D;
   BlockLanes b;
-  square_l2_propose_row(b, scratch + D, scratch, key_of(s, e), s.eps[e], it, side, s.x0 + row, s.best + row,
+  square_l2_propose_row(b, scratch + D, scratch, square_key(s, e), s.eps[e], it, side, s.x0 + row, s.best + row,
                         r.cand + static_cast<size_t>(i) * D, s.H, s.W, s.patterns);
 }
 

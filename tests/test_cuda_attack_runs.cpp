@@ -140,10 +140,7 @@ TEST_F(CudaAttackRun, SquareDeviceIsItsHostEmulationOnTheSameCard) {
     in.attack = static_cast<uint32_t>(AttackId::Square);
     SquareConfig cfg;
     cfg.queries = 600;
-    auto side = [&](int it) {
-      const double p = square_p(cfg.p_init, it - 1, cfg.schedule_iterations());
-      return norm == Norm::L2 ? square_l2_side(p, 28, 28) : square_side(p, 28, 28);
-    };
+    auto side = [&](int it) { return square_window_side(norm, cfg, it, 28, 28); };
     std::unique_ptr<SquareDevice> device = gpu->begin_square(in);
     ASSERT_NE(device, nullptr);
     const long rows_device = drive_square(*device, in.m, cfg.queries, side);

@@ -337,10 +337,8 @@ Outcome run_host(Backend& backend, const AttackSet& set, int lag, bool reverse, 
   in.restart = 0;
   auto dev = test::make_host_square_device(backend, in, lag, reverse);
   Outcome o;
-  o.spent = drive_square(*dev, in.m, cfg.queries, [&](int it) {
-    const double p = square_p(cfg.p_init, it - 1, cfg.schedule_iterations());
-    return set.norm == Norm::L2 ? square_l2_side(p, kH, kW) : square_side(p, kH, kW);
-  });
+  o.spent = drive_square(*dev, in.m, cfg.queries,
+                         [&](int it) { return square_window_side(set.norm, cfg, it, kH, kW); });
   o.r = dev->finish();
   return o;
 }

@@ -10,6 +10,7 @@
 
 #include "apgd_host_device.h"
 #include "apgd_run.h"
+#include "attack_run_part.h"
 #include "attacks.h"
 #include "errors.h"
 
@@ -56,30 +57,22 @@ namespace {
 // One run (restart r of target rank t) of the entries `part`, on the backend's device when it has one.
 long run_apgd_part(Backend& backend, const AttackSet& set, const std::vector<int>& part, const ApgdConfig& cfg,
                    AttackId id, int t, int r, uint64_t seed, AttackRecord& rec, const std::function<void(int)>& on_iteration) {
-  const int m = static_cast<int>(part.size()), D = set.D;
+  const int m = static_cast<int>(part.size());
   const bool targeted = cfg.loss == ApgdLoss::DlrTargeted;
-  std::vector<float> x0(static_cast<size_t>(m) * D), eps(m);
-  std::vector<int32_t> label(m), target(targeted ? m : 0);
-  std::vector<uint32_t> point(m);
-  for (int l = 0; l < m; ++l) {
-    const int e = part[l];
-    std::copy_n(set.x0.data() + static_cast<size_t>(e) * D, D, x0.data() + static_cast<size_t>(l) * D);
-    label[l] = set.label[e];
-    eps[l] = set.eps[e];
-    point[l] = set.point[e];
-    if (targeted) target[l] = ranked_target(set, e, t);
-  }
+  const RunPart p = gather_run_part(set, part);
+  std::vector<int32_t> target(targeted ? m : 0);
+  for (int l = 0; l < m && targeted; ++l) target[l] = ranked_target(set, part[l], t);
   ApgdRunInput in;
   in.m = m;
-  in.D = D;
+  in.D = set.D;
   in.K = set.K;
   in.norm = set.norm;
   in.loss = cfg.loss;
-  in.x0 = x0.data();
-  in.label = label.data();
+  in.x0 = p.x0.data();
+  in.label = p.label.data();
   in.target = targeted ? target.data() : nullptr;
-  in.eps = eps.data();
-  in.point = point.data();
+  in.eps = p.eps.data();
+  in.point = p.point.data();
   in.seed = seed;
   in.attack = static_cast<uint32_t>(id);
   in.key_restart = t * cfg.restarts + r;
@@ -87,15 +80,7 @@ long run_apgd_part(Backend& backend, const AttackSet& set, const std::vector<int
   if (!dev) dev = make_host_apgd_device(backend, in);
   drive_apgd(*dev, m, cfg.iterations, cfg.momentum, cfg.rho, on_iteration);
   const ApgdRunResult res = dev->finish();
-  for (int l = 0; l < m; ++l) {
-    if (!res.broken[l]) continue;
-    const int e = part[l];
-    rec.broken[e] = 1;
-    rec.attack[e] = static_cast<int32_t>(id);
-    rec.restart[e] = targeted ? t + 1 : r;
-    rec.step[e] = res.step[l];
-    std::copy_n(res.adv.data() + static_cast<size_t>(l) * D, D, rec.adv.data() + static_cast<size_t>(e) * D);
-  }
+  record_run(res, part, id, targeted ? t + 1 : r, set.D, rec);
   return res.cost(cfg.iterations + 1L);
 }
 

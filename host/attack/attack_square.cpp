@@ -12,6 +12,7 @@
 #include "optimize_math.h"
 #include "attacks.h"
 #include "errors.h"
+#include "attack_run_part.h"
 #include "parallel_errors.h"
 #include "square_run.h"
 #include "square_search.h"
@@ -32,6 +33,11 @@ int square_side(double p, int H, int W) {
   return std::max(1, std::min(s, std::min(H, W) - 1));
 }
 
+int square_window_side(Norm norm, const SquareConfig& cfg, int it, int H, int W) {
+  const double p = square_p(cfg.p_init, it - 1, cfg.schedule_iterations());
+  return norm == Norm::L2 ? square_l2_side(p, H, W) : square_side(p, H, W);
+}
+
 namespace {
 
 constexpr int kSquareGroupShared = 64, kSquareGroupAlone = 8;
@@ -46,9 +52,8 @@ SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int 
     ApgdHostLanes lanes;
     square_linf_start_row(lanes, key(e), set.eps[e], set.x0.data() + static_cast<size_t>(e) * set.D, b, H, W);
   };
-  p.concurrent = true;  // every call is a function of its arguments alone
   p.propose = [&set, &cfg, H, W, key](int e, int it, const float* b, float* c) {
-    const int s = square_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W);
+    const int s = square_window_side(Norm::Linf, cfg, it, H, W);
     int flags[kApgdLanes + 1];
     ApgdHostLanes lanes;
     square_linf_propose_row(lanes, flags, key(e), set.eps[e], it, s, set.x0.data() + static_cast<size_t>(e) * set.D, b,
@@ -62,20 +67,11 @@ SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int 
 bool square_on_device(Backend& backend, const AttackSet& set, const std::vector<int>& live, const SquareConfig& cfg,
                       int H, int W, uint64_t seed, int restart, const std::vector<double>& patterns,
                       AttackRecord& rec, long& spent, const AttackProgress& progress) {
-  const int D = set.D;
   const size_t chunks = std::max<size_t>(1, (live.size() + cfg.chunk - 1) / cfg.chunk);
   for (size_t b = 0; b < live.size(); b += static_cast<size_t>(cfg.chunk)) {
     const std::vector<int> part(live.begin() + b, live.begin() + std::min(live.size(), b + cfg.chunk));
     const int m = static_cast<int>(part.size());
-    std::vector<float> x0(static_cast<size_t>(m) * D), eps(m);
-    std::vector<int32_t> label(m);
-    std::vector<uint32_t> point(m);
-    for (int l = 0; l < m; ++l) {
-      std::copy_n(set.x0.data() + static_cast<size_t>(part[l]) * D, D, x0.data() + static_cast<size_t>(l) * D);
-      eps[l] = set.eps[part[l]];
-      label[l] = set.label[part[l]];
-      point[l] = set.point[part[l]];
-    }
+    const RunPart p = gather_run_part(set, part);
     SquareRunInput in;
     in.m = m;
     in.H = H;
@@ -84,10 +80,10 @@ bool square_on_device(Backend& backend, const AttackSet& set, const std::vector<
     in.norm = set.norm;
     in.patterns = patterns.empty() ? nullptr : patterns.data();
     in.pattern_count = patterns.size();
-    in.x0 = x0.data();
-    in.label = label.data();
-    in.eps = eps.data();
-    in.point = point.data();
+    in.x0 = p.x0.data();
+    in.label = p.label.data();
+    in.eps = p.eps.data();
+    in.point = p.point.data();
     in.seed = seed;
     in.attack = static_cast<uint32_t>(AttackId::Square);
     in.restart = restart;
@@ -97,25 +93,15 @@ bool square_on_device(Backend& backend, const AttackSet& set, const std::vector<
       throw InternalError("square: the backend's device run went away between chunks");
     }
     const double c = static_cast<double>(b / cfg.chunk);
-    drive_square(*dev, m, cfg.queries, [&](int it) {
-      const double pit = square_p(cfg.p_init, it - 1, cfg.schedule_iterations());
-      return set.norm == Norm::L2 ? square_l2_side(pit, H, W) : square_side(pit, H, W);
-    }, [&](int it) {
+    auto side = [&](int it) { return square_window_side(set.norm, cfg, it, H, W); };
+    drive_square(*dev, m, cfg.queries, side, [&](int it) {
       if (progress && it % 16 == 0)
         progress((restart + (c + static_cast<double>(it) / cfg.queries) / chunks) / cfg.restarts);
     });
     const SquareRunResult res = dev->finish();
     spent += res.cost(cfg.queries);
     if (progress) progress((restart + (c + 1) / chunks) / cfg.restarts);
-    for (int l = 0; l < m; ++l) {
-      if (!res.broken[l]) continue;
-      const int e = part[l];
-      rec.broken[e] = 1;
-      rec.attack[e] = static_cast<int32_t>(AttackId::Square);
-      rec.restart[e] = restart;
-      rec.step[e] = res.step[l];
-      std::copy_n(res.adv.data() + static_cast<size_t>(l) * D, D, rec.adv.data() + static_cast<size_t>(e) * D);
-    }
+    record_run(res, part, AttackId::Square, restart, set.D, rec);
   }
   return true;
 }
@@ -148,11 +134,10 @@ long square_search(Backend& backend, const AttackSet& set, const std::vector<int
   }
   std::vector<uint8_t> keep;
   for (int it = 1; it < cfg.queries && !live.empty(); ++it) {
-    if (proposal.begin_iteration) proposal.begin_iteration(it);
     const int n = static_cast<int>(live.size());
     cand.resize(static_cast<size_t>(n) * D);
     // Each candidate is its entry's own draws; drawing them on one thread was a fifth of a 1,000-point run.
-#pragma omp parallel for schedule(static) if (proposal.concurrent && n > 16)
+#pragma omp parallel for schedule(static) if (n > 16)
     for (int i = 0; i < n; ++i)
       proposal.propose(e[live[i]], it, best.data() + static_cast<size_t>(live[i]) * D,
                        cand.data() + static_cast<size_t>(i) * D);
@@ -208,14 +193,13 @@ long run_square(Backend& backend, const AttackSet& set, const std::vector<int>& 
     for (int e : todo)
       if (!rec.broken[e]) live.push_back(e);
     if (square_on_device(backend, set, live, cfg, H, W, seed, r, *patterns, rec, spent, progress)) continue;
-    // Where the backend's sessions may run side by side and the proposal keeps no per-iteration state (both norms on
-    // the CPU), each thread searches its own groups of kSquareGroupAlone entries through all the queries: no barrier
+    // Where the backend's sessions may run side by side (the CPU's), each thread searches its own groups of kSquareGroupAlone entries through all the queries: no barrier
     // per iteration, and a group's kept activations (~108 KB an entry for the reference model) stay in its core's
     // L2. Otherwise the groups take turns, kSquareGroupShared entries at a time, each iteration spread over the
     // threads. Draws are the entries' own, so no grouping changes a result. Measured on the 2-core VM, 2026-12-04,
     // 400 points x 3,000 queries: groups of 8 alone 13.1 s (4: 13.9, 16: 13.6, 32: 14.6); shared groups of 64
     // 16.4 s, and those were 10% faster than shared groups of 400.
-    const bool alone = proposal.concurrent && !proposal.begin_iteration && backend.concurrent_forward_sessions();
+    const bool alone = backend.concurrent_forward_sessions();
     const int group = std::min(cfg.chunk, alone ? kSquareGroupAlone : kSquareGroupShared);
     const int groups = static_cast<int>((live.size() + group - 1) / group);
     auto part_of = [&](int g) {

@@ -84,7 +84,7 @@ std::vector<double> square_l2_pattern_table(int max_side) {
 SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg, int H, int W, uint64_t seed,
                                   int restart, std::shared_ptr<const std::vector<double>> patterns) {
   // The rows of host/core/square_l2_rows.h, which the CUDA kernels run too, on the host's lanes, with each thread's
-  // own scratch: the calls are functions of their arguments alone.
+  // own scratch, so that calls may run side by side (square_search.h).
   if (!patterns || static_cast<long>(patterns->size()) != square_pattern_offset(std::min(H, W)))
     throw InternalError("square_l2_proposal: a pattern table of another size");
   auto key = [&set, seed, restart](int e) {
@@ -97,7 +97,6 @@ SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg,
     return {nu.data(), partial.data()};
   };
   SquareProposal p;
-  p.concurrent = true;
   p.start = [&set, H, W, key, patterns, scratch](int e, float* x) {
     const auto [nu, partial] = scratch();
     ApgdHostLanes lanes;
@@ -105,7 +104,7 @@ SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg,
                         W, patterns->data());
   };
   p.propose = [&set, &cfg, H, W, key, patterns, scratch](int e, int it, const float* best, float* cand) {
-    const int s = square_l2_side(square_p(cfg.p_init, it - 1, cfg.schedule_iterations()), H, W);
+    const int s = square_window_side(Norm::L2, cfg, it, H, W);
     const auto [nu, partial] = scratch();
     ApgdHostLanes lanes;
     square_l2_propose_row(lanes, partial, nu, key(e), set.eps[e], it, s,

@@ -113,6 +113,9 @@ double square_p(double p_init, int it, int iterations);
 // The side of the L-inf square: round(sqrt(p * H * W)), at least 1 and at most min(H, W) - 1.
 int square_side(double p, int H, int W);
 
+// The window side of iteration it (1-based; the start is 0) in `norm`: square_side or square_l2_side at square_p of
+// it - 1 over the config's schedule.
+int square_window_side(Norm norm, const SquareConfig& cfg, int it, int H, int W);
 // L2. The side of its window: round(sqrt(p * H * W)), at least 3 and odd (the paper's rule, so that the window's
 // two halves each hold a centre row), at most min(H, W) - 1 (so that it has two positions to choose from).
 int square_l2_side(double p, int H, int W);

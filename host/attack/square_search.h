@@ -17,12 +17,9 @@ namespace nudge {
 struct SquareProposal {
   // Writes entry e's starting image (D floats, inside its ball and [0,1]) into x.
   std::function<void(int e, float* x)> start;
-  // Writes iteration it's candidate for entry e into cand, from the entry's best image so far.
+  // Writes iteration it's candidate for entry e into cand, from the entry's best image so far. Both functions are
+  // functions of their arguments alone: calls for several entries run at once, on several threads.
   std::function<void(int e, int it, const float* best, float* cand)> propose;
-  // Called once before the candidates of iteration it are drawn (e.g. to build the iteration's square pattern).
-  std::function<void(int it)> begin_iteration;
-  // propose may run for several entries at once, on several threads (it keeps no state of its own between calls).
-  bool concurrent = false;
 };
 
 // Runs cfg.queries forward passes per entry (fewer for an entry that breaks) and records the broken ones in rec as

@@ -1,6 +1,7 @@
 // What a device-resident attack run (apgd_run.h, square_run.h) hands back, from its entries' final states, and what
 // it cost by the attack's own count.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
