@@ -5,7 +5,7 @@
  *   track:  best iterate, increases, checkpoint halving, broken entries recorded (apgd_track_row)
  *   step:   z = P(x + eta dir(g)), x = P(x + alpha (z - x) + (1 - alpha)(x - x_prev)) (apgd_step_row)
  * Layout:    state by entry [entries, D]; logits, dlogits, loss, pred, grad, keep by row of the list; row-major.
- * Threads:   start, track, step: one block of kApgdLanes = 256 threads per row (entry for start), the block's
+ * Threads:   start, track, step: one block of kRowLanes = 256 threads per row (entry for start), the block's
  *            phases from apgd_rows.h with a barrier after each; pixels lane, lane + 256, ... are a thread's, so the
  *            row's loads are coalesced. loss: one thread per row (K is ~10), grid-stride.
  * Precond.:  list holds distinct entries; labels and targets are valid classes (checked on the host before upload);
@@ -34,14 +34,14 @@ namespace nudge::cuda {
 
 namespace {
 
-__global__ void __launch_bounds__(kApgdLanes) apgd_start_kernel(ApgdState s) {
+__global__ void __launch_bounds__(kRowLanes) apgd_start_kernel(ApgdState s) {
   __shared__ double partial[kApgdPartials];
   const int e = blockIdx.x;
   const size_t row = static_cast<size_t>(e) * s.D;
   BlockLanes b;
   const ApgdKey k{s.seed, s.attack, s.key_restart, s.point[e]};
   apgd_start_row(b, partial, k, s.eps[e], s.norm, s.x0 + row, s.x + row, s.D);
-  for (int i = threadIdx.x; i < s.D; i += kApgdLanes) s.x_prev[row + i] = 0.0f;
+  for (int i = threadIdx.x; i < s.D; i += kRowLanes) s.x_prev[row + i] = 0.0f;
   if (threadIdx.x == 0) s.entry[e] = ApgdEntry{};
 }
 
@@ -56,7 +56,7 @@ __global__ void apgd_loss_kernel(ApgdState s, ApgdRows r) {
   }
 }
 
-__global__ void __launch_bounds__(kApgdLanes) apgd_track_kernel(ApgdState s, ApgdRows r, ApgdTrackStep t) {
+__global__ void __launch_bounds__(kRowLanes) apgd_track_kernel(ApgdState s, ApgdRows r, ApgdTrackStep t) {
   const int i = blockIdx.x, e = r.list[i];
   const size_t row = static_cast<size_t>(e) * s.D;
   const ApgdTrackRow tr{s.entry + e, r.loss[i], r.pred[i] != s.label[e], s.eps[e], s.x + row,
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kApgdLanes) apgd_track_kernel(ApgdState s, Apg
   apgd_track_row(b, tr, t, s.D);
 }
 
-__global__ void __launch_bounds__(kApgdLanes) apgd_step_kernel(ApgdState s, ApgdRows r, float alpha) {
+__global__ void __launch_bounds__(kRowLanes) apgd_step_kernel(ApgdState s, ApgdRows r, float alpha) {
   __shared__ double partial[kApgdPartials];
   const int e = r.list[blockIdx.x];
   const ApgdEntry st = s.entry[e];
@@ -94,7 +94,7 @@ void check_rows(const ApgdRows& r, const char* op) {
 void apgd_start_cuda(const ApgdState& s, cudaStream_t stream) {
   check_state(s, "apgd_start_cuda");
   if (s.entries == 0) return;
-  apgd_start_kernel<<<s.entries, kApgdLanes, 0, stream>>>(s);
+  apgd_start_kernel<<<s.entries, kRowLanes, 0, stream>>>(s);
   check_launch("apgd_start_cuda", stream);
 }
 
@@ -112,7 +112,7 @@ void apgd_track_cuda(const ApgdState& s, const ApgdRows& r, const ApgdTrackStep&
   check_rows(r, "apgd_track_cuda");
   if (!r.loss || !r.pred || !r.grad || !r.keep) throw_shape_error("apgd_track_cuda", "loss, pred, grad, keep");
   if (r.count == 0) return;
-  apgd_track_kernel<<<r.count, kApgdLanes, 0, stream>>>(s, r, t);
+  apgd_track_kernel<<<r.count, kRowLanes, 0, stream>>>(s, r, t);
   check_launch("apgd_track_cuda", stream);
 }
 
@@ -120,7 +120,7 @@ void apgd_step_cuda(const ApgdState& s, const ApgdRows& r, float alpha, cudaStre
   check_state(s, "apgd_step_cuda");
   check_rows(r, "apgd_step_cuda");
   if (r.count == 0) return;
-  apgd_step_kernel<<<r.count, kApgdLanes, 0, stream>>>(s, r, alpha);
+  apgd_step_kernel<<<r.count, kRowLanes, 0, stream>>>(s, r, alpha);
   check_launch("apgd_step_cuda", stream);
 }
 

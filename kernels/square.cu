@@ -6,7 +6,7 @@
  *   accept:  margin z_y - max_{i != y} z_i of the row's logits; a lower one makes cand the best image; a negative
  *            best margin marks the entry done (square_accept_row)
  * Layout:    x0, best, entry by entry [entries, H*W]; cand, logits, keep by row of the list; row-major.
- * Threads:   one block of kApgdLanes = 256 threads per row (entry for start), the phases of square_rows.h with a
+ * Threads:   one block of kRowLanes = 256 threads per row (entry for start), the phases of square_rows.h with a
  *            barrier after each; pixels lane, lane + 256, ... are a thread's (coalesced row copies); the window's
  *            pixels are spread over the lanes the same way, and its "changed a pixel" flags are OR-ed by lane 0 in
  *            shared memory.
@@ -31,7 +31,7 @@ namespace nudge::cuda {
 
 namespace {
 
-__global__ void __launch_bounds__(kApgdLanes) square_start_kernel(SquareState s) {
+__global__ void __launch_bounds__(kRowLanes) square_start_kernel(SquareState s) {
   const int e = blockIdx.x, D = s.H * s.W;
   const size_t row = static_cast<size_t>(e) * D;
   BlockLanes b;
@@ -39,8 +39,8 @@ __global__ void __launch_bounds__(kApgdLanes) square_start_kernel(SquareState s)
   if (threadIdx.x == 0) s.entry[e] = SquareEntry{};
 }
 
-__global__ void __launch_bounds__(kApgdLanes) square_propose_kernel(SquareState s, SquareRows r, int it, int side) {
-  __shared__ int flags[kApgdLanes + 1];
+__global__ void __launch_bounds__(kRowLanes) square_propose_kernel(SquareState s, SquareRows r, int it, int side) {
+  __shared__ int flags[kRowLanes + 1];
   const int i = blockIdx.x, e = r.list[i], D = s.H * s.W;
   if (s.entry[e].done) return;  // uniform for the block; its candidate would be ignored by the acceptance
   const size_t row = static_cast<size_t>(e) * D;
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kApgdLanes) square_propose_kernel(SquareState 
                           r.cand + static_cast<size_t>(i) * D, s.H, s.W);
 }
 
-__global__ void __launch_bounds__(kApgdLanes) square_accept_kernel(SquareState s, SquareRows r, int it) {
+__global__ void __launch_bounds__(kRowLanes) square_accept_kernel(SquareState s, SquareRows r, int it) {
   const int i = blockIdx.x, e = r.list[i], D = s.H * s.W;
   const float margin = attack_margin(r.logits + static_cast<size_t>(i) * s.K, s.K, s.label[e]);
   BlockLanes b;
@@ -71,7 +71,7 @@ void check_rows(const SquareRows& r, const char* op) {
 void square_start_cuda(const SquareState& s, cudaStream_t stream) {
   check_state(s, "square_start_cuda");
   if (s.entries == 0) return;
-  square_start_kernel<<<s.entries, kApgdLanes, 0, stream>>>(s);
+  square_start_kernel<<<s.entries, kRowLanes, 0, stream>>>(s);
   check_launch("square_start_cuda", stream);
 }
 
@@ -82,7 +82,7 @@ void square_propose_cuda(const SquareState& s, const SquareRows& r, int it, int 
   if (it < 1 || side < 1 || side >= s.H || side >= s.W)
     throw_shape_error("square_propose_cuda", "needs it >= 1 and a window side in [1, min(H, W))");
   if (r.count == 0) return;
-  square_propose_kernel<<<r.count, kApgdLanes, 0, stream>>>(s, r, it, side);
+  square_propose_kernel<<<r.count, kRowLanes, 0, stream>>>(s, r, it, side);
   check_launch("square_propose_cuda", stream);
 }
 
@@ -91,7 +91,7 @@ void square_accept_cuda(const SquareState& s, const SquareRows& r, int it, cudaS
   check_rows(r, "square_accept_cuda");
   if (!r.logits || !r.keep || (it > 0 && !r.cand)) throw_shape_error("square_accept_cuda", "logits, keep, cand");
   if (r.count == 0) return;
-  square_accept_kernel<<<r.count, kApgdLanes, 0, stream>>>(s, r, it);
+  square_accept_kernel<<<r.count, kRowLanes, 0, stream>>>(s, r, it);
   check_launch("square_accept_cuda", stream);
 }
 

@@ -5,7 +5,7 @@
  *            pattern plus its old content, rescaled; cand = clamp01(x0 + eps nu / |nu|) (square_l2_propose_row)
  * Layout:    x0, best, entry by entry [entries, H*W]; cand by row of the list; the pattern table by side
  *            (square_pattern_offset), in both orientations; row-major.
- * Threads:   one block of kApgdLanes = 256 threads per row (entry for start), the phases of square_l2_rows.h with a
+ * Threads:   one block of kRowLanes = 256 threads per row (entry for start), the phases of square_l2_rows.h with a
  *            barrier after each; pixels lane, lane + 256, ... are a thread's. Shared memory (dynamic): the row's nu,
  *            H*W doubles, and kApgdPartials doubles of lane partials (12.4 KB at 28 x 28).
  * Precond.:  list holds distinct entries; side odd in [3, min(H, W)) (checked here); the table covers 1 .. min(H, W)
@@ -35,7 +35,7 @@ constexpr size_t kMaxSharedBytes = 48 * 1024;
 
 size_t shared_bytes(int D) { return (static_cast<size_t>(D) + kApgdPartials) * sizeof(double); }
 
-__global__ void __launch_bounds__(kApgdLanes) square_l2_start_kernel(SquareState s) {
+__global__ void __launch_bounds__(kRowLanes) square_l2_start_kernel(SquareState s) {
   extern __shared__ double scratch[];
   const int e = blockIdx.x, D = s.H * s.W;
   const size_t row = static_cast<size_t>(e) * D;
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kApgdLanes) square_l2_start_kernel(SquareState
   if (threadIdx.x == 0) s.entry[e] = SquareEntry{};
 }
 
-__global__ void __launch_bounds__(kApgdLanes) square_l2_propose_kernel(SquareState s, SquareRows r, int it,
+__global__ void __launch_bounds__(kRowLanes) square_l2_propose_kernel(SquareState s, SquareRows r, int it,
                                                                        int side) {
   extern __shared__ double scratch[];
   const int i = blockIdx.x, e = r.list[i], D = s.H * s.W;
@@ -70,7 +70,7 @@ bool square_l2_fits(int H, int W) { return shared_bytes(H * W) <= kMaxSharedByte
 void square_l2_start_cuda(const SquareState& s, cudaStream_t stream) {
   check_l2_state(s, "square_l2_start_cuda");
   if (s.entries == 0) return;
-  square_l2_start_kernel<<<s.entries, kApgdLanes, shared_bytes(s.H * s.W), stream>>>(s);
+  square_l2_start_kernel<<<s.entries, kRowLanes, shared_bytes(s.H * s.W), stream>>>(s);
   check_launch("square_l2_start_cuda", stream);
 }
 
@@ -80,7 +80,7 @@ void square_l2_propose_cuda(const SquareState& s, const SquareRows& r, int it, i
   if (it < 1 || side < 3 || side % 2 == 0 || side >= s.H || side >= s.W)
     throw_shape_error("square_l2_propose_cuda", "needs it >= 1 and an odd window side in [3, min(H, W))");
   if (r.count == 0) return;
-  square_l2_propose_kernel<<<r.count, kApgdLanes, shared_bytes(s.H * s.W), stream>>>(s, r, it, side);
+  square_l2_propose_kernel<<<r.count, kRowLanes, shared_bytes(s.H * s.W), stream>>>(s, r, it, side);
   check_launch("square_l2_propose_cuda", stream);
 }
 

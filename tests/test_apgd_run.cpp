@@ -71,7 +71,7 @@ StepCase step_case(std::mt19937& rng, int D, float eps) {
 }
 
 void run_step(StepCase& c, float eps, float eta, float alpha, Norm norm, bool reverse) {
-  ApgdHostLanes b{reverse};
+  HostLanes b{reverse};
   std::vector<double> partial(kApgdPartials, std::nan(""));  // a read of a partial no phase wrote poisons the row
   apgd_step_row(b, partial.data(), c.x.data(), c.x_prev.data(), c.g.data(), c.x0.data(), static_cast<int>(c.x.size()),
                 eps, eta, alpha, norm);
@@ -89,7 +89,7 @@ TEST(ApgdRows, LaneOrderDoesNotChangeABit) {
       EXPECT_TRUE(same_bits(a.x_prev, b.x_prev)) << "D " << D;
       std::vector<float> sa(D), sb(D);
       std::vector<double> partial(kApgdPartials);
-      ApgdHostLanes fwd{false}, rev{true};
+      HostLanes fwd{false}, rev{true};
       const ApgdKey k{7, 1, 2, 99};
       apgd_start_row(fwd, partial.data(), k, eps, norm, a.x0.data(), sa.data(), D);
       apgd_start_row(rev, partial.data(), k, eps, norm, a.x0.data(), sb.data(), D);
@@ -146,7 +146,7 @@ TEST(ApgdRows, StartIsOnTheSphereAndMadeOfTheKeyedDraws) {
     const float eps = norm == Norm::L2 ? 2.0f : 0.3f;
     std::vector<float> x(D);
     std::vector<double> partial(kApgdPartials);
-    ApgdHostLanes b;
+    HostLanes b;
     const ApgdKey k{3, static_cast<uint32_t>(AttackId::ApgdCe), 1, 42};
     apgd_start_row(b, partial.data(), k, eps, norm, x0.data(), x.data(), D);
     double l2 = 0, linf = 0, t_norm = 0;
@@ -181,7 +181,7 @@ struct TrackedRow {
   void track(float v, float gv, float loss, bool misclassified, const ApgdTrackStep& t) {
     std::fill(x.begin(), x.end(), v);
     const std::vector<float> g(D, gv);
-    ApgdHostLanes b;
+    HostLanes b;
     const ApgdTrackRow r{&entry, loss, misclassified, 0.3f, x.data(), g.data(), g_next.data(), x_best.data(),
                          g_best.data(), adv.data(), &keep};
     apgd_track_row(b, r, t, D);
@@ -446,14 +446,7 @@ TEST(ApgdHostDevice, RunApgdTakesTheBackendsDeviceRunWhenItHasOne) {
   LaggingApgdBackend lagging;
   lagging.load_model(model);
   AttackSet set = attack_set(p, n, 0.35f);
-  std::vector<float> probs(static_cast<size_t>(n) * 10);
-  cpu->predict(set.x0.data(), n, probs.data());
-  set.ranked.resize(static_cast<size_t>(n) * 10);
-  for (int e = 0; e < n; ++e) {
-    int32_t* r = set.ranked.data() + e * 10;
-    for (int k = 0; k < 10; ++k) r[k] = k;
-    std::stable_sort(r, r + 10, [&](int a, int b) { return probs[e * 10 + a] > probs[e * 10 + b]; });
-  }
+  testing_support::rank_by_clean_logits(*cpu, set);
   const std::vector<int> todo = testing_support::all_entries(n);
   ApgdConfig cfg;
   cfg.iterations = 15;

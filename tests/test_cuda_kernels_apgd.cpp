@@ -151,7 +151,7 @@ TEST_F(CudaApgdKernels, StartIsTheHostRowsStart) {
     cuda::apgd_start_cuda(d.s, 0);
     std::vector<double> partial(kApgdPartials);
     for (int e = 0; e < c.entries; ++e) {
-      ApgdHostLanes b;
+      HostLanes b;
       const ApgdKey k{77, 1, 3, c.point[e]};
       apgd_start_row(b, partial.data(), k, c.eps[e], norm, c.x0.data() + e * kD, c.x.data() + e * kD, kD);
     }
@@ -237,7 +237,7 @@ TEST_F(CudaApgdKernels, LossTrackAndStepAreTheHostRows) {
           const ApgdTrackRow tr{&c.entry[e], got_loss[i], want_pred[i] != c.label[e], c.eps[e], c.x.data() + e * kD,
                                 grad.data() + i * kD, c.g_next.data() + e * kD, c.x_best.data() + e * kD,
                                 c.g_best.data() + e * kD, c.adv.data() + e * kD, &want_keep[i]};
-          ApgdHostLanes b;
+          HostLanes b;
           apgd_track_row(b, tr, t, kD);
         }
         // Copies and scalar rules only: bit for bit.
@@ -255,7 +255,7 @@ TEST_F(CudaApgdKernels, LossTrackAndStepAreTheHostRows) {
         for (int i = 0; i < count; ++i) {
           const int e = list[i];
           if (c.entry[e].done) continue;
-          ApgdHostLanes b;
+          HostLanes b;
           apgd_step_row(b, partial.data(), c.x.data() + e * kD, c.x_prev.data() + e * kD, c.g_next.data() + e * kD,
                         c.x0.data() + e * kD, kD, c.eps[e], c.entry[e].eta, 0.75f, norm);
         }

@@ -113,7 +113,7 @@ TEST_F(CudaSquareKernels, StartIsTheHostRowsStart) {
   d.best.poison();
   cuda::square_start_cuda(d.s, 0);
   for (int e = 0; e < c.entries; ++e) {
-    ApgdHostLanes b;
+    HostLanes b;
     const ApgdKey k{31, 4, 2, c.point[e]};
     square_linf_start_row(b, k, c.eps[e], c.x0.data() + e * kD, c.best.data() + e * kD, kH, kW);
   }
@@ -144,7 +144,7 @@ TEST_F(CudaSquareKernels, ProposeAndAcceptAreTheHostRows) {
     // Done entries' rows are skipped: they must keep the poison, which is what the buffer holds before the launch.
     std::vector<float> cand = cand_d.download();
     cuda::square_propose_cuda(d.s, r, it, side, 0);
-    std::vector<int> flags(kApgdLanes + 1);
+    std::vector<int> flags(kRowLanes + 1);
     const std::vector<float> got_cand = cand_d.download();
     for (int i = 0; i < count; ++i) {
       const int e = list[i];
@@ -161,7 +161,7 @@ TEST_F(CudaSquareKernels, ProposeAndAcceptAreTheHostRows) {
           unchanged &= clamp01(c.x0[q] + sign * c.eps[e]) == c.best[q];
         }
       kinds[3] += unchanged;
-      ApgdHostLanes b;
+      HostLanes b;
       square_linf_propose_row(b, flags.data(), k, c.eps[e], it, side,
                               c.x0.data() + e * kD, c.best.data() + e * kD, cand.data() + static_cast<size_t>(i) * kD,
                               kH, kW);
@@ -185,7 +185,7 @@ TEST_F(CudaSquareKernels, ProposeAndAcceptAreTheHostRows) {
       bool take = false;
       const SquareEntry next = square_accept_entry(c.entry[e], margin, it, &take);
       if (!c.entry[e].done) kinds[take ? 0 : 1]++, kinds[2] += next.done;
-      ApgdHostLanes b;
+      HostLanes b;
       square_accept_row(b, &c.entry[e], margin, it, cand.data() + static_cast<size_t>(i) * kD, c.best.data() + e * kD,
                         kD, &keep[i]);
     }
@@ -222,7 +222,7 @@ TEST_F(CudaSquareKernels, AcceptAtTheStartTakesEveryEntrysMargin) {
   cuda::square_accept_cuda(d.s, r, 0, 0);
   std::vector<uint8_t> keep(entries);
   for (int e = 0; e < entries; ++e) {
-    ApgdHostLanes b;
+    HostLanes b;
     square_accept_row(b, &c.entry[e], attack_margin(logits.data() + e * kK, kK, c.label[e]), 0, nullptr,
                       c.best.data() + e * kD, kD, &keep[e]);
   }
@@ -256,7 +256,7 @@ TEST_F(CudaSquareKernels, L2StartAndProposeAreTheHostRows) {
                           entry_floats(std::vector<SquareEntry>(c.entries))));
     std::vector<float> start(c.best.size());
     for (int e = 0; e < entries; ++e) {
-      ApgdHostLanes b;
+      HostLanes b;
       square_l2_start_row(b, partial.data(), nu.data(), ApgdKey{31, 4, 2, c.point[e]}, c.eps[e],
                           c.x0.data() + e * kD, start.data() + e * kD, kH, kW, table.data());
     }
@@ -278,7 +278,7 @@ TEST_F(CudaSquareKernels, L2StartAndProposeAreTheHostRows) {
     for (int i = 0; i < count; ++i) {
       const int e = list[i];
       if (c.entry[e].done) continue;
-      ApgdHostLanes b;
+      HostLanes b;
       square_l2_propose_row(b, partial.data(), nu.data(), ApgdKey{31, 4, 2, c.point[e]}, c.eps[e], it, side,
                             c.x0.data() + e * kD, c.best.data() + e * kD, want.data() + static_cast<size_t>(i) * kD,
                             kH, kW, table.data());

@@ -57,8 +57,8 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 std::vector<float> propose(const ApgdKey& k, float eps, int it, int s, const std::vector<float>& x0,
                            const std::vector<float>& best, bool reverse) {
   std::vector<float> cand(kD, std::nanf(""));
-  std::vector<int> flags(kApgdLanes + 1, -1);
-  ApgdHostLanes b{reverse};
+  std::vector<int> flags(kRowLanes + 1, -1);
+  HostLanes b{reverse};
   square_linf_propose_row(b, flags.data(), k, eps, it, s, x0.data(), best.data(), cand.data(), kH, kW);
   return cand;
 }
@@ -71,7 +71,7 @@ TEST(SquareRows, LaneOrderDoesNotChangeABit) {
     const std::vector<float> x0 = uniform(rng, kD, 0.0f, 1.0f);
     const ApgdKey k{static_cast<uint64_t>(trial), kSquareId, trial % 3, static_cast<uint32_t>(rng() % 10000)};
     std::vector<float> fwd(kD), rev(kD);
-    ApgdHostLanes a{false}, b{true};
+    HostLanes a{false}, b{true};
     square_linf_start_row(a, k, 0.3f, x0.data(), fwd.data(), kH, kW);
     square_linf_start_row(b, k, 0.3f, x0.data(), rev.data(), kH, kW);
     ASSERT_TRUE(same_bits(fwd, rev)) << "start, trial " << trial;
@@ -90,7 +90,7 @@ TEST(SquareL2Rows, LaneOrderDoesNotChangeABitAndTheCandidateIsOnTheSphere) {
     const ApgdKey k{static_cast<uint64_t>(trial), kSquareId, trial % 3, static_cast<uint32_t>(rng() % 10000)};
     const float eps = 2.0f;
     std::vector<float> fwd(kD), rev(kD);
-    ApgdHostLanes a{false}, b{true};
+    HostLanes a{false}, b{true};
     square_l2_start_row(a, partial.data(), nu.data(), k, eps, x0.data(), fwd.data(), kH, kW, patterns.data());
     square_l2_start_row(b, partial.data(), nu.data(), k, eps, x0.data(), rev.data(), kH, kW, patterns.data());
     ASSERT_TRUE(same_bits(fwd, rev)) << "start, trial " << trial;
@@ -195,7 +195,7 @@ TEST(SquareL2Rows, FollowThePapersProposalAndStartWrittenAsPlainLoops) {
       const std::vector<float> x0 = uniform(rng, static_cast<size_t>(H) * W, 0.0f, 1.0f);
       const L2Reference ref{H, W, ApgdKey{7, kSquareId, trial, static_cast<uint32_t>(rng() % 5000)}, 2.5f};
       std::vector<float> start(x0.size()), cand(x0.size());
-      ApgdHostLanes b;
+      HostLanes b;
       square_l2_start_row(b, partial.data(), nu.data(), ref.k, ref.eps, x0.data(), start.data(), H, W,
                           patterns.data());
       ASSERT_TRUE(pixels_close(start, ref.start(x0))) << "start, trial " << trial;
@@ -224,7 +224,7 @@ TEST(SquareRows, StartIsStripesOfTheKeyedSigns) {
   const std::vector<float> x0 = uniform(rng, kD, 0.2f, 0.8f);  // no clipping at eps 0.1
   const ApgdKey k{9, kSquareId, 1, 77};
   std::vector<float> x(kD);
-  ApgdHostLanes b;
+  HostLanes b;
   square_linf_start_row(b, k, 0.1f, x0.data(), x.data(), kH, kW);
   for (int w = 0; w < kW; ++w) {
     const float sign = attack_uniform(9, AttackId::Square, 1, 77, 0.1f, 0, static_cast<uint32_t>(w)) < 0.5f ? -1 : 1;

@@ -44,7 +44,7 @@ class HostApgdDevice : public ApgdDevice {
     live_.reset(m_);
 #pragma omp parallel for schedule(static)
     for (int e = 0; e < m_; ++e) {
-      ApgdHostLanes b = lanes_;
+      HostLanes b = lanes_;
       const ApgdKey k{in_.seed, in_.attack, in_.key_restart, point_[e]};
       apgd_start_row(b, partial(), k, eps_[e], in_.norm, row(x0_, e), row(x_, e), D_);
     }
@@ -72,7 +72,7 @@ class HostApgdDevice : public ApgdDevice {
       const ApgdTrackRow tr{&entry_[e], loss_[r], pred_[r] != label_[e], eps_[e], row(x_, e),
                             gb_.data() + static_cast<size_t>(r) * D_, row(g_next_, e), row(x_best_, e),
                             row(g_best_, e), row(adv_, e), &keep_[r]};
-      ApgdHostLanes b = lanes_;
+      HostLanes b = lanes_;
       apgd_track_row(b, tr, t, D_);
     }
   }
@@ -82,7 +82,7 @@ class HostApgdDevice : public ApgdDevice {
     for (int r = 0; r < count; ++r) {
       const int e = live_.list[r];
       if (entry_[e].done) continue;
-      ApgdHostLanes b = lanes_;
+      HostLanes b = lanes_;
       apgd_step_row(b, partial(), row(x_, e), row(x_prev_, e), row(g_next_, e), row(x0_, e), D_, eps_[e],
                     entry_[e].eta, alpha, in_.norm);
     }
@@ -106,7 +106,7 @@ class HostApgdDevice : public ApgdDevice {
   Backend& backend_;
   ApgdRunInput in_;
   int lag_;
-  ApgdHostLanes lanes_;
+  HostLanes lanes_;
   int m_, D_, K_;
   std::vector<float> x0_, eps_;
   std::vector<int32_t> label_, target_;

@@ -49,13 +49,13 @@ SquareProposal linf_proposal(const AttackSet& set, const SquareConfig& cfg, int 
     return ApgdKey{seed, static_cast<uint32_t>(AttackId::Square), restart, set.point[e]};
   };
   p.start = [&set, H, W, key](int e, float* b) {
-    ApgdHostLanes lanes;
+    HostLanes lanes;
     square_linf_start_row(lanes, key(e), set.eps[e], set.x0.data() + static_cast<size_t>(e) * set.D, b, H, W);
   };
   p.propose = [&set, &cfg, H, W, key](int e, int it, const float* b, float* c) {
     const int s = square_window_side(Norm::Linf, cfg, it, H, W);
-    int flags[kApgdLanes + 1];
-    ApgdHostLanes lanes;
+    int flags[kRowLanes + 1];
+    HostLanes lanes;
     square_linf_propose_row(lanes, flags, key(e), set.eps[e], it, s, set.x0.data() + static_cast<size_t>(e) * set.D, b,
                             c, H, W);
   };

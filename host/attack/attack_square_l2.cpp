@@ -99,14 +99,14 @@ SquareProposal square_l2_proposal(const AttackSet& set, const SquareConfig& cfg,
   SquareProposal p;
   p.start = [&set, H, W, key, patterns, scratch](int e, float* x) {
     const auto [nu, partial] = scratch();
-    ApgdHostLanes lanes;
+    HostLanes lanes;
     square_l2_start_row(lanes, partial, nu, key(e), set.eps[e], set.x0.data() + static_cast<size_t>(e) * set.D, x, H,
                         W, patterns->data());
   };
   p.propose = [&set, &cfg, H, W, key, patterns, scratch](int e, int it, const float* best, float* cand) {
     const int s = square_window_side(Norm::L2, cfg, it, H, W);
     const auto [nu, partial] = scratch();
-    ApgdHostLanes lanes;
+    HostLanes lanes;
     square_l2_propose_row(lanes, partial, nu, key(e), set.eps[e], it, s,
                           set.x0.data() + static_cast<size_t>(e) * set.D, best, cand, H, W, patterns->data());
   };

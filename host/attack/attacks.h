@@ -53,6 +53,9 @@ constexpr uint32_t kMaxAttackSteps = 1u << kAttackDrawStepBits;
 constexpr uint32_t kMaxAttackDraws = 1u << kAttackDrawIndexBits;
 float attack_uniform(uint64_t seed, AttackId attack, int restart, uint32_t point, float eps, uint32_t step, uint32_t j);
 
+// A point's classes by its clean logits z [K], largest first, ties in class order: a row of AttackSet::ranked.
+void rank_classes(const float* z, int K, int32_t* order);
+
 // The target of rank t (0-based) for entry e: the (t+2)-th most likely clean class, skipping the label.
 int ranked_target(const AttackSet& set, int e, int t);
 

@@ -62,6 +62,11 @@ void recheck_adversarial(Backend& backend, const AttackSet& set, const AttackRec
   }
 }
 
+void rank_classes(const float* z, int K, int32_t* order) {
+  for (int k = 0; k < K; ++k) order[k] = k;
+  std::stable_sort(order, order + K, [&](int a, int b) { return z[a] > z[b]; });
+}
+
 namespace {
 
 void run_stage(Backend& backend, const AttackSet& set, const std::vector<int>& todo, AttackId a,
@@ -95,8 +100,7 @@ void evaluate_slice(Backend& backend, const float* x, const int32_t* labels, int
     out.clean_pred[offset + i] = pred;
     out.clean_correct += pred == labels[i];
     std::vector<int32_t> order(K);
-    for (int k = 0; k < K; ++k) order[k] = k;
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return z[a] > z[b]; });
+    rank_classes(z, K, order.data());
     for (int j = 0; j < E; ++j) {
       const long r = (static_cast<long>(offset) + i) * E + j;
       std::copy_n(x + static_cast<size_t>(i) * D, D, out.images.begin() + r * D);

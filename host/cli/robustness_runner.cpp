@@ -396,8 +396,7 @@ int run_robustness(const RobustnessRun& run) {
   try {
     r = journals->read_all(l, run.cfg.attacks);
     run_info = {{"device", w.size > 1 ? std::to_string(w.size) + " MPI ranks" : l.backend->name()},
-                {"path", l.backend->is_gpu() ? "apgd and square on the device (begin_apgd, begin_square); fab-t with "
-                                               "logits on the host"
+                {"path", l.backend->is_gpu() ? "apgd, fab-t and square on the device (begin_apgd, begin_fab, begin_square)"
                                              : "host"},
                 {"ranks", ranks.stats()},
                 {"points_from_journal", replayed},

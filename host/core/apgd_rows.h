@@ -1,10 +1,6 @@
-// APGD's per-pixel work on one entry's row, written once as phases over a block executor (the fused kernel's
-// pattern, kernels/fused/block.cuh): `b.phase(f)` runs f(lane) for lanes 0..kApgdLanes-1 and then waits for all of
-// them. On the device a lane is a thread of the row's block (kernels/apgd.cu); on the host, ApgdHostLanes loops over
-// the lanes, so the CPU run executes the very code the GPU does. A phase writes only what its lane owns (pixels
-// lane, lane + kApgdLanes, ... and partial[lane]); a sum over a row is each lane's partial, then a phase in which
-// lane 0 adds the partials in lane order into a total the later phases read, so both executors add in the same
-// order (and the host adds them once, not once per lane).
+// APGD's per-pixel work on one entry's row, written once as phases over a block executor (host/core/row_lanes.h):
+// a thread of the row's block on the device (kernels/apgd.cu), a loop over the lanes on the host, so the CPU run
+// executes the very code the GPU does.
 //
 // Numerics: the step and the projections are those of optimize_math.h (sign step, linf_clip, the L2 scale with its
 // norm in double, clamp01). The device contracts multiply-adds into FMAs, so its pixels match the host's to an ulp
@@ -20,34 +16,13 @@
 #include "host_device.h"
 #include "optimize_math.h"
 #include "optimize_types.h"
+#include "row_lanes.h"
 
 namespace nudge {
 
-constexpr int kApgdLanes = 256;
-// The scratch one row's phases need: three rows of kApgdLanes partial sums and their three totals (the L2 step
+// The scratch one row's phases need: three rows of kRowLanes partial sums and their three totals (the L2 step
 // keeps all three sums of its row alive at once).
-constexpr int kApgdPartials = 3 * kApgdLanes + 3;
-
-// The host executor: lanes one after another, forward or reversed (a phase that depended on lane order would give
-// different bits in the two orders; tests run both).
-struct ApgdHostLanes {
-  bool reverse = false;
-  template <class F>
-  void phase(F&& f) {
-    for (int i = 0; i < kApgdLanes; ++i) f(reverse ? kApgdLanes - 1 - i : i);
-  }
-};
-
-// The phase after the one that wrote partial[0..kApgdLanes): lane 0 reduces them, in lane order, into *total.
-template <class Block>
-NUDGE_HD void apgd_reduce_lanes(Block& b, const double* partial, double* total, bool max) {
-  b.phase([&](int lane) {
-    if (lane != 0) return;
-    double s = 0;
-    for (int i = 0; i < kApgdLanes; ++i) s = max ? fmax(s, partial[i]) : s + partial[i];
-    *total = s;
-  });
-}
+constexpr int kApgdPartials = 3 * kRowLanes + 3;
 
 // Which entry a row's random start belongs to (its draws are keyed by these and the entry's eps).
 struct ApgdKey {
@@ -63,19 +38,19 @@ NUDGE_HD void apgd_start_row(Block& b, double* partial, const ApgdKey& k, float 
                              float* x, int D) {
   b.phase([&](int lane) {
     double acc = 0;
-    for (int i = lane; i < D; i += kApgdLanes) {
+    for (int i = lane; i < D; i += kRowLanes) {
       const float t = 2.0f * attack_draw(k.seed, k.attack, k.restart, k.point, eps, 0, static_cast<uint32_t>(i)) - 1.0f;
       x[i] = t;
       acc = norm == Norm::L2 ? acc + static_cast<double>(t) * t : fmax(acc, fabs(static_cast<double>(t)));
     }
     partial[lane] = acc;
   });
-  double* total = partial + 3 * kApgdLanes;
-  apgd_reduce_lanes(b, partial, total, norm != Norm::L2);
+  double* total = partial + 3 * kRowLanes;
+  reduce_lanes(b, partial, total, norm != Norm::L2);
   b.phase([&](int lane) {
     const double scale = norm == Norm::L2 ? sqrt(*total) : *total;
     const float f = static_cast<float>(eps / fmax(scale, 1e-12));
-    for (int i = lane; i < D; i += kApgdLanes) x[i] = clamp01(x0[i] + f * x[i]);
+    for (int i = lane; i < D; i += kRowLanes) x[i] = clamp01(x0[i] + f * x[i]);
   });
 }
 
@@ -86,7 +61,7 @@ NUDGE_HD void apgd_step_row(Block& b, double* partial, float* x, float* x_prev, 
                             float eps, float eta, float alpha, Norm norm) {
   if (norm != Norm::L2) {
     b.phase([&](int lane) {
-      for (int i = lane; i < D; i += kApgdLanes) {
+      for (int i = lane; i < D; i += kRowLanes) {
         const float dir = static_cast<float>((g[i] > 0) - (g[i] < 0));
         const float z = clamp01(linf_clip(x[i] + eta * dir, x0[i], eps));
         const float n = apgd_momentum(x[i], z, x_prev[i], alpha);
@@ -97,31 +72,31 @@ NUDGE_HD void apgd_step_row(Block& b, double* partial, float* x, float* x_prev, 
     return;
   }
   double* g_sq = partial;
-  double* z_sq = partial + kApgdLanes;
-  double* n_sq = partial + 2 * kApgdLanes;
-  double* total = partial + 3 * kApgdLanes;  // |g|^2, |z - x0|^2, |x' - x0|^2
+  double* z_sq = partial + kRowLanes;
+  double* n_sq = partial + 2 * kRowLanes;
+  double* total = partial + 3 * kRowLanes;  // |g|^2, |z - x0|^2, |x' - x0|^2
   // z is not stored: each lane recomputes its own pixels' z from x, g and |g| when the ball's scale is known.
   b.phase([&](int lane) {
     double acc = 0;
-    for (int i = lane; i < D; i += kApgdLanes) acc += static_cast<double>(g[i]) * g[i];
+    for (int i = lane; i < D; i += kRowLanes) acc += static_cast<double>(g[i]) * g[i];
     g_sq[lane] = acc;
   });
-  apgd_reduce_lanes(b, g_sq, total, false);
+  reduce_lanes(b, g_sq, total, false);
   b.phase([&](int lane) {
     const double gn = sqrt(total[0]) + 1e-12;
     double acc = 0;
-    for (int i = lane; i < D; i += kApgdLanes) {
+    for (int i = lane; i < D; i += kRowLanes) {
       const float z = x[i] + eta * static_cast<float>(g[i] / gn);
       acc += static_cast<double>(z - x0[i]) * (z - x0[i]);
     }
     z_sq[lane] = acc;
   });
-  apgd_reduce_lanes(b, z_sq, total + 1, false);
+  reduce_lanes(b, z_sq, total + 1, false);
   b.phase([&](int lane) {
     const double gn = sqrt(total[0]) + 1e-12;
     const L2Scale fz = l2_scale(total[1], eps);
     double acc = 0;
-    for (int i = lane; i < D; i += kApgdLanes) {
+    for (int i = lane; i < D; i += kRowLanes) {
       const float z = clamp01(l2_scaled(x[i] + eta * static_cast<float>(g[i] / gn), x0[i], fz));
       const float n = apgd_momentum(x[i], z, x_prev[i], alpha);
       x_prev[i] = x[i];
@@ -130,10 +105,10 @@ NUDGE_HD void apgd_step_row(Block& b, double* partial, float* x, float* x_prev, 
     }
     n_sq[lane] = acc;
   });
-  apgd_reduce_lanes(b, n_sq, total + 2, false);
+  reduce_lanes(b, n_sq, total + 2, false);
   b.phase([&](int lane) {
     const L2Scale fx = l2_scale(total[2], eps);
-    for (int i = lane; i < D; i += kApgdLanes) x[i] = clamp01(l2_scaled(x[i], x0[i], fx));
+    for (int i = lane; i < D; i += kRowLanes) x[i] = clamp01(l2_scaled(x[i], x0[i], fx));
   });
 }
 
@@ -161,7 +136,7 @@ NUDGE_HD void apgd_track_row(Block& b, const ApgdTrackRow& r, const ApgdTrackSte
   const ApgdEntry next = apgd_track_entry(before, r.loss, r.misclassified, r.eps, t, &mv);
   b.phase([&](int lane) {
     if (before.done) return;
-    for (int i = lane; i < D; i += kApgdLanes) {
+    for (int i = lane; i < D; i += kRowLanes) {
       if (mv.broken) {
         r.adv[i] = r.x[i];
         continue;

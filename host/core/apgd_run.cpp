@@ -1,5 +1,7 @@
 #include "apgd_run.h"
 
+#include "compaction_schedule.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -24,7 +26,7 @@ ApgdRunCost drive_apgd(ApgdDevice& dev, int m, int iterations, double momentum, 
                        const std::function<void(int)>& on_iteration) {
   ApgdRunCost cost;
   const std::vector<int> checkpoints = apgd_checkpoints(iterations);
-  const int lag = dev.compaction_lag();
+  CompactionSchedule<ApgdDevice> compaction(dev);
   dev.start();
   int count = m;
   dev.evaluate(count);
@@ -32,16 +34,11 @@ ApgdRunCost drive_apgd(ApgdDevice& dev, int m, int iterations, double momentum, 
   ApgdTrackStep t;
   t.rho = rho;
   dev.track(count, t);
-  dev.compact(count);
-  bool pending = true;
-  int compacted_after = 0;  // the iteration whose tracking the pending compaction follows
+  compaction.after(0, count);
   size_t next_check = 0;
   int since_check = 0;
   for (int i = 0; i < iterations; ++i) {
-    if (pending && dev.compaction_ready(i - compacted_after >= lag)) {
-      count = dev.adopt_compaction();
-      pending = false;
-    }
+    compaction.before(i + 1, &count);
     if (count == 0) break;
     dev.step(count, i == 0 ? 1.0f : static_cast<float>(momentum));
     dev.evaluate(count);
@@ -57,11 +54,7 @@ ApgdRunCost drive_apgd(ApgdDevice& dev, int m, int iterations, double momentum, 
     }
     cost.iterations = i + 1;
     if (on_iteration) on_iteration(i + 1);
-    if (!pending) {
-      dev.compact(count);
-      pending = true;
-      compacted_after = i + 1;
-    }
+    compaction.after(i + 1, count);
   }
   return cost;
 }

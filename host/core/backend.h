@@ -10,6 +10,7 @@
 
 #include "apgd_run.h"
 #include "errors.h"
+#include "fab_run.h"
 #include "forward_session.h"
 #include "model.h"
 #include "optimize_types.h"
@@ -158,6 +159,13 @@ class Backend {
   // A Square run (L-inf or L2) whose state stays on this backend's device (square_run.h), or null: Square then runs
   // on the host through begin_forward_session. The CUDA backend has one.
   virtual std::unique_ptr<SquareDevice> begin_square(const SquareRunInput& in) {
+    (void)in;
+    return nullptr;
+  }
+
+  // A FAB-T run whose state stays on this backend's device (fab_run.h), or null: FAB then runs its rows on the host
+  // and the network through logit_backprop (host/attack/fab_host_device.h). The CUDA backend has one.
+  virtual std::unique_ptr<FabDevice> begin_fab(const FabRunInput& in) {
     (void)in;
     return nullptr;
   }

@@ -29,3 +29,9 @@ NUDGE_HD double nudge_dadd(double a, double b) { return __dadd_rn(a, b); }
 NUDGE_HD double nudge_dmul(double a, double b) { return a * b; }
 NUDGE_HD double nudge_dadd(double a, double b) { return a + b; }
 #endif
+
+// Minimum and maximum of doubles written out, the same expression on both sides (std::min/std::max's semantics):
+// fmin/fmax may return either zero of fmin(0.0, -0.0), which could differ between the host's libm and the device,
+// and on the host they are library calls in the row code's inner loops.
+NUDGE_HD double nudge_dmin(double a, double b) { return b < a ? b : a; }
+NUDGE_HD double nudge_dmax(double a, double b) { return a < b ? b : a; }

@@ -35,14 +35,14 @@ NUDGE_HD void square_l2_place(Block& b, double* partial, const double* nu, float
                               int D) {
   b.phase([&](int lane) {
     double acc = 0;
-    for (int q = lane; q < D; q += kApgdLanes) acc = nudge_dadd(acc, nudge_dmul(nu[q], nu[q]));
+    for (int q = lane; q < D; q += kRowLanes) acc = nudge_dadd(acc, nudge_dmul(nu[q], nu[q]));
     partial[lane] = acc;
   });
-  double* total = partial + 3 * kApgdLanes;
-  apgd_reduce_lanes(b, partial, total, false);
+  double* total = partial + 3 * kRowLanes;
+  reduce_lanes(b, partial, total, false);
   b.phase([&](int lane) {
     const double f = *total > 0 ? eps / sqrt(*total) : 0.0;
-    for (int q = lane; q < D; q += kApgdLanes)
+    for (int q = lane; q < D; q += kRowLanes)
       x[q] = clamp01(static_cast<float>(nudge_dadd(x0[q], nudge_dmul(nu[q], f))));
   });
 }
@@ -56,7 +56,7 @@ NUDGE_HD void square_l2_start_row(Block& b, double* partial, double* nu, const A
   const int oh = (H - nh * bump) / 2, ow = (W - nw * bump) / 2;
   const double* pat = patterns + square_pattern_offset(bump);
   b.phase([&](int lane) {
-    for (int q = lane; q < H * W; q += kApgdLanes) {
+    for (int q = lane; q < H * W; q += kRowLanes) {
       const int h = q / W - oh, w = q % W - ow;
       if (h < 0 || w < 0 || h >= nh * bump || w >= nw * bump) {
         nu[q] = 0.0;
@@ -86,12 +86,12 @@ NUDGE_HD void square_l2_propose_row(Block& b, double* partial, double* nu, const
   const double* pat = patterns + square_pattern_offset(s) + (draw(kSquareL2Transpose) < 0.5f ? 0 : s * s);
   const int D = H * W, window = s * s;
   double* all2 = partial;
-  double* w1_2 = partial + kApgdLanes;
-  double* union2 = partial + 2 * kApgdLanes;
-  double* total = partial + 3 * kApgdLanes;  // |nu|^2, |nu_W1|^2, |nu_{W1 u W2}|^2; then |fresh|^2 in total[0]
+  double* w1_2 = partial + kRowLanes;
+  double* union2 = partial + 2 * kRowLanes;
+  double* total = partial + 3 * kRowLanes;  // |nu|^2, |nu_W1|^2, |nu_{W1 u W2}|^2; then |fresh|^2 in total[0]
   b.phase([&](int lane) {
     double a = 0, one = 0, both = 0;
-    for (int q = lane; q < D; q += kApgdLanes) {
+    for (int q = lane; q < D; q += kRowLanes) {
       const double v = static_cast<double>(best[q]) - x0[q];
       nu[q] = v;
       const int h = q / W, w = q % W;
@@ -109,7 +109,7 @@ NUDGE_HD void square_l2_propose_row(Block& b, double* partial, double* nu, const
   b.phase([&](int lane) {
     if (lane != 0) return;
     double a = 0, one = 0, both = 0;
-    for (int i = 0; i < kApgdLanes; ++i) {
+    for (int i = 0; i < kRowLanes; ++i) {
       a += all2[i];
       one += w1_2[i];
       both += union2[i];
@@ -125,7 +125,7 @@ NUDGE_HD void square_l2_propose_row(Block& b, double* partial, double* nu, const
   // W1's new content in place: each of its pixels from its own old value only.
   b.phase([&](int lane) {
     double acc = 0;
-    for (int j = lane; j < window; j += kApgdLanes) {
+    for (int j = lane; j < window; j += kRowLanes) {
       const int q = (r1 + j / s) * W + c1 + j % s;
       const double v = nudge_dadd(sign * pat[j], nudge_dmul(nu[q], w1_inv));
       nu[q] = v;
@@ -133,11 +133,11 @@ NUDGE_HD void square_l2_propose_row(Block& b, double* partial, double* nu, const
     }
     all2[lane] = acc;
   });
-  apgd_reduce_lanes(b, all2, total, false);
+  reduce_lanes(b, all2, total, false);
   const double scale = total[0] > 0 ? available / sqrt(total[0]) : 0.0;
   // W2 outside W1 cleared, W1 scaled: disjoint pixels.
   b.phase([&](int lane) {
-    for (int j = lane; j < window; j += kApgdLanes) {
+    for (int j = lane; j < window; j += kRowLanes) {
       const int h2 = r2 + j / s, w2 = c2 + j % s;
       if (!(h2 >= r1 && h2 < r1 + s && w2 >= c1 && w2 < c1 + s)) nu[h2 * W + w2] = 0.0;
       nu[(r1 + j / s) * W + c1 + j % s] *= scale;

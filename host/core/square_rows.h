@@ -29,7 +29,7 @@ NUDGE_HD int square_corner(float u, int extent, int s) {
 template <class Block>
 NUDGE_HD void square_linf_start_row(Block& b, const ApgdKey& k, float eps, const float* x0, float* x, int H, int W) {
   b.phase([&](int lane) {
-    for (int q = lane; q < H * W; q += kApgdLanes) {
+    for (int q = lane; q < H * W; q += kRowLanes) {
       const int w = q % W;
       const float s = attack_draw(k.seed, k.attack, k.restart, k.point, eps, 0, static_cast<uint32_t>(w)) < 0.5f
                           ? -eps
@@ -41,7 +41,7 @@ NUDGE_HD void square_linf_start_row(Block& b, const ApgdKey& k, float eps, const
 
 // Iteration it's candidate (it >= 1) from the best image: a copy with the s x s window at a drawn corner set to
 // clamp01(x0 + sign eps), the sign drawn, and flipped once when that would change no pixel (a query that changes
-// nothing is wasted; one channel leaves only the other sign). `flags` is kApgdLanes + 1 ints of scratch.
+// nothing is wasted; one channel leaves only the other sign). `flags` is kRowLanes + 1 ints of scratch.
 template <class Block>
 NUDGE_HD void square_linf_propose_row(Block& b, int* flags, const ApgdKey& k, float eps, int it, int s,
                                       const float* x0, const float* best, float* cand, int H, int W) {
@@ -51,12 +51,12 @@ NUDGE_HD void square_linf_propose_row(Block& b, int* flags, const ApgdKey& k, fl
   const float sign = attack_draw(k.seed, k.attack, k.restart, k.point, eps, step, 2) < 0.5f ? -1.0f : 1.0f;
   const int D = H * W, window = s * s;
   b.phase([&](int lane) {
-    for (int q = lane; q < D; q += kApgdLanes) cand[q] = best[q];
+    for (int q = lane; q < D; q += kRowLanes) cand[q] = best[q];
   });
-  // The window's pixels, by lane: partials of "changed a pixel", then lane 0's OR in flags[kApgdLanes].
+  // The window's pixels, by lane: partials of "changed a pixel", then lane 0's OR in flags[kRowLanes].
   b.phase([&](int lane) {
     int changed = 0;
-    for (int j = lane; j < window; j += kApgdLanes) {
+    for (int j = lane; j < window; j += kRowLanes) {
       const int q = (vh + j / s) * W + vw + j % s;
       cand[q] = clamp01(x0[q] + sign * eps);
       changed |= cand[q] != best[q];
@@ -66,12 +66,12 @@ NUDGE_HD void square_linf_propose_row(Block& b, int* flags, const ApgdKey& k, fl
   b.phase([&](int lane) {
     if (lane != 0) return;
     int any = 0;
-    for (int i = 0; i < kApgdLanes; ++i) any |= flags[i];
-    flags[kApgdLanes] = any;
+    for (int i = 0; i < kRowLanes; ++i) any |= flags[i];
+    flags[kRowLanes] = any;
   });
   b.phase([&](int lane) {
-    if (flags[kApgdLanes]) return;
-    for (int j = lane; j < window; j += kApgdLanes) {
+    if (flags[kRowLanes]) return;
+    for (int j = lane; j < window; j += kRowLanes) {
       const int q = (vh + j / s) * W + vw + j % s;
       cand[q] = clamp01(x0[q] - sign * eps);
     }
@@ -110,7 +110,7 @@ NUDGE_HD void square_accept_row(Block& b, SquareEntry* entry, float margin, int 
   const SquareEntry next = square_accept_entry(*entry, margin, it, &take);
   b.phase([&](int lane) {
     if (!take || it == 0) return;  // at the start the candidate is the best image itself
-    for (int q = lane; q < D; q += kApgdLanes) best[q] = cand[q];
+    for (int q = lane; q < D; q += kRowLanes) best[q] = cand[q];
   });
   b.phase([&](int lane) {
     if (lane != 0) return;

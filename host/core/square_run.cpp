@@ -1,32 +1,25 @@
 #include "square_run.h"
 
+#include "compaction_schedule.h"
+
 namespace nudge {
 
 long drive_square(SquareDevice& dev, int m, int queries, const std::function<int(int)>& side,
                   const std::function<void(int)>& on_iteration) {
-  const int lag = dev.compaction_lag();
+  CompactionSchedule<SquareDevice> compaction(dev);
   dev.start();
   dev.evaluate(m, 0);
   long spent = m;
   int count = m;
-  dev.compact(count);
-  bool pending = true;
-  int compacted_after = 0;
+  compaction.after(0, count);
   for (int it = 1; it < queries; ++it) {
-    if (pending && dev.compaction_ready(it - 1 - compacted_after >= lag)) {
-      count = dev.adopt_compaction();
-      pending = false;
-    }
+    compaction.before(it, &count);
     if (count == 0) break;
     dev.propose(count, it, side(it));
     dev.evaluate(count, it);
     spent += count;
     if (on_iteration) on_iteration(it);
-    if (!pending) {
-      dev.compact(count);
-      pending = true;
-      compacted_after = it;
-    }
+    compaction.after(it, count);
   }
   return spent;
 }

@@ -12,6 +12,7 @@
 
 #include "adam.cuh"
 #include "cuda_apgd.h"
+#include "cuda_fab.h"
 #include "cuda_square.h"
 #include "cuda_check.h"
 #include "cuda_context.h"
@@ -271,8 +272,9 @@ class CudaBackend : public Backend {
   }
 
   // The logits go to the host for the caller's loss and the logit gradients come back: two transfers and a
-  // synchronisation per slice of kSliceImages. FAB-T pays that per iteration (APGD has begin_apgd, Square
-  // begin_square).
+  // synchronisation per slice of kSliceImages. No attack's iteration pays that on this backend any more (APGD has
+  // begin_apgd, Square begin_square, FAB-T begin_fab) but L2 Square's on images too large for its kernels, which runs
+  // on the host through forward sessions; the clean predictions and the tests' host devices use it too.
   // The callback runs with nothing queued on the stream (the logits' download has been waited for), so an
   // exception from it leaves as it came and the backend stays usable; later slices are not computed.
   void logit_backprop(const float* x, int n, const LogitGradient& dlogits_of, float* grad) override {
@@ -365,6 +367,13 @@ class CudaBackend : public Backend {
   std::unique_ptr<SquareDevice> begin_square(const SquareRunInput& in) override {
     require_model("begin_square");
     return make_cuda_square_device(*ctx_, arch_, param_ptrs(), in);
+  }
+
+  // FAB-T's iterations too: the boundary, the projections (their sorts included) and the steps run on the card, and
+  // only a list length comes back, iterations later (cuda_fab.h).
+  std::unique_ptr<FabDevice> begin_fab(const FabRunInput& in) override {
+    require_model("begin_fab");
+    return make_cuda_fab_device(*ctx_, arch_, param_ptrs(), in);
   }
 
   std::string path_refusal(OptimizePath path) const override {

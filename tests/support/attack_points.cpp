@@ -29,4 +29,32 @@ AttackSet attack_set(const Points& p, int n, float eps, Norm norm) {
   return set;
 }
 
+void rank_by_clean_logits(Backend& backend, AttackSet& set) {
+  const int n = set.size();
+  set.ranked.resize(static_cast<size_t>(n) * set.K);
+  backend.logit_backprop(set.x0.data(), n, [&](int first, int m, const float* z, float*) {
+    for (int i = 0; i < m; ++i)
+      rank_classes(z + static_cast<size_t>(i) * set.K, set.K, set.ranked.data() + static_cast<size_t>(first + i) * set.K);
+  }, nullptr);
+}
+
+std::vector<int32_t> first_targets(const AttackSet& set) {
+  std::vector<int32_t> target(set.size());
+  for (int e = 0; e < set.size(); ++e) target[e] = ranked_target(set, e, 0);
+  return target;
+}
+
+FabRunInput fab_input(const AttackSet& set, const std::vector<int32_t>& target) {
+  FabRunInput in;
+  in.m = set.size();
+  in.D = set.D;
+  in.K = set.K;
+  in.norm = set.norm;
+  in.x0 = set.x0.data();
+  in.label = set.label.data();
+  in.target = target.data();
+  in.eps = set.eps.data();
+  return in;
+}
+
 }  // namespace nudge::testing_support

@@ -42,7 +42,7 @@ class HostSquareDevice : public SquareDevice {
   void start() override {
     live_.reset(m_);
     for (int e = 0; e < m_; ++e) {
-      ApgdHostLanes b = lanes_;
+      HostLanes b = lanes_;
       if (in_.norm == Norm::L2)
         square_l2_start_row(b, partial_.data(), nu_.data(), key(e), eps_[e], row(x0_, e), row(best_, e), in_.H,
                             in_.W, patterns_.data());
@@ -52,11 +52,11 @@ class HostSquareDevice : public SquareDevice {
   }
 
   void propose(int count, int it, int side) override {
-    int flags[kApgdLanes + 1];
+    int flags[kRowLanes + 1];
     for (int r = 0; r < count; ++r) {
       const int e = live_.list[r];
       if (entry_[e].done) continue;
-      ApgdHostLanes b = lanes_;
+      HostLanes b = lanes_;
       if (in_.norm == Norm::L2)
         square_l2_propose_row(b, partial_.data(), nu_.data(), key(e), eps_[e], it, side, row(x0_, e), row(best_, e),
                               row(cand_, r), in_.H, in_.W, patterns_.data());
@@ -74,7 +74,7 @@ class HostSquareDevice : public SquareDevice {
     for (int r = 0; r < count; ++r) {
       const int e = live_.list[r];
       const float margin = attack_margin(logits_.data() + static_cast<size_t>(r) * K, K, label_[e]);
-      ApgdHostLanes b = lanes_;
+      HostLanes b = lanes_;
       square_accept_row(b, &entry_[e], margin, it, it == 0 ? nullptr : row(cand_, r), row(best_, e), D_, &keep_[r]);
     }
   }
@@ -96,7 +96,7 @@ class HostSquareDevice : public SquareDevice {
   Backend& backend_;
   SquareRunInput in_;
   int lag_;
-  ApgdHostLanes lanes_;
+  HostLanes lanes_;
   int m_, D_;
   std::vector<float> x0_, eps_, best_, cand_, logits_;
   std::vector<double> patterns_, nu_, partial_;  // L2: the pattern table and one row's scratch
